@@ -1,0 +1,33 @@
+"""Step logging: send everything a step prints (Python and TensorFlow's C++ logs) to its
+log file, and turn user errors into one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from quantflow.errors import QuantflowError
+
+
+def run_logged(log_path: str, main, *args, **kwargs):
+    """Run `main(*args, **kwargs)` with stdout and stderr (file descriptors 1 and 2 too)
+    appended to `log_path`. A QuantflowError is written to the log and to the original
+    stderr as `quantflow: <message>`, and the process exits with status 1."""
+    original_stderr = os.dup(2)
+    with open(log_path, "a", buffering=1) as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        sys.stdout = sys.stderr = log
+        try:
+            return main(*args, **kwargs)
+        except QuantflowError as e:
+            print(f"ERROR: {e}", file=log)
+            os.write(original_stderr, f"quantflow: {e}\n(log: {log_path})\n".encode())
+            sys.exit(1)
+        except Exception:
+            traceback.print_exc(file=log)
+            os.write(original_stderr, f"quantflow: unexpected error, see {log_path}\n".encode())
+            raise

@@ -1,0 +1,59 @@
+"""Built-in architectures. Every builder returns a float Keras 3 functional model that
+outputs logits (no softmax), so quantization error is measured before the softmax."""
+
+from __future__ import annotations
+
+from quantflow.errors import QuantflowError
+
+
+def _channels(n: int, width: float) -> int:
+    """Scale a channel count by `width`, rounded to a multiple of 8 (at least 8)."""
+    return max(8, int(round(n * width / 8)) * 8)
+
+
+def tiny_mobilenet(input_shape, num_classes: int, width: float = 1.0, dropout: float = 0.1):
+    """A small MobileNet-style CNN: a 3x3 stem, then depthwise-separable blocks
+    (depthwise 3x3 + BN + ReLU6, pointwise 1x1 + BN + ReLU6), global average pooling and
+    a dense classifier. Sized for 28x28 to 64x64 inputs on a CPU."""
+    import keras
+    from keras import layers
+
+    def conv_bn_relu(x, filters, kernel, strides, name):
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                          name=f"{name}_conv")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.ReLU(6.0, name=f"{name}_relu")(x)
+
+    def separable(x, filters, strides, name):
+        x = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False,
+                                   name=f"{name}_dw")(x)
+        x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+        x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+        return conv_bn_relu(x, filters, 1, 1, f"{name}_pw")
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = conv_bn_relu(inputs, _channels(24, width), 3, 1, "stem")
+    for i, (filters, strides) in enumerate(TINY_MOBILENET_BLOCKS):
+        x = separable(x, _channels(filters, width), strides, f"block{i + 1}")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="tiny_mobilenet")
+
+
+# (pointwise filters at width 1.0, stride of the depthwise convolution)
+TINY_MOBILENET_BLOCKS = ((48, 2), (96, 1), (128, 2), (128, 1))
+
+ARCHITECTURES = {"tiny_mobilenet": tiny_mobilenet}
+
+
+def build_model(arch: str, input_shape, num_classes: int, **options):
+    """Build a registered architecture by name."""
+    try:
+        builder = ARCHITECTURES[arch]
+    except KeyError:
+        raise QuantflowError(
+            f"unknown model architecture {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
+    return builder(input_shape, num_classes, **options)

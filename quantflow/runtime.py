@@ -1,0 +1,45 @@
+"""Process-level settings every TensorFlow- or OpenCV-running step applies first."""
+
+from __future__ import annotations
+
+import os
+
+
+def configure_threads(threads: int, seed: int | None = None) -> None:
+    """Make TensorFlow and OpenCV use `threads` CPU threads (they ignore Snakemake's).
+
+    Must run before the first TensorFlow op. On a GPU, memory growth is switched on so
+    several jobs can share one device. With `seed`, Python, numpy and TF are seeded.
+    """
+    threads = max(1, int(threads))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    except ImportError:  # OpenCV is optional for the in-memory datasets
+        pass
+    if seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(int(seed))
+
+
+def package_versions(names=("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "numpy",
+                            "snakemake", "opencv-python-headless", "jinja2", "matplotlib")) -> dict:
+    """Installed versions of the packages that decide the numbers (absent ones left out)."""
+    from importlib import metadata
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found

@@ -1,0 +1,63 @@
+"""Conversion of Keras models to TFLite flatbuffers (fp32 and post-training int8)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantflow.errors import QuantflowError
+
+FORMATS = ("fp32", "int8")
+
+
+def representative_images(images: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """A seeded sample of `count` preprocessed images for calibration."""
+    if count < 1:
+        raise QuantflowError(f"tflite.calibration_images must be at least 1, got {count}")
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(images))[: min(count, len(images))]
+    return images[np.sort(pick)]
+
+
+def convert(model, fmt: str, calibration: np.ndarray | None = None) -> bytes:
+    """Convert a float Keras model to TFLite.
+
+    fp32: a plain float model. int8: full-integer post-training quantization with int8
+    input and output; activation ranges from `calibration` (preprocessed float images,
+    fed one at a time), weights per-channel symmetric as the converter does by default.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if fmt == "fp32":
+        pass
+    elif fmt == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise QuantflowError("int8 conversion needs calibration images")
+        samples = calibration.astype(np.float32)
+
+        def representative_dataset():
+            for i in range(len(samples)):
+                yield [samples[i : i + 1]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    else:
+        raise QuantflowError(f"unknown TFLite format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return converter.convert()
+
+
+def tensor_types(tflite_model: bytes | str) -> dict:
+    """Input/output dtypes and the op names of a TFLite model (for logs and tests)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    kwargs = {"model_path": tflite_model} if isinstance(tflite_model, str) else {"model_content": tflite_model}
+    interp = Interpreter(**kwargs)
+    ops = sorted({op["op_name"] for op in interp._get_ops_details()})
+    return {
+        "input": np.dtype(interp.get_input_details()[0]["dtype"]).name,
+        "output": np.dtype(interp.get_output_details()[0]["dtype"]).name,
+        "ops": ops,
+    }

@@ -1,0 +1,24 @@
+rule prepare:
+    """Train / validation (seeded hold-out from train) / test splits as .npz, plus info.json."""
+    input:
+        manifest="data/{dataset}/raw/manifest.json",
+    output:
+        train=split_file("train"),
+        val=split_file("val"),
+        test=split_file("test"),
+        info="data/{dataset}/splits/info.json",
+    params:
+        validation_size=config["dataset"]["validation_size"],
+        max_train=config["dataset"]["max_train"],
+        max_test=config["dataset"]["max_test"],
+        seed=config["seed"],
+    log:
+        "logs/prepare/{dataset}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/prepare.py"

@@ -1,0 +1,23 @@
+rule tflite:
+    """Convert the float model to TFLite: fp32, or full-int8 post-training quantization
+    calibrated on training images."""
+    input:
+        model="results/{dataset}/{model}/float/model.keras",
+        train=split_file("train"),
+    output:
+        tflite="results/{dataset}/{model}/tflite/{fmt}.tflite",
+    params:
+        calibration_images=config["tflite"]["calibration_images"],
+        seed=config["seed"],
+    log:
+        "logs/tflite/{dataset}/{model}/{fmt}.log",
+    benchmark:
+        "results/benchmarks/tflite/{dataset}/{model}/{fmt}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../scripts/tflite.py"

@@ -1,0 +1,26 @@
+rule train:
+    """Train the float model; keep the best epoch on validation accuracy."""
+    input:
+        train=split_file("train"),
+        val=split_file("val"),
+        info="data/{dataset}/splits/info.json",
+    output:
+        model="results/{dataset}/{model}/float/model.keras",
+        history="results/{dataset}/{model}/float/history.csv",
+        summary="results/{dataset}/{model}/float/train.json",
+    params:
+        spec=model_spec,
+        train=config["train"],
+        seed=config["seed"],
+    log:
+        "logs/train/{dataset}/{model}.log",
+    benchmark:
+        "results/benchmarks/train/{dataset}/{model}.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    conda:
+        ENV
+    script:
+        "../scripts/train.py"

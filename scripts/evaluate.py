@@ -1,0 +1,42 @@
+"""evaluate: metrics, size and latency of one model variant on the test split."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+
+from quantflow.logs import run_logged
+from quantflow.runtime import configure_threads
+
+
+def main(inp, out, wildcards, params, threads):
+    configure_threads(threads)
+    from quantflow import data
+    from quantflow.evaluate import evaluate_model
+    from quantflow.metrics import plot_confusion_matrix
+
+    info = data.read_info(inp.info)
+    images, labels = data.load_split(inp.test)
+    record = {"dataset": wildcards.dataset, "model": wildcards.model, "variant": wildcards.variant}
+    record.update(evaluate_model(
+        inp.model, data.preprocess(images), labels, info["num_classes"],
+        batch_size=params.batch_size, latency_images=params.latency_images, threads=threads,
+    ))
+    record["model_path"] = inp.model
+    record["confusion_png"] = str(Path(out.confusion).relative_to("results"))
+    plot_confusion_matrix(
+        record["confusion_matrix"], info["class_names"], out.confusion,
+        f"{wildcards.dataset} / {wildcards.model} / {wildcards.variant}: "
+        f"top-1 {100 * record['accuracy']:.2f}%",
+    )
+    Path(out.metrics).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{wildcards.variant}: top-1 {record['accuracy']:.4f}, top-5 {record['top5']:.4f}, "
+          f"{record['size_bytes']} bytes, {record['ms_per_image_b1']:.3f} ms/img at batch 1, "
+          f"{record['ms_per_image_batched']:.4f} ms/img at batch {params.batch_size}")
+
+
+run_logged(
+    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards,
+    snakemake.params, snakemake.threads,
+)

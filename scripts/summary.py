@@ -1,0 +1,45 @@
+"""summary: aggregate every metrics.json into summary.json and render summary.md."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+
+import yaml
+
+from quantflow import report
+from quantflow.logs import run_logged
+from quantflow.runtime import package_versions
+
+
+def main(inp, out, config):
+    records = report.add_comparisons(report.read_records(inp.metrics))
+    Path(out.json).write_text(json.dumps(records, indent=2) + "\n")
+    infos = {json.loads(Path(p).read_text())["dataset"]: json.loads(Path(p).read_text())
+             for p in inp.info}
+    training = {}
+    for path in inp.training:
+        dataset, model = Path(path).parts[1:3]
+        training[dataset, model] = json.loads(Path(path).read_text())
+    groups = []
+    for key in dict.fromkeys((r["dataset"], r["model"]) for r in records):
+        rows = [r for r in records if (r["dataset"], r["model"]) == key]
+        info = infos[key[0]]
+        groups.append({
+            "dataset": key[0], "model": key[1], "records": rows,
+            "num_samples": rows[0]["num_samples"], "num_classes": info["num_classes"],
+            "class_names": info["class_names"], "batch_size": rows[0]["batch_size"],
+            "training": training.get(key),
+        })
+    markdown = report.render(
+        inp.template, groups=groups, reference=report.REFERENCE_VARIANT,
+        threads=records[0]["threads"], latency_images=records[0]["latency_images"],
+        config_yaml=yaml.safe_dump(dict(config), sort_keys=False),
+        versions=package_versions(), machine=report.machine_description(),
+    )
+    Path(out.md).write_text(markdown)
+    print(f"{len(records)} variants summarised")
+
+
+run_logged(snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params.config)

@@ -1,0 +1,38 @@
+"""tflite: convert the float model to an fp32 or a full-int8 (PTQ) TFLite model."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+
+from quantflow.logs import run_logged
+from quantflow.runtime import configure_threads
+
+
+def main(inp, out, fmt, params, threads):
+    configure_threads(threads, params.seed)
+    import keras
+
+    from quantflow import data, tflite
+
+    model = keras.saving.load_model(inp.model, compile=False)
+    calibration = None
+    if fmt == "int8":
+        images, _ = data.load_split(inp.train)
+        calibration = data.preprocess(
+            tflite.representative_images(images, params.calibration_images, params.seed)
+        )
+        print(f"calibrating activation ranges on {len(calibration)} training images")
+    flatbuffer = tflite.convert(model, fmt, calibration)
+    tmp = Path(out.tflite + ".tmp")
+    tmp.write_bytes(flatbuffer)
+    tmp.replace(out.tflite)
+    types = tflite.tensor_types(out.tflite)
+    print(f"{out.tflite}: {len(flatbuffer)} bytes, input {types['input']}, output "
+          f"{types['output']}, ops {', '.join(types['ops'])}")
+
+
+run_logged(
+    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards.fmt,
+    snakemake.params, snakemake.threads,
+)
