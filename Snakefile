@@ -20,7 +20,7 @@ include: "rules/summary.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/summary.json",
         "results/summary.md",
-    default_target: True

@@ -41,7 +41,9 @@ class TFLiteRunner:
             self.interp.allocate_tensors()
             self.batch = batch
 
-    def _quantize(self, x: np.ndarray) -> np.ndarray:
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Preprocessed float images in the model's input type: quantized with the
+        input tensor's scale and zero point when that is an integer type."""
         dtype = np.dtype(self.input["dtype"])
         if dtype.kind == "f":
             return x.astype(dtype, copy=False)
@@ -49,18 +51,19 @@ class TFLiteRunner:
         info = np.iinfo(dtype)
         return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
-    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw outputs for a batch already in the input type (what a device runs)."""
+        self._resize(len(batch))
+        self.interp.set_tensor(self.input["index"], batch)
+        self.interp.invoke()
+        return self.interp.get_tensor(self.output["index"])
+
+    def scores(self, y: np.ndarray) -> np.ndarray:
+        """Raw outputs as float scores (dequantized when the output is an integer type)."""
         if np.dtype(self.output["dtype"]).kind == "f":
             return y.astype(np.float32)
         scale, zero = self.output["quantization"]
         return (y.astype(np.float32) - zero) * scale
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Scores (float) for a batch of preprocessed float images."""
-        self._resize(len(x))
-        self.interp.set_tensor(self.input["index"], self._quantize(x))
-        self.interp.invoke()
-        return self._dequantize(self.interp.get_tensor(self.output["index"]))
 
 
 class KerasRunner:
@@ -79,8 +82,14 @@ class KerasRunner:
             raise QuantflowError(f"{path}: not a loadable Keras model ({e})") from e
         self._fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._fn(x))
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32, copy=False)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._fn(batch))
+
+    def scores(self, y: np.ndarray) -> np.ndarray:
+        return y
 
 
 def load_runner(path: str | Path, threads: int = 1):
@@ -93,28 +102,32 @@ def load_runner(path: str | Path, threads: int = 1):
 
 
 def predict(runner, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
-    """Scores for all of `x` in batches; returns (scores, seconds). The last, smaller
-    batch is padded to `batch_size` so the model keeps one shape."""
-    runner(x[:batch_size])  # warm-up and allocation, not timed
-    scores = []
+    """Scores for all of `x` in batches; returns (scores, seconds). Only the model runs
+    are timed: inputs are converted to the model's input type first, as a device would
+    receive them. The last, smaller batch is padded so the model keeps one shape."""
+    inputs = runner.prepare(x)
+    runner.run(inputs[:batch_size])  # warm-up and allocation, not timed
+    outputs = []
     start = time.perf_counter()
-    for i in range(0, len(x), batch_size):
-        chunk = x[i : i + batch_size]
+    for i in range(0, len(inputs), batch_size):
+        chunk = inputs[i : i + batch_size]
         n = len(chunk)
         if n < batch_size:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
-        scores.append(runner(chunk)[:n])
-    return np.concatenate(scores), time.perf_counter() - start
+        outputs.append(runner.run(chunk)[:n])
+    seconds = time.perf_counter() - start
+    return runner.scores(np.concatenate(outputs)), seconds
 
 
 def latency_batch1(runner, x: np.ndarray, count: int, warmup: int = 10) -> float:
     """Mean milliseconds per image at batch size 1 over `count` images."""
-    count = min(count, len(x))
-    for i in range(min(warmup, len(x))):
-        runner(x[i : i + 1])
+    inputs = runner.prepare(x[: max(count, warmup)])
+    for i in range(min(warmup, len(inputs))):
+        runner.run(inputs[i : i + 1])
+    count = min(count, len(inputs))
     start = time.perf_counter()
     for i in range(count):
-        runner(x[i : i + 1])
+        runner.run(inputs[i : i + 1])
     return 1000.0 * (time.perf_counter() - start) / max(count, 1)
 
 

@@ -93,6 +93,13 @@ def train_classifier(model, train, val, *, epochs: int, batch_size: int, learnin
             "steps": total, "seed": seed}
 
 
+def inference_copy(model):
+    """The same architecture and weights without optimizer state (a smaller .keras file)."""
+    clean = keras.Model.from_config(model.get_config())  # clone_model keeps the optimizer
+    clean.set_weights(model.get_weights())
+    return clean
+
+
 def write_history_csv(path: str | Path, rows: list[dict]) -> None:
     path = Path(path)
     fields = list(rows[0]) if rows else ["epoch"]

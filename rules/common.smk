@@ -4,7 +4,6 @@ import os
 
 from snakemake.utils import validate
 
-
 validate(config, "config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
@@ -35,9 +34,7 @@ VARIANT_FILES = {
 
 def variant_model(wildcards):
     """The model file a variant is evaluated from."""
-    return VARIANT_FILES[wildcards.variant].format(
-        dataset=wildcards.dataset, model=wildcards.model
-    )
+    return VARIANT_FILES[wildcards.variant].format(dataset=wildcards.dataset, model=wildcards.model)
 
 
 def model_spec(wildcards):

@@ -2,17 +2,17 @@ rule download:
     """Fetch the dataset's files from the configured mirrors, checksummed, atomically."""
     output:
         manifest="data/{dataset}/raw/manifest.json",
-    params:
-        mirrors=config["dataset"]["mirrors"],
-        retries=config["dataset"]["retries"],
-        timeout=config["dataset"]["timeout_s"],
     log:
         "logs/download/{dataset}.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        mirrors=config["dataset"]["mirrors"],
+        retries=config["dataset"]["retries"],
+        timeout=config["dataset"]["timeout_s"],
     script:
         "../scripts/download.py"

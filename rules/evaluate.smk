@@ -13,18 +13,18 @@ rule evaluate:
             subcategory="{model}",
             labels={"model": "{model}", "variant": "{variant}"},
         ),
-    params:
-        batch_size=config["evaluate"]["batch_size"],
-        latency_images=config["evaluate"]["latency_images"],
     log:
         "logs/evaluate/{dataset}/{model}/{variant}.log",
     benchmark:
         "results/benchmarks/evaluate/{dataset}/{model}/{variant}.tsv"
+    conda:
+        ENV
     threads: config["evaluate"]["threads"]
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        batch_size=config["evaluate"]["batch_size"],
+        latency_images=config["evaluate"]["latency_images"],
     script:
         "../scripts/evaluate.py"

@@ -7,18 +7,18 @@ rule prepare:
         val=split_file("val"),
         test=split_file("test"),
         info="data/{dataset}/splits/info.json",
+    log:
+        "logs/prepare/{dataset}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         validation_size=config["dataset"]["validation_size"],
         max_train=config["dataset"]["max_train"],
         max_test=config["dataset"]["max_test"],
         seed=config["seed"],
-    log:
-        "logs/prepare/{dataset}.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        ENV
     script:
         "../scripts/prepare.py"

@@ -3,9 +3,7 @@ rule summary:
     Editing the template reruns only this rule: `make report`."""
     input:
         metrics=all_metrics(),
-        training=expand(
-            "results/{dataset}/{model}/float/train.json", dataset=DATASET, model=MODELS
-        ),
+        training=expand("results/{dataset}/{model}/float/train.json", dataset=DATASET, model=MODELS),
         info=expand("data/{dataset}/splits/info.json", dataset=DATASET),
         template=os.path.join(REPO, "reports/summary.md.j2"),
     output:
@@ -15,15 +13,15 @@ rule summary:
             caption="../reports/summary.rst",
             category="Summary",
         ),
-    params:
-        config=config,
     log:
         "logs/summary.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        config=config,
     script:
         "../scripts/summary.py"

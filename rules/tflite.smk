@@ -6,18 +6,18 @@ rule tflite:
         train=split_file("train"),
     output:
         tflite="results/{dataset}/{model}/tflite/{fmt}.tflite",
-    params:
-        calibration_images=config["tflite"]["calibration_images"],
-        seed=config["seed"],
     log:
         "logs/tflite/{dataset}/{model}/{fmt}.log",
     benchmark:
         "results/benchmarks/tflite/{dataset}/{model}/{fmt}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        calibration_images=config["tflite"]["calibration_images"],
+        seed=config["seed"],
     script:
         "../scripts/tflite.py"

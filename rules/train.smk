@@ -8,19 +8,19 @@ rule train:
         model="results/{dataset}/{model}/float/model.keras",
         history="results/{dataset}/{model}/float/history.csv",
         summary="results/{dataset}/{model}/float/train.json",
-    params:
-        spec=model_spec,
-        train=config["train"],
-        seed=config["seed"],
     log:
         "logs/train/{dataset}/{model}.log",
     benchmark:
         "results/benchmarks/train/{dataset}/{model}.tsv"
+    conda:
+        ENV
     threads: config["train"]["threads"]
     resources:
         mem_mb=6000,
         runtime=120,
-    conda:
-        ENV
+    params:
+        spec=model_spec,
+        train=config["train"],
+        seed=config["seed"],
     script:
         "../scripts/train.py"

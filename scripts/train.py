@@ -14,7 +14,7 @@ def main(inp, out, spec, cfg, seed, threads):
     configure_threads(threads, seed)
     from quantflow import data
     from quantflow.models import build_model
-    from quantflow.train import train_classifier, write_history_csv
+    from quantflow.train import inference_copy, train_classifier, write_history_csv
 
     info = data.read_info(inp.info)
     x, y = data.load_split(inp.train)
@@ -27,7 +27,7 @@ def main(inp, out, spec, cfg, seed, threads):
         epochs=cfg["epochs"], batch_size=cfg["batch_size"], learning_rate=cfg["learning_rate"],
         warmup_steps=cfg["warmup_steps"], label_smoothing=cfg["label_smoothing"], seed=seed,
     )
-    model.save(out.model)
+    inference_copy(model).save(out.model)
     write_history_csv(out.history, result["history"])
     result.update(params=int(model.count_params()), epochs_run=len(result["history"]),
                   arch=spec["arch"], threads=threads)

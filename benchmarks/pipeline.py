@@ -1,0 +1,113 @@
+"""Benchmark: the default pipeline from an empty results/ directory, on this machine.
+
+Runs the real `snakemake` command on the repository's config.yaml in a fresh working
+directory (data included: the download rule copies Fashion-MNIST from its mirror), times
+it, reads every rule's `benchmark:` file and the summary, and records the figures against
+the targets in benchmarks/results/pipeline.json (and prints them).
+
+    .venv/bin/python benchmarks/pipeline.py [--cores 2] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from quantflow.report import machine_description  # noqa: E402
+from quantflow.runtime import package_versions  # noqa: E402
+
+TARGETS = {
+    "wall_seconds_max": 300,
+    "float_test_accuracy_min": 0.90,
+    "int8_vs_fp32_pp_max_drop": 0.5,
+    "int8_size_ratio_max": 0.3,
+    "int8_speed_ratio_batched_min": 1.0,
+}
+
+
+def rule_benchmarks(results: Path) -> list[dict]:
+    rows = []
+    for tsv in sorted((results / "benchmarks").glob("**/*.tsv")):
+        with tsv.open() as f:
+            row = next(csv.DictReader(f, delimiter="\t"))
+        rows.append({"job": str(tsv.relative_to(results / "benchmarks").with_suffix("")),
+                     "seconds": float(row["s"]),
+                     "max_rss_mb": float(row["max_rss"]) if row["max_rss"] not in ("", "-") else None})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", default="2")
+    parser.add_argument("--keep", help="run in this directory and keep it")
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/pipeline.json"))
+    args = parser.parse_args()
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="quantflow-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "results", ignore_errors=True)
+    snakemake = Path(sys.executable).with_name("snakemake")
+    cmd = [str(snakemake), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+           "--configfile", str(REPO / "config.yaml"), "--cores", args.cores]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        return proc.returncode
+
+    records = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
+    int8, fp32, flt = records["tflite-int8"], records["tflite-fp32"], records["keras-float"]
+    figures = {
+        "wall_seconds": round(wall, 1),
+        "float_test_accuracy": flt["accuracy"],
+        "fp32_test_accuracy": fp32["accuracy"],
+        "int8_test_accuracy": int8["accuracy"],
+        "int8_vs_fp32_pp": round(int8["delta_accuracy_pp"], 3),
+        "int8_size_ratio": round(int8["size_ratio"], 4),
+        "int8_speed_ratio_batched": round(int8["speed_ratio_batched"], 3),
+        "int8_speed_ratio_b1": round(int8["speed_ratio_b1"], 3),
+        "ms_per_image_batched": {v: round(r["ms_per_image_batched"], 4) for v, r in records.items()},
+        "ms_per_image_b1": {v: round(r["ms_per_image_b1"], 4) for v, r in records.items()},
+        "size_bytes": {v: r["size_bytes"] for v, r in records.items()},
+    }
+    met = {
+        "wall_seconds_max": wall <= TARGETS["wall_seconds_max"],
+        "float_test_accuracy_min": flt["accuracy"] >= TARGETS["float_test_accuracy_min"],
+        "int8_vs_fp32_pp_max_drop": -int8["delta_accuracy_pp"] <= TARGETS["int8_vs_fp32_pp_max_drop"],
+        "int8_size_ratio_max": int8["size_ratio"] <= TARGETS["int8_size_ratio_max"],
+        "int8_speed_ratio_batched_min":
+            int8["speed_ratio_batched"] >= TARGETS["int8_speed_ratio_batched_min"],
+    }
+    result = {
+        "benchmark": "default pipeline from empty results/ (data copied from its mirror)",
+        "command": " ".join(["snakemake", "--configfile", "config.yaml", "--cores", args.cores]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_description(),
+        "versions": package_versions(),
+        "targets": TARGETS,
+        "figures": figures,
+        "targets_met": met,
+        "rules": rule_benchmarks(work / "results"),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"figures": figures, "targets_met": met}, indent=2))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

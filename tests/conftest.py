@@ -1,0 +1,35 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def snakemake_cmd(workdir, configfile, *args):
+    """The real `snakemake` command of this environment, on the repository's Snakefile,
+    working in `workdir` with `configfile`."""
+    exe = Path(sys.executable).with_name("snakemake")
+    return [str(exe), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(configfile), *args]
+
+
+def run_snakemake(workdir, configfile, *args, check=True, timeout=900):
+    proc = subprocess.run(snakemake_cmd(workdir, configfile, *args), capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in Path(workdir).glob("logs/**/*.log"))
+        pytest.fail(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir():
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed: `apt-get install dataset-fashion-mnist` (make test does it where apt is usable)")
+    return FASHION_MNIST_DIR

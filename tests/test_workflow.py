@@ -1,0 +1,130 @@
+"""The real `snakemake` command on a tiny config, in a temporary directory."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from conftest import run_snakemake
+
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "seed": 7,
+    "dataset": {"name": "fashion_mnist", "mirrors": None, "validation_size": 200,
+                "max_train": 2000, "max_test": 500},
+    "models": {"tiny": {"arch": "tiny_mobilenet", "width": 0.5}},
+    "train": {"epochs": 2, "batch_size": 64, "warmup_steps": 20},
+    "tflite": {"calibration_images": 100},
+    "evaluate": {"batch_size": 100, "latency_images": 50, "threads": 1},
+}
+FIELDS = ["dataset", "model", "variant", "accuracy", "top5", "precision", "sensitivity",
+          "g_mean", "size_bytes", "ms_per_image_b1", "ms_per_image_batched"]
+
+
+def write_config(path, config):
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, fashion_mnist_dir):
+    work = tmp_path_factory.mktemp("tiny")
+    config = json.loads(json.dumps(TINY))
+    config["dataset"]["mirrors"] = [f"file://{fashion_mnist_dir}"]
+    cfg = write_config(work / "tiny.yaml", config)
+    run_snakemake(work, cfg, "--cores", "2")
+    return work, cfg
+
+
+def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
+    work, _ = tiny_run
+    records = json.loads((work / "results/summary.json").read_text())
+    assert [r["variant"] for r in records] == ["keras-float", "tflite-fp32", "tflite-int8"]
+    by = {r["variant"]: r for r in records}
+    for r in records:
+        assert all(k in r for k in FIELDS), r.keys()
+        assert (r["dataset"], r["model"]) == ("fashion_mnist", "tiny")
+        for k in ("accuracy", "top5", "precision", "sensitivity", "g_mean"):
+            assert 0.0 <= r[k] <= 1.0
+        assert r["num_samples"] == 500
+        assert r["top5"] >= r["accuracy"]
+        assert r["ms_per_image_b1"] > 0 and r["ms_per_image_batched"] > 0
+        assert sum(map(sum, r["confusion_matrix"])) == 500
+        assert (work / "results" / r["confusion_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # 2 epochs on 2,000 images: far above chance (10%), not yet a good model.
+    assert by["keras-float"]["accuracy"] > 0.5
+    # The same network in TensorFlow and in LiteRT float32 gives the same predictions.
+    assert abs(by["keras-float"]["accuracy"] - by["tflite-fp32"]["accuracy"]) <= 0.004
+    assert abs(by["tflite-int8"]["accuracy"] - by["tflite-fp32"]["accuracy"]) <= 0.05
+    assert by["tflite-int8"]["size_bytes"] < 0.6 * by["tflite-fp32"]["size_bytes"]
+    assert by["tflite-int8"]["input_dtype"] == "int8"
+    assert by["tflite-fp32"]["delta_accuracy_pp"] == 0.0
+    assert by["tflite-int8"]["delta_accuracy_pp"] == pytest.approx(
+        100 * (by["tflite-int8"]["accuracy"] - by["tflite-fp32"]["accuracy"]))
+
+
+def test_summary_markdown_shows_the_numbers(tiny_run):
+    work, _ = tiny_run
+    records = json.loads((work / "results/summary.json").read_text())
+    md = (work / "results/summary.md").read_text()
+    for r in records:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {r['variant']} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == f"{100 * r['accuracy']:.2f}"
+        assert cells[2] == f"{r['delta_accuracy_pp']:+.2f}"
+        assert cells[8] == f"{r['size_ratio']:.3f}"
+        assert f"]({r['confusion_png']})" in md
+    assert "max_train: 2000" in md  # the config used
+    assert re.search(r"- tensorflow(-cpu)? 2\.\d+", md)  # package versions
+    history = (work / "results/fashion_mnist/tiny/float/history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 3
+
+
+def test_rerun_has_nothing_to_do_and_report_regenerates_alone(tiny_run):
+    work, cfg = tiny_run
+    dry = run_snakemake(work, cfg, "-n", "--cores", "1")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    metrics = sorted((work / "results").glob("**/metrics.json"))
+    before = {p: p.stat().st_mtime_ns for p in metrics}
+    (work / "results/summary.md").unlink()
+    run_snakemake(work, cfg, "--cores", "1", "--forcerun", "summary")
+    assert (work / "results/summary.md").exists()
+    assert {p: p.stat().st_mtime_ns for p in metrics} == before
+
+
+def test_unknown_config_key_stops_before_any_job(tmp_path, fashion_mnist_dir):
+    config = json.loads(json.dumps(TINY))
+    config["dataset"]["mirrors"] = [f"file://{fashion_mnist_dir}"]
+    config["train"]["epochz"] = 3
+    proc = run_snakemake(tmp_path, write_config(tmp_path / "bad.yaml", config), "--cores", "1",
+                         check=False)
+    assert proc.returncode != 0
+    assert "epochz" in proc.stdout + proc.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["dataset"]["mirrors"] = ["file:///nowhere"]
+    config["evaluate"]["batch_size"] = "large"
+    proc = run_snakemake(tmp_path, write_config(tmp_path / "bad.yaml", config), "--cores", "1",
+                         check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "batch_size" in out and "large" in out
+    assert not (tmp_path / "data").exists()
+
+
+def test_no_working_mirror_lists_each_and_says_how_to_get_the_data(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["dataset"]["mirrors"] = [f"file://{tmp_path}/empty", "http://127.0.0.1:9/fmnist"]
+    config["dataset"]["retries"] = 1
+    proc = run_snakemake(tmp_path, write_config(tmp_path / "nomirror.yaml", config),
+                         "--cores", "1", check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "logs/download/fashion_mnist.log").read_text()
+    assert f"file://{tmp_path}/empty/train-images-idx3-ubyte.gz" in log
+    assert "http://127.0.0.1:9/fmnist/train-images-idx3-ubyte.gz" in log
+    assert "apt-get install dataset-fashion-mnist" in log
+    assert not (tmp_path / "data/fashion_mnist/raw/manifest.json").exists()
