@@ -61,3 +61,32 @@ def tensor_types(tflite_model: bytes | str) -> dict:
         "output": np.dtype(interp.get_output_details()[0]["dtype"]).name,
         "ops": ops,
     }
+
+
+def activation_ranges(tflite_path: str) -> list[dict]:
+    """The quantization chosen for each non-constant int8 tensor of a TFLite model: name,
+    scale, zero point and the real range [min, max] it covers."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tflite_path))
+    constants = set()
+    for op in interp._get_ops_details():
+        constants.update(i for i in op["inputs"] if i >= 0 and _is_constant(interp, i))
+    rows = []
+    for t in interp.get_tensor_details():
+        q = t["quantization_parameters"]
+        if t["index"] in constants or len(q["scales"]) != 1 or np.dtype(t["dtype"]) != np.int8:
+            continue
+        scale, zero = float(q["scales"][0]), int(q["zero_points"][0])
+        name = t["name"].split(";")[0]  # fused ops list every source op; the first names it
+        rows.append({"tensor": name, "scale": scale, "zero_point": zero,
+                     "min": (-128 - zero) * scale, "max": (127 - zero) * scale})
+    return rows
+
+
+def _is_constant(interp, index: int) -> bool:
+    try:
+        interp.get_tensor(index)  # constants (weights, biases) hold data before allocation
+        return True
+    except ValueError:
+        return False

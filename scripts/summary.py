@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 import yaml
 
 from quantflow import report
+from quantflow.data import read_info
 from quantflow.logs import run_logged
 from quantflow.runtime import package_versions
 
@@ -16,8 +17,7 @@ from quantflow.runtime import package_versions
 def main(inp, out, config):
     records = report.add_comparisons(report.read_records(inp.metrics))
     Path(out.json).write_text(json.dumps(records, indent=2) + "\n")
-    infos = {json.loads(Path(p).read_text())["dataset"]: json.loads(Path(p).read_text())
-             for p in inp.info}
+    infos = {info["dataset"]: info for info in map(read_info, inp.info)}
     training = {}
     for path in inp.training:
         dataset, model = Path(path).parts[1:3]

@@ -30,6 +30,11 @@ def main(inp, out, fmt, params, threads):
     types = tflite.tensor_types(out.tflite)
     print(f"{out.tflite}: {len(flatbuffer)} bytes, input {types['input']}, output "
           f"{types['output']}, ops {', '.join(types['ops'])}")
+    if fmt == "int8":
+        print("activation ranges chosen by calibration (tensor: [min, max], scale, zero point):")
+        for r in tflite.activation_ranges(out.tflite):
+            print(f"  {r['tensor']}: [{r['min']:.4g}, {r['max']:.4g}], "
+                  f"scale {r['scale']:.4g}, zero point {r['zero_point']}")
 
 
 run_logged(
