@@ -15,6 +15,7 @@ include: "rules/download.smk"
 include: "rules/prepare.smk"
 include: "rules/train.smk"
 include: "rules/tflite.smk"
+include: "rules/weightquant.smk"
 include: "rules/evaluate.smk"
 include: "rules/summary.smk"
 

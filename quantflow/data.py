@@ -11,6 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
+from quantflow.datasets import (
+    CIFAR10_ARCHIVE,
+    CIFAR10_CHECKSUM,
+    CIFAR10_CLASSES,
+    CIFAR10_URL,
+    OXFORD_PETS_IMAGES_URL,
+    load_cifar10,
+    load_oxford_pets,
+    parse_image_list,
+)
 from quantflow.errors import QuantflowError
 from quantflow.idx import read_idx
 
@@ -51,12 +61,20 @@ def load_fashion_mnist(raw_dir: str | Path) -> dict[str, tuple[np.ndarray, np.nd
 
 
 def make_splits(train, test, validation_size: int, seed: int,
-                max_train: int | None = None, max_test: int | None = None):
-    """Seeded hold-out of `validation_size` training images; optional subsets for quick runs.
-
-    Subsets are stratified-free but seeded: the same config gives the same images.
-    """
+                max_train: int | None = None, max_test: int | None = None, val=None):
+    """Seeded hold-out of `validation_size` training images (unless a `val` split is
+    given); optional seeded subsets for quick runs. x may hold images or image paths."""
     x, y = train
+    if val is not None:
+        train_idx = np.random.default_rng(seed).permutation(len(x))
+        if max_train is not None:
+            train_idx = train_idx[:max_train]
+        rng = np.random.default_rng(seed + 1)
+        test_idx = np.arange(len(test[1]))
+        if max_test is not None:
+            test_idx = np.sort(rng.permutation(len(test[1]))[:max_test])
+        return {"train": (x[np.sort(train_idx)], y[np.sort(train_idx)]), "val": val,
+                "test": (test[0][test_idx], test[1][test_idx])}
     if not 0 < validation_size < len(x):
         raise QuantflowError(
             f"dataset.validation_size={validation_size} must be between 1 and {len(x) - 1} "
@@ -78,11 +96,13 @@ def make_splits(train, test, validation_size: int, seed: int,
     }
 
 
-def save_split(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
+def save_split(path: str | Path, x: np.ndarray, labels: np.ndarray) -> None:
+    """Write a split atomically: uint8 `images`, or image `paths` when x holds strings."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, images=images.astype(np.uint8), labels=labels.astype(np.int32))
+    arrays = {"paths": x} if x.dtype.kind in "US" else {"images": x.astype(np.uint8)}
+    np.savez(tmp, labels=labels.astype(np.int32), **arrays)
     tmp.replace(path)
 
 
@@ -95,12 +115,21 @@ def load_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise QuantflowError(f"{path}: not a prepared split ({e}); delete it and rerun") from e
 
 
-def write_info(path: str | Path, name: str, class_names: list[str], splits: dict) -> None:
+def write_info(path: str | Path, name: str, class_names: list[str], splits: dict,
+               image_size=None) -> None:
+    """info.json: classes, the model input shape (the images' own, or `image_size` [h, w]
+    for image files or to resize in-memory images), split sizes and class counts."""
+    x = splits["train"][0]
+    if x.dtype.kind in "US":
+        shape = [*(image_size or (224, 224)), 3]
+    else:
+        shape = [*(image_size or x.shape[1:3]), x.shape[3]]
     info = {
         "dataset": name,
+        "kind": "files" if x.dtype.kind in "US" else "arrays",
         "num_classes": len(class_names),
         "class_names": list(class_names),
-        "input_shape": list(splits["train"][0].shape[1:]),
+        "input_shape": [int(v) for v in shape],
         "sizes": {k: int(len(v[1])) for k, v in splits.items()},
         "class_counts": {k: np.bincount(v[1], minlength=len(class_names)).tolist()
                          for k, v in splits.items()},
@@ -113,16 +142,177 @@ def read_info(path: str | Path) -> dict:
 
 
 def preprocess(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 in [0, 1], the input every built-in model expects.
+    """uint8 pixels -> float32 pixels in [0, 255], the input every model of the project
+    takes (each model scales them itself). An int8 model input then has scale 1 and zero
+    point -128: the int8 input loses nothing."""
+    return images.astype(np.float32)
 
-    With this scaling an int8 model input (scale 1/255, zero point -128) is lossless.
-    """
-    return images.astype(np.float32) * np.float32(1.0 / 255.0)
+
+DEFAULT_MIRRORS = {
+    "fashion_mnist": [
+        "file:///usr/share/datasets/fashion-mnist",
+        "https://storage.googleapis.com/tensorflow/tf-keras-datasets",
+        "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion",
+    ],
+    "cifar10": [CIFAR10_URL.rsplit("/", 1)[0]],
+    "oxford_pets": [OXFORD_PETS_IMAGES_URL.rsplit("/", 1)[0]],
+    "image_list": [],
+}
+# The Oxford-IIIT Pet authors publish no checksums; these are the ones torchvision pins.
+OXFORD_PETS_CHECKSUMS = {
+    "images.tar.gz": "md5:5c4f3ee8e5d25df40f4fd59a7f44e54c",
+    "annotations.tar.gz": "md5:95a8c909bbe2e81eed6a22bccdf3f68f",
+}
+DATASETS = tuple(DEFAULT_MIRRORS)
+NETWORK_HINT = "Allow network access to one of the mirrors, or put the files in a local folder and list it first under dataset: mirrors."
 
 
-# Registries by dataset name: the files to download (with checksums of their payloads),
-# what to tell a user who has none of them, the loader and the class names.
-DATASET_FILES = {"fashion_mnist": FASHION_MNIST_FILES}
-DATASET_HINTS = {"fashion_mnist": FASHION_MNIST_HINT}
-LOADERS = {"fashion_mnist": load_fashion_mnist}
-CLASS_NAMES = {"fashion_mnist": FASHION_MNIST_CLASSES}
+def fetch_dataset(name: str, raw_dir: str | Path, *, mirrors=None, checksums=None,
+                  retries: int = 3, timeout: float = 60) -> dict:
+    """Download (and unpack) what dataset `name` needs into `raw_dir`; returns a manifest.
+
+    `mirrors` default to DEFAULT_MIRRORS[name]; `checksums` ({file name: "md5:..." or
+    "sha256:..."}) override the built-in ones. An image list downloads nothing."""
+    from quantflow.archives import extract_archive
+    from quantflow.download import fetch_from_mirrors
+
+    raw = Path(raw_dir)
+    mirrors = list(mirrors or DEFAULT_MIRRORS[name])
+    checksums = dict(checksums or {})
+    common = {"retries": retries, "timeout": timeout}
+    files = {}
+    if name == "fashion_mnist":
+        for file, checksum in FASHION_MNIST_FILES.items():
+            checksum = checksums.get(file, checksum)
+            fetch_from_mirrors(f"{file}.gz", mirrors, raw, checksum, gunzip=True,
+                               hint=FASHION_MNIST_HINT, **common)
+            files[file] = checksum
+    elif name in ("cifar10", "oxford_pets"):
+        archives = ({CIFAR10_ARCHIVE: CIFAR10_CHECKSUM} if name == "cifar10"
+                    else OXFORD_PETS_CHECKSUMS)
+        for archive, checksum in archives.items():
+            checksum = checksums.get(archive, checksum)
+            path = fetch_from_mirrors(archive, mirrors, raw, checksum, hint=NETWORK_HINT,
+                                      **common)
+            extract_archive(path, raw / archive.split(".")[0])
+            path.unlink()  # unpacked and verified: the archive is no longer needed
+            files[archive] = checksum
+    elif name != "image_list":
+        raise QuantflowError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return {"dataset": name, "files": files}
+
+
+def load_dataset(name: str, raw_dir: str | Path, *, root=None, train_list=None,
+                 test_list=None, val_list=None, class_names=None) -> dict:
+    """{"train": (x, y), "test": (x, y), "val": (x, y) or None, "class_names": [...]}:
+    x holds uint8 images (in-memory datasets) or image paths (image-file datasets)."""
+    raw = Path(raw_dir)
+    val = None
+    if name == "fashion_mnist":
+        loaded, names = load_fashion_mnist(raw), FASHION_MNIST_CLASSES
+    elif name == "cifar10":
+        loaded, names = load_cifar10(raw / "cifar-10-python"), CIFAR10_CLASSES
+    elif name == "oxford_pets":
+        pets = load_oxford_pets(raw / "images", raw / "annotations")
+        loaded = {"train": _as_arrays(pets["trainval"]), "test": _as_arrays(pets["test"])}
+        names = pets["class_names"]
+    elif name == "image_list":
+        if not (root and train_list and test_list):
+            raise QuantflowError(
+                "dataset image_list needs dataset: root, train_list and test_list in the config"
+            )
+        loaded = {"train": _as_arrays(parse_image_list(train_list, root)),
+                  "test": _as_arrays(parse_image_list(test_list, root))}
+        if val_list:
+            val = _as_arrays(parse_image_list(val_list, root))
+        top = int(max(loaded["train"][1].max(), loaded["test"][1].max()))
+        names = list(class_names) if class_names else [str(i) for i in range(top + 1)]
+        if top >= len(names):
+            raise QuantflowError(f"label {top} found, but only {len(names)} class_names given")
+    else:
+        raise QuantflowError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return {**loaded, "val": val, "class_names": list(names)}
+
+
+def _as_arrays(entries) -> tuple[np.ndarray, np.ndarray]:
+    paths = np.array([str(Path(p).resolve()) for p, _ in entries])
+    return paths, np.array([label for _, label in entries], dtype=np.int32)
+
+
+class Split:
+    """One prepared split, in memory (`images`) or as image files (`paths`), read the same
+    way by training, conversion and evaluation: batches of float32 pixels in [0, 255].
+
+    A split file is an `.npz` with `labels` and either `images` (uint8 N x H x W x C) or
+    `paths` (absolute image paths, decoded and resized to `image_size` on the fly)."""
+
+    def __init__(self, path: str | Path, image_size: tuple[int, int] | None = None):
+        self.path = Path(path)
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                self.labels = f["labels"].astype(np.int32)
+                self.images = f["images"] if "images" in f else None
+                self.paths = f["paths"] if "paths" in f else None
+        except (OSError, KeyError, ValueError) as e:
+            raise QuantflowError(f"{path}: not a prepared split ({e}); delete it and rerun") from e
+        if (self.images is None) == (self.paths is None):
+            raise QuantflowError(f"{path}: a split holds either images or paths")
+        if self.images is not None and image_size is None:
+            image_size = self.images.shape[1:3]
+        if image_size is None:
+            raise QuantflowError(f"{path}: an image-file split needs an image size")
+        self.image_size = tuple(int(v) for v in image_size)
+        self.channels = self.images.shape[3] if self.images is not None else 3
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _entries(self, indices=None):
+        idx = range(len(self)) if indices is None else indices
+        return [(str(self.paths[i]), int(self.labels[i])) for i in idx]
+
+    def _resized(self, images: np.ndarray) -> np.ndarray:
+        if images.shape[1:3] == self.image_size:
+            return images
+        from quantflow.imagelist import resize_and_crop
+
+        out = [resize_and_crop(im, self.image_size) for im in images]
+        return np.stack([o if o.ndim == 3 else o[..., None] for o in out])
+
+    def take(self, indices) -> np.ndarray:
+        """The images at `indices` as float32 pixels (small subsets: calibration, latency)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.images is not None:
+            return preprocess(self._resized(self.images[indices]))
+        from quantflow.imagelist import load_images
+
+        return preprocess(load_images(self._entries(indices), self.image_size)[0])
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                augment: bool = False):
+        """A tf.data.Dataset of (float32 images, int32 labels) batches."""
+        import tensorflow as tf
+
+        if self.paths is not None:
+            from quantflow.imagelist import make_dataset
+
+            return make_dataset(self._entries(), self.image_size, batch_size, shuffle=shuffle,
+                                seed=seed, augment=augment)
+        ds = tf.data.Dataset.from_tensor_slices((self._resized(self.images), self.labels))
+        if shuffle:
+            ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size)
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+        if augment:
+            ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x, seed=seed), y))
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def numpy_batches(self, batch_size: int):
+        """(float32 images, labels) numpy batches in order, for evaluation."""
+        if self.images is not None:
+            for i in range(0, len(self), batch_size):
+                yield preprocess(self._resized(self.images[i : i + batch_size])), \
+                    self.labels[i : i + batch_size]
+            return
+        for x, y in self.batches(batch_size).as_numpy_iterator():
+            yield x, y

@@ -72,14 +72,10 @@ class KerasRunner:
 
     kind = "keras"
 
-    def __init__(self, path: str | Path):
-        import keras
+    def __init__(self, model):
         import tensorflow as tf
 
-        try:
-            self.model = keras.saving.load_model(str(path), compile=False)
-        except (ValueError, OSError) as e:
-            raise QuantflowError(f"{path}: not a loadable Keras model ({e})") from e
+        self.model = model
         self._fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
@@ -93,30 +89,57 @@ class KerasRunner:
 
 
 def load_runner(path: str | Path, threads: int = 1):
+    """A runner for a model file, with the size that file stands for: `size_bytes` is the
+    file size, except for a weight-quantized pickle, where it is the packed size of its
+    quantized values (`size_kind` says which)."""
     suffix = Path(path).suffix
     if suffix == ".tflite":
-        return TFLiteRunner(path, threads)
-    if suffix == ".keras":
-        return KerasRunner(path)
-    raise QuantflowError(f"{path}: unknown model format {suffix!r} (expected .tflite or .keras)")
+        runner = TFLiteRunner(path, threads)
+    elif suffix == ".keras":
+        import keras
+
+        try:
+            runner = KerasRunner(keras.saving.load_model(str(path), compile=False))
+        except (ValueError, OSError) as e:
+            raise QuantflowError(f"{path}: not a loadable Keras model ({e})") from e
+    elif suffix == ".pickle":
+        from quantflow.weightquant import packed_size_bytes
+        from quantflow.weights import load_weights, rebuild_model
+
+        data = load_weights(path)
+        runner = KerasRunner(rebuild_model(data))
+        runner.size_bytes, runner.size_kind = packed_size_bytes(data), "packed"
+        return runner
+    else:
+        raise QuantflowError(
+            f"{path}: unknown model format {suffix!r} (expected .tflite, .keras or .pickle)"
+        )
+    runner.size_bytes, runner.size_kind = os.path.getsize(path), "file"
+    return runner
 
 
-def predict(runner, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
-    """Scores for all of `x` in batches; returns (scores, seconds). Only the model runs
-    are timed: inputs are converted to the model's input type first, as a device would
-    receive them. The last, smaller batch is padded so the model keeps one shape."""
-    inputs = runner.prepare(x)
-    runner.run(inputs[:batch_size])  # warm-up and allocation, not timed
-    outputs = []
-    start = time.perf_counter()
-    for i in range(0, len(inputs), batch_size):
-        chunk = inputs[i : i + batch_size]
-        n = len(chunk)
+def predict(runner, batches, batch_size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Scores and labels for every (images, labels) batch of `batches`, and the seconds
+    spent in the model alone: inputs are decoded and converted to the model's input type
+    outside the timed calls, as a device would receive them. A last, smaller batch is
+    padded so the model keeps one shape; the first batch runs once untimed (warm-up)."""
+    scores, labels, seconds = [], [], 0.0
+    warm = False
+    for x, y in batches:
+        inputs, n = runner.prepare(x), len(x)
         if n < batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
-        outputs.append(runner.run(chunk)[:n])
-    seconds = time.perf_counter() - start
-    return runner.scores(np.concatenate(outputs)), seconds
+            inputs = np.concatenate([inputs, np.repeat(inputs[-1:], batch_size - n, axis=0)])
+        if not warm:
+            runner.run(inputs)
+            warm = True
+        start = time.perf_counter()
+        out = runner.run(inputs)
+        seconds += time.perf_counter() - start
+        scores.append(runner.scores(out[:n]))
+        labels.append(np.asarray(y))
+    if not scores:
+        raise QuantflowError("nothing to evaluate: the test split is empty")
+    return np.concatenate(scores), np.concatenate(labels), seconds
 
 
 def latency_batch1(runner, x: np.ndarray, count: int, warmup: int = 10) -> float:
@@ -131,19 +154,22 @@ def latency_batch1(runner, x: np.ndarray, count: int, warmup: int = 10) -> float
     return 1000.0 * (time.perf_counter() - start) / max(count, 1)
 
 
-def evaluate_model(path: str | Path, x: np.ndarray, y: np.ndarray, num_classes: int, *,
-                   batch_size: int, latency_images: int, threads: int) -> dict:
-    """Accuracy metrics, file size and latency of one model file on preprocessed `x`."""
+def evaluate_model(path: str | Path, split, num_classes: int, *, batch_size: int,
+                   latency_images: int, threads: int) -> dict:
+    """Accuracy metrics, size and latency of one model file on a prepared `Split`."""
     runner = load_runner(path, threads)
-    scores, seconds = predict(runner, x, batch_size)
-    record = classification_metrics(y, scores, num_classes)
+    scores, labels, seconds = predict(runner, split.numpy_batches(batch_size), batch_size)
+    latency_count = min(latency_images, len(split))
+    record = classification_metrics(labels, scores, num_classes)
     record.update(
-        size_bytes=os.path.getsize(path),
+        size_bytes=runner.size_bytes,
+        size_kind=runner.size_kind,
         format=runner.kind,
-        ms_per_image_batched=1000.0 * seconds / len(x),
-        ms_per_image_b1=latency_batch1(runner, x, latency_images),
+        ms_per_image_batched=1000.0 * seconds / len(labels),
+        ms_per_image_b1=latency_batch1(runner, split.take(np.arange(latency_count)),
+                                       latency_count),
         batch_size=batch_size,
-        latency_images=min(latency_images, len(x)),
+        latency_images=latency_count,
         threads=threads,
     )
     if runner.kind == "tflite":

@@ -1,4 +1,5 @@
 """Built-in architectures. Every builder returns a float Keras 3 functional model that
+takes float32 pixels in [0, 255] (its preprocessing is inside, as Keras layers) and
 outputs logits (no softmax), so quantization error is measured before the softmax."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ def _channels(n: int, width: float) -> int:
 
 def tiny_mobilenet(input_shape, num_classes: int, width: float = 1.0, dropout: float = 0.2,
                    bn_momentum: float = 0.9, head: int = 1024):
-    """A small MobileNet-style CNN for 28x28 to 64x64 inputs on a CPU.
+    """A small MobileNet-style CNN for 28x28 to 64x64 inputs on a CPU. Takes pixels in
+    [0, 255] and rescales them itself, like every model of the project.
 
     A 3x3 stride-2 stem, depthwise-separable blocks (depthwise 3x3 + BN + ReLU6, pointwise
     1x1 + BN + ReLU6), global average pooling, then a MobileNetV3-style head: a dense
@@ -37,7 +39,8 @@ def tiny_mobilenet(input_shape, num_classes: int, width: float = 1.0, dropout: f
         return conv_bn_relu(x, filters, 1, 1, f"{name}_pw")
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = conv_bn_relu(inputs, _channels(32, width), 3, 2, "stem")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)  # pixels [0, 255] -> [0, 1]
+    x = conv_bn_relu(x, _channels(32, width), 3, 2, "stem")
     for i, (filters, strides) in enumerate(TINY_MOBILENET_BLOCKS):
         x = separable(x, _channels(filters, width), strides, f"block{i + 1}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -66,3 +69,20 @@ def build_model(arch: str, input_shape, num_classes: int, **options):
             f"unknown model architecture {arch!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}"
         ) from None
     return builder(input_shape, num_classes, **options)
+
+
+def model_from_spec(spec: dict, input_shape, num_classes: int):
+    """The model a config entry describes: `arch` is a built-in architecture, a zoo
+    architecture (quantflow.zoo) or `keras_file` with a `path` to the user's own model.
+    The other keys are the builder's options."""
+    from quantflow import zoo
+
+    options = {k: v for k, v in spec.items() if k not in ("arch", "path")}
+    arch = spec["arch"]
+    if arch == "keras_file":
+        if not spec.get("path"):
+            raise QuantflowError("a model with arch: keras_file needs path: <model.keras>")
+        return zoo.load_user_model(spec["path"], num_classes)
+    if arch in ARCHITECTURES:
+        return build_model(arch, input_shape, num_classes, **options)
+    return zoo.build_zoo_model(arch, input_shape, num_classes, **options)

@@ -59,5 +59,50 @@ def render(template_path: str | Path, **context) -> str:
     env.filters["pct"] = lambda v, d=2: "n/a" if v is None else f"{100.0 * v:.{d}f}"
     env.filters["signed"] = lambda v, d=2: "n/a" if v is None else f"{v:+.{d}f}"
     env.filters["num"] = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"
+    env.filters["sci"] = lambda v: "n/a" if v is None else f"{v:.3g}"
     env.filters["kib"] = lambda v: f"{v / 1024:.1f}"
     return env.get_template(template_path.name).render(**context)
+
+
+def weightquant_rows(records: list[dict], errors: list[dict]) -> list[dict]:
+    """One row per weight-only quantized variant: its accuracy record joined with the
+    error summary of its checkpoint, sorted by dataset, model, algorithm, bits."""
+    by_variant = {(r["dataset"], r["model"], r["variant"]): r for r in records}
+    rows = []
+    for e in errors:
+        record = by_variant.get((e["dataset"], e["model"], f"{e['algorithm']}-{e['bits']}"))
+        if record:
+            rows.append({**record, "algorithm": e["algorithm"], "bits": e["bits"],
+                         "error_min": e["min"], "error_mean": e["mean"], "error_max": e["max"]})
+    return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["algorithm"], r["bits"]))
+
+
+def plot_accuracy_vs_bits(rows: list[dict], records: list[dict], path: str | Path) -> None:
+    """Top-1 accuracy against bit width, one line per (model, algorithm), with the float
+    reference of each model as a dashed line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for key in dict.fromkeys((r["dataset"], r["model"], r["algorithm"]) for r in rows):
+        line = [r for r in rows if (r["dataset"], r["model"], r["algorithm"]) == key]
+        ax.plot([r["bits"] for r in line], [100 * r["accuracy"] for r in line], marker="o",
+                label=f"{key[1]} {key[2]}")
+    for r in records:
+        if r["variant"] == REFERENCE_VARIANT:
+            ax.axhline(100 * r["accuracy"], linestyle="--", color="grey",
+                       label=f"{r['model']} {REFERENCE_VARIANT}")
+    if not rows:
+        ax.text(0.5, 0.5, "no weight-only quantization configured", ha="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("bits per weight")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("Weight-only quantization: accuracy against bit width")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.set_xticks(sorted({r["bits"] for r in rows}))
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")

@@ -9,13 +9,11 @@ from quantflow.errors import QuantflowError
 FORMATS = ("fp32", "int8")
 
 
-def representative_images(images: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """A seeded sample of `count` preprocessed images for calibration."""
+def calibration_indices(size: int, count: int, seed: int) -> np.ndarray:
+    """A seeded sample of `count` of `size` training images (sorted) for calibration."""
     if count < 1:
         raise QuantflowError(f"tflite.calibration_images must be at least 1, got {count}")
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(images))[: min(count, len(images))]
-    return images[np.sort(pick)]
+    return np.sort(np.random.default_rng(seed).permutation(size)[: min(count, size)])
 
 
 def convert(model, fmt: str, calibration: np.ndarray | None = None) -> bytes:

@@ -1,6 +1,7 @@
 # Config validation, wildcard constraints and the input functions every stage shares.
 
 import os
+import re
 
 from snakemake.utils import validate
 
@@ -8,7 +9,12 @@ validate(config, "config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
 MODELS = list(config["models"])
-VARIANTS = config["variants"]
+WEIGHTQUANT = config["weightquant"]
+# Weight-only quantized checkpoints are variants too: bin-8, fixed-4, ...
+WEIGHTQUANT_VARIANTS = [
+    f"{algorithm}-{bits}" for algorithm in WEIGHTQUANT["algorithms"] for bits in WEIGHTQUANT["bits"]
+]
+VARIANTS = config["variants"] + WEIGHTQUANT_VARIANTS
 REPO = workflow.basedir
 ENV = "../envs/quantflow.yaml"
 
@@ -18,6 +24,15 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_.-]+",
     variant=r"[a-z0-9.-]+",
     fmt=r"fp32|int8",
+    algorithm=r"bin|fixed",
+    bits=r"[0-9]+",
+
+
+def image_lists(wildcards):
+    """An image_list dataset's list files: editing one reruns prepare."""
+    cfg = config["dataset"]
+    keys = ("train_list", "test_list", "val_list")
+    return [cfg[k] for k in keys if cfg.get(k)] if cfg["name"] == "image_list" else []
 
 
 def split_file(split):
@@ -33,8 +48,15 @@ VARIANT_FILES = {
 
 
 def variant_model(wildcards):
-    """The model file a variant is evaluated from."""
-    return VARIANT_FILES[wildcards.variant].format(dataset=wildcards.dataset, model=wildcards.model)
+    """The model file a variant is evaluated from: a weight-quantized checkpoint for
+    bin-<bits> and fixed-<bits>, else VARIANT_FILES."""
+    weightquant = re.fullmatch(r"(bin|fixed)-([0-9]+)", wildcards.variant)
+    if weightquant:
+        algorithm, bits = weightquant.groups()
+        path = f"results/{{dataset}}/{{model}}/weightquant/{algorithm}_{bits}bits/weights.pickle"
+    else:
+        path = VARIANT_FILES[wildcards.variant]
+    return path.format(dataset=wildcards.dataset, model=wildcards.model)
 
 
 def model_spec(wildcards):
@@ -47,4 +69,13 @@ def all_metrics():
         dataset=DATASET,
         model=MODELS,
         variant=VARIANTS,
+    )
+
+
+def all_weightquant_errors():
+    return expand(
+        "results/{dataset}/{model}/weightquant/{variant}/errors.json",
+        dataset=DATASET,
+        model=MODELS,
+        variant=[v.replace("-", "_") + "bits" for v in WEIGHTQUANT_VARIANTS],
     )

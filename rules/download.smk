@@ -11,7 +11,8 @@ rule download:
         mem_mb=1000,
         runtime=30,
     params:
-        mirrors=config["dataset"]["mirrors"],
+        mirrors=config["dataset"].get("mirrors"),
+        checksums=config["dataset"]["checksums"],
         retries=config["dataset"]["retries"],
         timeout=config["dataset"]["timeout_s"],
     script:

@@ -2,6 +2,7 @@ rule prepare:
     """Train / validation (seeded hold-out from train) / test splits as .npz, plus info.json."""
     input:
         manifest="data/{dataset}/raw/manifest.json",
+        lists=image_lists,
     output:
         train=split_file("train"),
         val=split_file("val"),
@@ -16,9 +17,7 @@ rule prepare:
         mem_mb=2000,
         runtime=10,
     params:
-        validation_size=config["dataset"]["validation_size"],
-        max_train=config["dataset"]["max_train"],
-        max_test=config["dataset"]["max_test"],
+        dataset=config["dataset"],
         seed=config["seed"],
     script:
         "../scripts/prepare.py"

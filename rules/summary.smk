@@ -4,6 +4,7 @@ rule summary:
     input:
         metrics=all_metrics(),
         training=expand("results/{dataset}/{model}/float/train.json", dataset=DATASET, model=MODELS),
+        errors=all_weightquant_errors(),
         info=expand("data/{dataset}/splits/info.json", dataset=DATASET),
         template=os.path.join(REPO, "reports/summary.md.j2"),
     output:
@@ -12,6 +13,11 @@ rule summary:
             "results/summary.md",
             caption="../reports/summary.rst",
             category="Summary",
+        ),
+        weightquant_plot=report(
+            "results/weightquant_accuracy.png",
+            caption="../reports/weightquant.rst",
+            category="Weight-only quantization",
         ),
     log:
         "logs/summary.log",

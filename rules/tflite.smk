@@ -4,6 +4,7 @@ rule tflite:
     input:
         model="results/{dataset}/{model}/float/model.keras",
         train=split_file("train"),
+        info="data/{dataset}/splits/info.json",
     output:
         tflite="results/{dataset}/{model}/tflite/{fmt}.tflite",
     log:

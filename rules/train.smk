@@ -22,5 +22,6 @@ rule train:
         spec=model_spec,
         train=config["train"],
         seed=config["seed"],
+        augment=config["dataset"]["augment"],
     script:
         "../scripts/train.py"

@@ -11,16 +11,16 @@ from quantflow.runtime import configure_threads
 
 
 def main(inp, out, wildcards, params, threads):
-    configure_threads(threads)
+    configure_threads(threads, tensorflow=not inp.model.endswith(".tflite"))
     from quantflow import data
     from quantflow.evaluate import evaluate_model
     from quantflow.metrics import plot_confusion_matrix
 
     info = data.read_info(inp.info)
-    images, labels = data.load_split(inp.test)
+    split = data.Split(inp.test, info["input_shape"][:2])
     record = {"dataset": wildcards.dataset, "model": wildcards.model, "variant": wildcards.variant}
     record.update(evaluate_model(
-        inp.model, data.preprocess(images), labels, info["num_classes"],
+        inp.model, split, info["num_classes"],
         batch_size=params.batch_size, latency_images=params.latency_images, threads=threads,
     ))
     record["model_path"] = inp.model

@@ -1,4 +1,4 @@
-"""prepare: seeded train / validation / test splits of the downloaded dataset."""
+"""prepare: seeded train / validation / test splits of the dataset."""
 
 import sys
 from pathlib import Path
@@ -10,15 +10,20 @@ from quantflow.logs import run_logged
 
 
 def main(dataset, raw_dir, out, params):
-    loaded = data.LOADERS[dataset](raw_dir)
+    cfg = params.dataset
+    loaded = data.load_dataset(
+        dataset, raw_dir, root=cfg.get("root"), train_list=cfg.get("train_list"),
+        test_list=cfg.get("test_list"), val_list=cfg.get("val_list"),
+        class_names=cfg.get("class_names"),
+    )
     splits = data.make_splits(
-        loaded["train"], loaded["test"], params.validation_size, params.seed,
-        params.max_train, params.max_test,
+        loaded["train"], loaded["test"], cfg["validation_size"], params.seed,
+        cfg.get("max_train"), cfg.get("max_test"), val=loaded["val"],
     )
     for split in data.SPLITS:
         data.save_split(out[split], *splits[split])
-        print(f"{split}: {len(splits[split][1])} images, shape {splits[split][0].shape[1:]}")
-    data.write_info(out.info, dataset, data.CLASS_NAMES[dataset], splits)
+        print(f"{split}: {len(splits[split][1])} items, {splits[split][0].shape[1:] or 'files'}")
+    data.write_info(out.info, dataset, loaded["class_names"], splits, cfg.get("image_size"))
 
 
 run_logged(

@@ -32,8 +32,15 @@ def main(inp, out, config):
             "class_names": info["class_names"], "batch_size": rows[0]["batch_size"],
             "training": training.get(key),
         })
+    errors = []
+    for path in inp.errors:
+        dataset, model = Path(path).parts[1:3]
+        errors.append({"dataset": dataset, "model": model, **json.loads(Path(path).read_text())})
+    weightquant = report.weightquant_rows(records, errors)
+    report.plot_accuracy_vs_bits(weightquant, records, out.weightquant_plot)
     markdown = report.render(
         inp.template, groups=groups, reference=report.REFERENCE_VARIANT,
+        weightquant=weightquant, weightquant_plot=Path(out.weightquant_plot).name,
         threads=records[0]["threads"], latency_images=records[0]["latency_images"],
         config_yaml=yaml.safe_dump(dict(config), sort_keys=False),
         versions=package_versions(), machine=report.machine_description(),

@@ -18,9 +18,9 @@ def main(inp, out, fmt, params, threads):
     model = keras.saving.load_model(inp.model, compile=False)
     calibration = None
     if fmt == "int8":
-        images, _ = data.load_split(inp.train)
-        calibration = data.preprocess(
-            tflite.representative_images(images, params.calibration_images, params.seed)
+        split = data.Split(inp.train, data.read_info(inp.info)["input_shape"][:2])
+        calibration = split.take(
+            tflite.calibration_indices(len(split), params.calibration_images, params.seed)
         )
         print(f"calibrating activation ranges on {len(calibration)} training images")
     flatbuffer = tflite.convert(model, fmt, calibration)

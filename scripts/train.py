@@ -1,4 +1,5 @@
-"""train: fit the float model, keep the best epoch on validation, save .keras + history."""
+"""train: build (or load) the model, train it in stages, keep the best epoch on validation,
+save .keras + history."""
 
 import json
 import sys
@@ -10,33 +11,45 @@ from quantflow.logs import run_logged
 from quantflow.runtime import configure_threads
 
 
-def main(inp, out, spec, cfg, seed, threads):
+def main(inp, out, spec, cfg, seed, augment, threads):
     configure_threads(threads, seed)
     from quantflow import data
-    from quantflow.models import build_model
-    from quantflow.train import inference_copy, train_classifier, write_history_csv
+    from quantflow.finetune import fine_tune, restore_weights
+    from quantflow.imagelist import pipeline_errors
+    from quantflow.models import model_from_spec
+    from quantflow.train import inference_copy, write_history_csv
 
     info = data.read_info(inp.info)
-    x, y = data.load_split(inp.train)
-    xv, yv = data.load_split(inp.val)
-    options = {k: v for k, v in spec.items() if k != "arch"}
-    model = build_model(spec["arch"], info["input_shape"], info["num_classes"], **options)
+    size = info["input_shape"][:2]
+    model = model_from_spec(spec, info["input_shape"], info["num_classes"])
+    if cfg.get("checkpoint"):
+        restored, skipped = restore_weights(model, cfg["checkpoint"], cfg.get("exclude", []))
+        print(f"restored {len(restored)} layers from {cfg['checkpoint']}; kept {skipped} as built")
     model.summary(print_fn=print)
-    result = train_classifier(
-        model, (data.preprocess(x), y), (data.preprocess(xv), yv),
-        epochs=cfg["epochs"], batch_size=cfg["batch_size"], learning_rate=cfg["learning_rate"],
-        warmup_steps=cfg["warmup_steps"], label_smoothing=cfg["label_smoothing"], seed=seed,
-    )
+    train = data.Split(inp.train, size).batches(cfg["batch_size"], shuffle=True, seed=seed,
+                                                augment=augment)
+    val = data.Split(inp.val, size).batches(max(cfg["batch_size"], 256))
+    with pipeline_errors():
+        result = fine_tune(model, train, val, stages=cfg["stages"], log_stream=sys.stderr)
     inference_copy(model).save(out.model)
     write_history_csv(out.history, result["history"])
     result.update(params=int(model.count_params()), epochs_run=len(result["history"]),
-                  arch=spec["arch"], threads=threads)
-    Path(out.summary).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"best epoch {result['best_epoch']}: validation accuracy {result['best_val_accuracy']:.4f}"
-          f" ({result['seconds']:.0f} s)")
+                  best_epoch=len(result["history"][: _best_row(result)]) + 1,
+                  best_val_accuracy=result["best"]["val_accuracy"], arch=spec["arch"],
+                  threads=threads)
+    Path(out.summary).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"best epoch {result['best_epoch']}: validation accuracy "
+          f"{result['best_val_accuracy']:.4f} ({result['seconds']:.0f} s)")
+
+
+def _best_row(result) -> int:
+    """Index, over all stages, of the epoch whose weights were kept."""
+    best = result["best"]
+    return next(i for i, row in enumerate(result["history"])
+                if (row["stage"], row["epoch"]) == (best["stage"], best["epoch"]))
 
 
 run_logged(
     snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params.spec,
-    snakemake.params.train, snakemake.params.seed, snakemake.threads,
+    snakemake.params.train, snakemake.params.seed, snakemake.params.augment, snakemake.threads,
 )

@@ -43,3 +43,13 @@ def test_snakefmt_clean():
     proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "rules"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ready_configs_validate_against_the_schema():
+    from snakemake.utils import update_config, validate
+
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        config = yaml.safe_load((REPO / "config.yaml").read_text())
+        update_config(config, yaml.safe_load(path.read_text()))
+        validate(config, str(REPO / "rules/config.schema.yaml"))
+        assert config["train"]["stages"][0]["schedule"], path  # defaults filled in

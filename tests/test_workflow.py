@@ -15,9 +15,11 @@ TINY = {
     "dataset": {"name": "fashion_mnist", "mirrors": None, "validation_size": 200,
                 "max_train": 2000, "max_test": 500},
     "models": {"tiny": {"arch": "tiny_mobilenet", "width": 0.5}},
-    "train": {"epochs": 2, "batch_size": 64, "warmup_steps": 20},
+    "train": {"batch_size": 64,
+              "stages": [{"epochs": 2, "learning_rate": 0.004, "warmup_steps": 20}]},
     "tflite": {"calibration_images": 100},
     "evaluate": {"batch_size": 100, "latency_images": 50, "threads": 1},
+    "weightquant": {"algorithms": ["bin", "fixed"], "bits": [2, 8]},
 }
 FIELDS = ["dataset", "model", "variant", "accuracy", "top5", "precision", "sensitivity",
           "g_mean", "size_bytes", "ms_per_image_b1", "ms_per_image_batched"]
@@ -41,7 +43,8 @@ def tiny_run(tmp_path_factory, fashion_mnist_dir):
 def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
     work, _ = tiny_run
     records = json.loads((work / "results/summary.json").read_text())
-    assert [r["variant"] for r in records] == ["keras-float", "tflite-fp32", "tflite-int8"]
+    assert [r["variant"] for r in records] == [
+        "keras-float", "tflite-fp32", "tflite-int8", "bin-2", "bin-8", "fixed-2", "fixed-8"]
     by = {r["variant"]: r for r in records}
     for r in records:
         assert all(k in r for k in FIELDS), r.keys()
@@ -65,6 +68,29 @@ def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
         100 * (by["tflite-int8"]["accuracy"] - by["tflite-fp32"]["accuracy"]))
 
 
+def test_weight_only_quantization_variants(tiny_run):
+    work, _ = tiny_run
+    by = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
+    base = work / "results/fashion_mnist/tiny/weightquant"
+    for algorithm in ("bin", "fixed"):
+        low, high = by[f"{algorithm}-2"], by[f"{algorithm}-8"]
+        # 8 bits per weight: the float model's predictions, nearly; 2 bits: far from them.
+        assert abs(high["accuracy"] - by["keras-float"]["accuracy"]) <= 0.02
+        assert low["size_kind"] == "packed" and low["size_bytes"] < high["size_bytes"]
+        # packed 8-bit weights: about a quarter of the fp32 TFLite model
+        assert 0.2 < high["size_ratio"] < 0.35
+        errors = {b: json.loads((base / f"{algorithm}_{b}bits/errors.json").read_text())
+                  for b in (2, 8)}
+        assert errors[8]["mean"] < errors[2]["mean"] / 10  # 6 more bits: ~64x smaller steps
+        for e in errors.values():
+            assert e["min"] <= e["mean"] <= e["max"]
+            assert e["per_variable"]  # one relative error per quantized variable
+    md = (work / "results/summary.md").read_text()
+    assert "## Weight-only quantization" in md and "](weightquant_accuracy.png)" in md
+    assert (work / "results/weightquant_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert re.search(r"\| tiny \| fixed \| 8 \| " + f"{100 * by['fixed-8']['accuracy']:.2f}", md)
+
+
 def test_summary_markdown_shows_the_numbers(tiny_run):
     work, _ = tiny_run
     records = json.loads((work / "results/summary.json").read_text())
@@ -79,7 +105,7 @@ def test_summary_markdown_shows_the_numbers(tiny_run):
     assert "max_train: 2000" in md  # the config used
     assert re.search(r"- tensorflow(-cpu)? 2\.\d+", md)  # package versions
     history = (work / "results/fashion_mnist/tiny/float/history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,") and len(history) == 3
+    assert history[0].startswith("stage,epoch,") and len(history) == 3
 
 
 def test_rerun_has_nothing_to_do_and_report_regenerates_alone(tiny_run):

@@ -1,0 +1,39 @@
+rule extract_weights:
+    """The trained model's arrays by layer and role, plus what rebuilds it, as a pickle."""
+    input:
+        model="results/{dataset}/{model}/float/model.keras",
+    output:
+        weights="results/{dataset}/{model}/float/weights.pickle",
+    log:
+        "logs/extract_weights/{dataset}/{model}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/extract_weights.py"
+
+
+rule weightquant:
+    """Weight-only bin or fixed-point quantization of every trainable variable
+    (quantize, then dequantize: a float checkpoint that carries the quantization error)."""
+    input:
+        weights="results/{dataset}/{model}/float/weights.pickle",
+    output:
+        weights="results/{dataset}/{model}/weightquant/{algorithm}_{bits}bits/weights.pickle",
+        errors="results/{dataset}/{model}/weightquant/{algorithm}_{bits}bits/errors.json",
+    log:
+        "logs/weightquant/{dataset}/{model}/{algorithm}_{bits}bits.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        keep_batchnorm_float=WEIGHTQUANT["keep_batchnorm_float"],
+        keep_bias_float=WEIGHTQUANT["keep_bias_float"],
+    script:
+        "../scripts/weightquant.py"

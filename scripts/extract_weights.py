@@ -1,0 +1,24 @@
+"""extract_weights: the trained model's arrays and architecture as weights.pickle."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
+
+from quantflow.logs import run_logged
+from quantflow.runtime import configure_threads
+
+
+def main(model_path, out_path, threads):
+    configure_threads(threads)
+    import keras
+
+    from quantflow.weights import extract_weights, save_weights
+
+    data = extract_weights(keras.saving.load_model(model_path, compile=False))
+    save_weights(data, out_path)
+    count = sum(a.size for roles in data["layers"].values() for a in roles.values())
+    print(f"{len(data['layers'])} layers, {count} values -> {out_path}")
+
+
+run_logged(snakemake.log[0], main, snakemake.input.model, snakemake.output.weights, snakemake.threads)
