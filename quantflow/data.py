@@ -106,15 +106,6 @@ def save_split(path: str | Path, x: np.ndarray, labels: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def load_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 NHWC, labels int32) of a prepared split."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return f["images"], f["labels"]
-    except (OSError, KeyError, ValueError) as e:
-        raise QuantflowError(f"{path}: not a prepared split ({e}); delete it and rerun") from e
-
-
 def write_info(path: str | Path, name: str, class_names: list[str], splits: dict,
                image_size=None) -> None:
     """info.json: classes, the model input shape (the images' own, or `image_size` [h, w]

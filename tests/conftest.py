@@ -33,3 +33,11 @@ def fashion_mnist_dir():
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST not installed: `apt-get install dataset-fashion-mnist` (make test does it where apt is usable)")
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """Keep a proxy from the environment away from the local test servers (127.0.0.1)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)

@@ -90,19 +90,6 @@ def serve() -> Iterator[Callable[..., tuple[str, http.server.HTTPServer]]]:
         server.server_close()
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
 # --- Python 2 style pickles, like the real CIFAR-10 batches ---------------------------------
 
 
@@ -426,3 +413,32 @@ def test_parse_image_list_resolves_paths_under_root(tmp_path: Path) -> None:
         (tmp_path / "n01/sub dir/a b.JPEG", 7),
         (tmp_path / "n01/c.JPEG", 0),
     ]
+
+
+def test_fetch_and_load_dataset_cifar10_through_the_workflow_functions(
+    tmp_path: Path, serve: Callable, cifar_tarball: tuple[bytes, list[dict]]
+) -> None:
+    """quantflow.data's fetch_dataset / load_dataset / make_splits, as the download and
+    prepare rules call them, against a local mirror of the CIFAR-10 tarball."""
+    from quantflow import data
+
+    body, batches = cifar_tarball
+    base, _ = serve({"/cifar-10-python.tar.gz": body})
+    raw = tmp_path / "raw"
+    with pytest.raises(QuantflowError, match="md5 mismatch"):  # the built-in official md5
+        data.fetch_dataset("cifar10", raw, mirrors=[base], retries=1)
+    md5 = "md5:" + hashlib.md5(body).hexdigest()
+    manifest = data.fetch_dataset(
+        "cifar10", raw, mirrors=[base], checksums={"cifar-10-python.tar.gz": md5}, retries=1
+    )
+    assert manifest == {"dataset": "cifar10", "files": {"cifar-10-python.tar.gz": md5}}
+    assert not (raw / "cifar-10-python.tar.gz").exists()  # unpacked, archive removed
+    loaded = data.load_dataset("cifar10", raw)
+    assert loaded["class_names"] == data.CIFAR10_CLASSES and loaded["val"] is None
+    splits = data.make_splits(loaded["train"], loaded["test"], validation_size=5, seed=0)
+    assert [len(splits[s][1]) for s in ("train", "val", "test")] == [10, 5, 4]
+    data.save_split(tmp_path / "train.npz", *splits["train"])
+    split = data.Split(tmp_path / "train.npz")
+    assert split.image_size == (32, 32) and len(split) == 10
+    x, _ = next(split.numpy_batches(4))
+    assert x.dtype == np.float32 and x.shape == (4, 32, 32, 3) and x.max() <= 255

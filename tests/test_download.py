@@ -106,20 +106,6 @@ def serve() -> Iterator[Callable[..., str]]:
         server.server_close()
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep a proxy from the environment away from the local test servers."""
-    for name in (
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
-
 def _listing(directory: Path) -> list[str]:
     return sorted(os.listdir(directory))
 

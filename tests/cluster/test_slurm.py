@@ -1,0 +1,135 @@
+"""The workflow on a real SLURM scheduler: the tiny Fashion-MNIST pipeline, every job
+submitted with sbatch through `snakemake --profile profiles/slurm` to a single-node
+cluster the test starts (see slurm.py), against the same config run locally."""
+
+import copy
+import json
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import snakemake_cmd
+from test_workflow import TINY
+
+from .conftest import PROFILE
+
+pytestmark = [pytest.mark.cluster, pytest.mark.workflow]
+
+CONFIG = copy.deepcopy(TINY)
+CONFIG["train"]["threads"] = 2  # the same threads in both runs: same arithmetic, same model
+CONFIG["weightquant"] = {"algorithms": ["bin", "fixed"], "bits": [8]}
+VARIANTS = ["keras-float", "tflite-fp32", "tflite-int8", "bin-8", "fixed-8"]
+# The jobs snakemake submits (`all` has nothing to run and stays local).
+CLUSTER_JOBS = {"download": 1, "prepare": 1, "train": 1, "tflite": 2, "extract_weights": 1,
+                "weightquant": 2, "evaluate": len(VARIANTS), "summary": 1}
+METRICS = ["accuracy", "top5", "precision", "sensitivity", "g_mean", "num_samples",
+           "confusion_matrix", "per_class_recall", "per_class_precision", "size_bytes"]
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)\.")
+
+
+def _clean_env(extra=None):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SQUEUE_"))}
+    env.update(extra or {})
+    return env
+
+
+def _run(cmd, cwd, env, timeout, cluster=None):
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted(Path(cwd).glob("logs/**/*.log")))
+        pytest.fail(f"snakemake failed ({proc.returncode}) in {cwd}:\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-8000:]}\n{logs}\n{cluster.logs() if cluster else ''}")
+    return proc, seconds
+
+
+def _config(work, fashion_mnist_dir):
+    config = copy.deepcopy(CONFIG)
+    config["dataset"]["mirrors"] = [f"file://{fashion_mnist_dir}"]
+    path = work / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, tmp_path_factory, fashion_mnist_dir):
+    """The tiny pipeline through SLURM. snakemake starts in the working directory, as a
+    user would: the profile's slurm-logdir (logs/slurm) is relative to it."""
+    work = tmp_path_factory.mktemp("slurm_run")
+    cfg = _config(work, fashion_mnist_dir)
+    cmd = snakemake_cmd(work, cfg, "--profile", str(PROFILE),
+                        # no accounting database on the test cluster (MinJobAge=600)
+                        "--slurm-status-command", "squeue",
+                        # tiny jobs: poll from 3 s on, not 40 (the first poll's delay)
+                        "--slurm-init-seconds-before-status-checks", "3")
+    proc, seconds = _run(cmd, work, slurm_cluster.env(_clean_env()), timeout=1800,
+                         cluster=slurm_cluster)
+    print(f"SLURM run: {seconds:.0f} s")
+    return work, proc.stdout + proc.stderr, seconds
+
+
+@pytest.fixture(scope="module")
+def local_run(slurm_cluster, tmp_path_factory, fashion_mnist_dir):
+    """The same config on the local executor (2 cores, as the cluster job gets 2 CPUs)."""
+    work = tmp_path_factory.mktemp("local_run")
+    cfg = _config(work, fashion_mnist_dir)
+    _, seconds = _run(snakemake_cmd(work, cfg, "--cores", "2"), work, _clean_env(), timeout=900)
+    print(f"local run: {seconds:.0f} s")
+    return work
+
+
+def test_every_job_ran_as_its_own_slurm_job(slurm_run, slurm_cluster):
+    work, out, _ = slurm_run
+    run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
+    submitted = SUBMITTED.findall(out)
+    slurm_ids = [slurm_id for _, slurm_id, _ in submitted]
+    assert len(set(slurm_ids)) == len(slurm_ids) == sum(CLUSTER_JOBS.values()), out[-5000:]
+
+    # One SLURM log per job, where the profile puts them: logs/slurm/rule_<rule>/.../<id>.log
+    logdir = work / "logs/slurm"
+    logs = sorted(logdir.glob("rule_*/**/*.log"))
+    assert sorted(p.stem for p in logs) == sorted(slurm_ids, key=str)
+    assert Counter(p.relative_to(logdir).parts[0].removeprefix("rule_") for p in logs) == CLUSTER_JOBS
+    for _, slurm_id, log in submitted:
+        text = Path(log).read_text()
+        # the job's own snakemake (the jobstep executor) ran it and saw it through
+        assert "slurm-jobstep" in text or "Finished job" in text or "1 of 1 steps" in text, text
+        assert "100%" in text or "steps (100%) done" in text, text
+
+    # The scheduler's own record (MinJobAge=600 keeps finished jobs in squeue): every id,
+    # under the run's job name, completed.
+    squeue = slurm_cluster.run("squeue", "-h", "--states=all", "-o", "%i|%j|%T").stdout
+    states = {i: (name, state) for i, name, state in
+              (line.split("|") for line in squeue.split())}
+    for slurm_id in slurm_ids:
+        assert states.get(slurm_id) == (run_id, "COMPLETED"), (slurm_id, squeue)
+
+    # sbatch asked for what the profile and the rules say: train gets 2 CPUs and 16 GB.
+    train_id = next(s for j, s, log in submitted if "/rule_train/" in log)
+    job = slurm_cluster.run("scontrol", "show", "job", train_id).stdout
+    assert re.search(r"\bNumCPUs=2\b", job) and re.search(r"\bmem=16000M\b", job), job
+    assert "Partition=debug" in job
+
+
+def test_same_metrics_as_a_local_run(slurm_run, local_run):
+    work, _, _ = slurm_run
+    cluster = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
+    local = {r["variant"]: r for r in json.loads((local_run / "results/summary.json").read_text())}
+    assert list(cluster) == list(local) == VARIANTS
+    for variant in VARIANTS:
+        for key in METRICS:
+            assert cluster[variant][key] == local[variant][key], (variant, key)
+    train = [json.loads((w / "results/fashion_mnist/tiny/float/train.json").read_text())
+             for w in (work, local_run)]
+    assert train[0]["threads"] == train[1]["threads"] == 2
+    assert train[0]["history"] == train[1]["history"]
+    assert cluster["keras-float"]["accuracy"] > 0.5
