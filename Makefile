@@ -1,18 +1,18 @@
 # quantflow: two commands on a fresh machine.
 #   make run    install (venv + Debian's Fashion-MNIST where apt is usable) and run the default pipeline
-#   make test   install the test tools too and run the test suite
+#   make test   install the test tools (and SLURM where apt is usable) and run the test suite
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test install install-dev data report dry-run lint format bench clean
+.PHONY: run test install install-dev data slurm report dry-run lint format bench clean
 
 run: install data
 	$(BIN)/snakemake --cores $(CORES)
 
-test: install-dev data
+test: install-dev data slurm
 	$(BIN)/pytest -q
 
 install: $(VENV)/.runtime
@@ -39,6 +39,16 @@ data:
 		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
 	else \
 		echo "note: cannot install dataset-fashion-mnist (no root apt); the download rule will use the HTTPS mirrors"; \
+	fi
+
+# SLURM and munge for tests/cluster (a real single-node scheduler); skipped there without them.
+slurm:
+	@if command -v slurmctld >/dev/null 2>&1 || [ -x /usr/sbin/slurmctld ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends slurmctld slurmd slurm-client munge; \
+	else \
+		echo "note: SLURM not installed (no root apt); tests/cluster will be skipped"; \
 	fi
 
 # Re-render results/summary.{json,md} from the existing metrics (nothing else reruns).

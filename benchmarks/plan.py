@@ -34,7 +34,11 @@ TARGETS = {"jobs_min": 500, "seconds_max": 10.0}
 
 
 def sweep_config(models: int, bits: int) -> dict:
-    return {
+    """config.yaml (Fashion-MNIST) with MODELS models and bin/fixed at 1..BITS bits. The
+    whole file: `--directory` makes the Snakefile's `configfile: config.yaml` relative to
+    the (empty) working directory."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    return config | {
         "models": {f"tiny_w{i + 1:02d}": {"arch": "tiny_mobilenet", "width": 0.25 * (i + 1)}
                    for i in range(models)},
         "weightquant": {"algorithms": ["bin", "fixed"], "bits": list(range(1, bits + 1))},

@@ -79,3 +79,9 @@ def all_weightquant_errors():
         model=MODELS,
         variant=[v.replace("-", "_") + "bits" for v in WEIGHTQUANT_VARIANTS],
     )
+
+
+def weightquant_checkpoint(path):
+    """Weight-quantized checkpoints are only read by evaluate: temporary unless
+    weightquant: keep_checkpoints (a big sweep would otherwise keep one copy per bit width)."""
+    return path if WEIGHTQUANT["keep_checkpoints"] else temp(path)

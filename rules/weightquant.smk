@@ -22,7 +22,9 @@ rule weightquant:
     input:
         weights="results/{dataset}/{model}/float/weights.pickle",
     output:
-        weights="results/{dataset}/{model}/weightquant/{algorithm}_{bits}bits/weights.pickle",
+        weights=weightquant_checkpoint(
+            "results/{dataset}/{model}/weightquant/{algorithm}_{bits}bits/weights.pickle"
+        ),
         errors="results/{dataset}/{model}/weightquant/{algorithm}_{bits}bits/errors.json",
     log:
         "logs/weightquant/{dataset}/{model}/{algorithm}_{bits}bits.log",

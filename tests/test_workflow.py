@@ -82,6 +82,8 @@ def test_weight_only_quantization_variants(tiny_run):
         errors = {b: json.loads((base / f"{algorithm}_{b}bits/errors.json").read_text())
                   for b in (2, 8)}
         assert errors[8]["mean"] < errors[2]["mean"] / 10  # 6 more bits: ~64x smaller steps
+        # quantized checkpoints are temporary once evaluated (keep_checkpoints: false)
+        assert not (base / f"{algorithm}_8bits/weights.pickle").exists()
         for e in errors.values():
             assert e["min"] <= e["mean"] <= e["max"]
             assert e["per_variable"]  # one relative error per quantized variable

@@ -90,6 +90,7 @@ def local_run(slurm_cluster, tmp_path_factory, fashion_mnist_dir):
 def test_every_job_ran_as_its_own_slurm_job(slurm_run, slurm_cluster):
     work, out, _ = slurm_run
     run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
+    assert "Falling back to 'sacct'" not in out  # job states came from squeue
     submitted = SUBMITTED.findall(out)
     slurm_ids = [slurm_id for _, slurm_id, _ in submitted]
     assert len(set(slurm_ids)) == len(slurm_ids) == sum(CLUSTER_JOBS.values()), out[-5000:]
@@ -100,10 +101,13 @@ def test_every_job_ran_as_its_own_slurm_job(slurm_run, slurm_cluster):
     assert sorted(p.stem for p in logs) == sorted(slurm_ids, key=str)
     assert Counter(p.relative_to(logdir).parts[0].removeprefix("rule_") for p in logs) == CLUSTER_JOBS
     for _, slurm_id, log in submitted:
+        rule = Path(log).relative_to(logdir).parts[0].removeprefix("rule_")
         text = Path(log).read_text()
-        # the job's own snakemake (the jobstep executor) ran it and saw it through
-        assert "slurm-jobstep" in text or "Finished job" in text or "1 of 1 steps" in text, text
-        assert "100%" in text or "steps (100%) done" in text, text
+        # The batch script is snakemake's jobstep executor, on the node; it ran the job in
+        # a job step (srun), whose snakemake finished it.
+        assert "--executor slurm-jobstep" in text and f"Host: {slurm_cluster.host}" in text, text
+        assert f"localrule {rule}:" in text, text
+        assert f"Finished jobid: 0 (Rule: {rule})" in text and "1 of 1 steps (100%) done" in text, text
 
     # The scheduler's own record (MinJobAge=600 keeps finished jobs in squeue): every id,
     # under the run's job name, completed.
