@@ -16,6 +16,7 @@ include: "rules/prepare.smk"
 include: "rules/train.smk"
 include: "rules/tflite.smk"
 include: "rules/weightquant.smk"
+include: "rules/fat.smk"
 include: "rules/evaluate.smk"
 include: "rules/summary.smk"
 

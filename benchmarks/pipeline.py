@@ -66,7 +66,7 @@ def main() -> int:
            "--configfile", str(REPO / "config.yaml"), "--cores", args.cores]
     if args.backbone:
         override = work / "backbone.yaml"
-        override.write_text("weightquant:\n  algorithms: []\n")
+        override.write_text("weightquant:\n  algorithms: []\nfat:\n  schemes: []\n")
         cmd[cmd.index("--configfile") + 1 : cmd.index("--configfile") + 2] = [
             str(REPO / "config.yaml"), str(override)]
     start = time.perf_counter()

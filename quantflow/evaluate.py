@@ -90,18 +90,24 @@ class KerasRunner:
 
 def load_runner(path: str | Path, threads: int = 1):
     """A runner for a model file, with the size that file stands for: `size_bytes` is the
-    file size, except for a weight-quantized pickle, where it is the packed size of its
-    quantized values (`size_kind` says which)."""
+    file size, except for a weight-quantized pickle or a fake-quant Keras model, where it is
+    the packed size of its quantized values (`size_kind` says which)."""
     suffix = Path(path).suffix
     if suffix == ".tflite":
         runner = TFLiteRunner(path, threads)
     elif suffix == ".keras":
         import keras
 
+        from quantflow import fakequant  # registers the fake-quant layers for loading
+        from quantflow.fat import packed_size_bytes
+
         try:
             runner = KerasRunner(keras.saving.load_model(str(path), compile=False))
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, TypeError) as e:
             raise QuantflowError(f"{path}: not a loadable Keras model ({e})") from e
+        if fakequant.weight_quantizers(runner.model):  # a FAT model in simulation
+            runner.size_bytes, runner.size_kind = packed_size_bytes(runner.model), "packed"
+            return runner
     elif suffix == ".pickle":
         from quantflow.weightquant import packed_size_bytes
         from quantflow.weights import load_weights, rebuild_model

@@ -11,14 +11,52 @@ anyway; this keeps the stored values meaningful). The alphas with the lowest hel
 
 from __future__ import annotations
 
+import os
+import pickle
+import re
 from itertools import islice
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from quantflow.errors import QuantflowError
-from quantflow.fakequant import alpha_bounds, image_batches
+from quantflow.fakequant import alpha_bounds, image_batches, weight_quantizers
+from quantflow.safepickle import safe_load
+
+SCHEME_PATTERN = re.compile(r"w([0-9]+)a([0-9]+)-(sym|asym)-(pc|pt)")
+THRESHOLDS_FORMAT = 1
+
+
+def parse_scheme(name: str) -> dict:
+    """A quantization scheme from its name, `w<weight bits>a<activation bits>-<sym|asym>-
+    <pc|pt>` (e.g. w8a8-sym-pc: 8-bit weights per channel, 8-bit symmetric activations), as
+    keyword arguments of `fake_quant_model`."""
+    match = SCHEME_PATTERN.fullmatch(name)
+    if not match:
+        raise QuantflowError(
+            f"bad FAT scheme {name!r}: write w<weight bits>a<activation bits>-<sym|asym>-<pc|pt>"
+            ", e.g. w8a8-sym-pc (sym/asym: activation ranges; pc/pt: weight thresholds per "
+            "channel or per tensor)"
+        )
+    weight_bits, activation_bits, symmetry, granularity = match.groups()
+    scheme = {
+        "weight_bits": int(weight_bits),
+        "activation_bits": int(activation_bits),
+        "symmetric": symmetry == "sym",
+        "per_channel": granularity == "pc",
+    }
+    for key in ("weight_bits", "activation_bits"):
+        if not 2 <= scheme[key] <= 16:
+            raise QuantflowError(f"FAT scheme {name!r}: {key} must be from 2 to 16")
+    return scheme
+
+
+def tflite_exportable(scheme: dict) -> bool:
+    """Whether LiteRT's int8 kernels run the scheme exactly: 8-bit activations and at most
+    8-bit weights (fewer weight bits are stored as int8 values on the coarser grid)."""
+    return scheme["activation_bits"] == 8 and scheme["weight_bits"] <= 8
 
 
 def _rmse(a, b):
@@ -29,10 +67,11 @@ class _Evaluator:
     """The RMSE between the float and fake-quant logits over a fixed set of batches (the
     float logits computed once)."""
 
-    def __init__(self, float_model, qmodel, images, batches: int | None = None):
+    def __init__(self, float_model, qmodel, images, batches: int | None = None, batch_size=32):
         self.qmodel = qmodel
         self.batches = [
-            (x, np.asarray(float_model(x, training=False))) for x in image_batches(images, batches)
+            (x, np.asarray(float_model(x, training=False)))
+            for x in image_batches(images, batches, batch_size)
         ]
         if not self.batches:
             raise QuantflowError("threshold training needs at least one validation batch")
@@ -47,28 +86,40 @@ class _Evaluator:
         return float(np.sqrt(total / count))
 
 
-def logits_rmse(float_model, qmodel, images, batches: int | None = None) -> float:
-    """RMSE between the float and fake-quant models' logits over `images` (an array or an
-    iterable of batches, at most `batches` of them)."""
-    return _Evaluator(float_model, qmodel, images, batches)()
+def logits_rmse(
+    float_model, qmodel, images, batches: int | None = None, batch_size: int = 32
+) -> float:
+    """RMSE between the float and fake-quant models' logits over `images` (an array, cut
+    into `batch_size` batches, or an iterable of batches; at most `batches` of them)."""
+    return _Evaluator(float_model, qmodel, images, batches, batch_size)()
 
 
-def _epoch_batches(images, steps_per_epoch: int | None):
+def _epoch_batches(images, steps_per_epoch: int | None, batch_size: int, seed: int | None):
     """An iterator of epochs, each an iterator of image batches: full passes over `images`,
-    or `steps_per_epoch` batches cycling through it."""
+    or `steps_per_epoch` batches cycling through it. An array is cut into `batch_size`
+    batches, reshuffled on every pass when `seed` is not None."""
+    passes = _passes(images, batch_size, seed)
     if steps_per_epoch is None:
-        while True:
-            yield image_batches(images)
+        yield from passes
     else:
-        stream = _restarting(images)
+        stream = _restarting(passes)
         while True:
             yield islice(stream, steps_per_epoch)
 
 
-def _restarting(images):
+def _passes(images, batch_size: int, seed: int | None):
+    rng = np.random.default_rng(seed)
     while True:
+        if isinstance(images, np.ndarray) and seed is not None:
+            yield image_batches(images[rng.permutation(len(images))], batch_size=batch_size)
+        else:
+            yield image_batches(images, batch_size=batch_size)
+
+
+def _restarting(passes):
+    for batches in passes:
         count = 0
-        for batch in image_batches(images):
+        for batch in batches:
             count += 1
             yield batch
         if count == 0:
@@ -85,6 +136,9 @@ def train_thresholds(
     reset_every: int = 400,
     steps_per_epoch: int | None = None,
     val_ds=None,
+    batch_size: int = 32,
+    seed: int | None = None,
+    on_epoch=None,
     log_stream=None,
 ) -> dict:
     """Train the alphas of `qmodel` to match `float_model`'s logits on `images_ds` (an array,
@@ -93,6 +147,9 @@ def train_thresholds(
     for an endless dataset). The alphas with the best RMSE on `val_ds` (held-out images;
     None: `images_ds` itself, then not held out and not endless) are restored at the end.
     Only the learning rate restarts every `reset_every` steps, not Adam's moments.
+    Arrays are cut into `batch_size` batches (shuffled every pass when `seed` is given).
+    `on_epoch(row, improved)` is called after every epoch, alphas as trained so far (e.g.
+    to write checkpoints); `improved`: the held-out RMSE is the best yet.
 
     Returns {"history": [{"epoch", "train_rmse", "val_rmse", "learning_rate"}, ...],
     "initial_val_rmse", "final_val_rmse" (of the kept alphas), "best_epoch" (0: the initial
@@ -126,7 +183,9 @@ def train_thresholds(
             variable.assign(tf.clip_by_value(variable, low, high))
         return loss
 
-    validate = _Evaluator(float_model, qmodel, images_ds if val_ds is None else val_ds)
+    validate = _Evaluator(
+        float_model, qmodel, images_ds if val_ds is None else val_ds, batch_size=batch_size
+    )
     initial = best = validate()
     best_values, best_epoch = [np.array(v.numpy()) for v in alphas], 0
     _log(
@@ -134,7 +193,9 @@ def train_thresholds(
         f"threshold training: {len(alphas)} alpha tensors, " f"initial val RMSE {initial:.6f}",
     )
     history, steps = [], 0
-    for epoch, batches in zip(range(1, epochs + 1), _epoch_batches(images_ds, steps_per_epoch)):
+    for epoch, batches in zip(
+        range(1, epochs + 1), _epoch_batches(images_ds, steps_per_epoch, batch_size, seed)
+    ):
         losses = [float(step(tf.convert_to_tensor(x))) for x in batches]
         if not losses:
             raise QuantflowError("threshold training needs at least one batch of images")
@@ -152,9 +213,12 @@ def train_thresholds(
             f"epoch {epoch}/{epochs}: train RMSE {row['train_rmse']:.6f}, "
             f"val RMSE {val:.6f}, lr {row['learning_rate']:.2e}",
         )
-        if val < best:
+        improved = val < best
+        if improved:
             best, best_epoch = val, epoch
             best_values = [np.array(v.numpy()) for v in alphas]
+        if on_epoch is not None:
+            on_epoch(row, improved)
     for variable, value in zip(alphas, best_values):
         variable.assign(value)
     _log(log_stream, f"kept the alphas of epoch {best_epoch}: val RMSE {best:.6f}")
@@ -170,3 +234,49 @@ def train_thresholds(
 def _log(stream, line: str) -> None:
     if stream is not None:
         print(line, file=stream, flush=True)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def save_thresholds(path: str | Path, data: dict) -> None:
+    """Pickle a thresholds record (plain dicts, lists and numbers, see `quantflow.fakequant.
+    thresholds`) atomically; read it back with `load_thresholds`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump({"format": THRESHOLDS_FORMAT, **data}, f, protocol=5)
+    os.replace(tmp, path)
+
+
+def load_thresholds(path: str | Path) -> dict:
+    """A thresholds pickle, through the restricted unpickler (nothing in it is executed)."""
+    data = safe_load(path, what="thresholds file")
+    if not isinstance(data, dict) or data.get("format") != THRESHOLDS_FORMAT:
+        raise QuantflowError(
+            f"{path}: not a quantflow thresholds file (format {THRESHOLDS_FORMAT})"
+        )
+    return data
+
+
+def alpha_values(info: dict) -> dict[str, np.ndarray]:
+    """All symmetric-threshold alphas of a `thresholds` dict, by kind ("weight": one per
+    channel or tensor, "activation": one per tensor), as flat arrays (asymmetric ranges
+    contribute their width alpha_R)."""
+    values = {"weight": [], "activation": []}
+    for row in info.values():
+        alpha = row.get("alpha", row.get("alpha_r"))
+        if alpha is not None:
+            values[row["kind"]].append(np.ravel(np.asarray(alpha, dtype=np.float64)))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in values.items()}
+
+
+def packed_size_bytes(qmodel) -> int:
+    """Bytes of the quantized layers' parameters packed at their bit width: kernels at
+    `bits` per value, biases and per-channel scales at 32 bits."""
+    bits = 0
+    for layer in weight_quantizers(qmodel):
+        kernel = int(np.prod(layer.kernel.shape))
+        scales = int(np.prod(layer.t_max.shape)) or 1
+        bits += kernel * layer.bits + 32 * (int(np.prod(layer.bias.shape)) + scales)
+    return (bits + 7) // 8

@@ -106,3 +106,94 @@ def plot_accuracy_vs_bits(rows: list[dict], records: list[dict], path: str | Pat
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
+
+
+def fat_rows(records: list[dict], summaries: list[dict], checks: list[dict]) -> list[dict]:
+    """One row per (dataset, model, FAT scheme): the threshold training summary (fat.json,
+    with "dataset" and "model" added), the int8 TFLite check (tflite.json) when exported,
+    the metrics of fat-<scheme> (TFLite) and fat-<scheme>-sim (simulation), and the fp32
+    TFLite and int8 PTQ (`tflite-int8`) records of the same model to compare with; in the
+    order of `summaries`."""
+    by_variant = {(r["dataset"], r["model"], r["variant"]): r for r in records}
+    by_check = {(c["dataset"], c["model"], c["scheme"]): c for c in checks}
+    rows = []
+    for s in summaries:
+        key = (s["dataset"], s["model"])
+        fp32 = by_variant.get((*key, REFERENCE_VARIANT))
+        ptq = by_variant.get((*key, "tflite-int8"))
+        tflite = by_variant.get((*key, f"fat-{s['scheme']}"))
+        sim = by_variant.get((*key, f"fat-{s['scheme']}-sim"))
+        deployed = tflite or sim
+
+        def delta(a, b):
+            return 100.0 * (a["accuracy"] - b["accuracy"]) if a and b else None
+
+        rows.append({
+            **s, "fp32": fp32, "ptq": ptq, "tflite": tflite, "sim": sim,
+            "check": by_check.get((*key, s["scheme"])),
+            "runs_on": "LiteRT int8" if tflite else "simulation (fake-quant Keras)",
+            "delta_fp32_pp": delta(deployed, fp32), "delta_ptq_pp": delta(deployed, ptq),
+            "delta_sim_pp": delta(tflite, sim),
+        })
+    return rows  # in the order of `summaries`: the configured models and schemes
+
+
+def _figure(size=(7, 4.5)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_fat_rmse(histories: dict, path: str | Path) -> None:
+    """Held-out RMSE between float and fake-quant logits against the epoch (0: calibrated
+    thresholds), one line per (model, scheme); `histories` maps a label to history rows."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for label, rows in histories.items():
+        ax.plot([int(r["epoch"]) for r in rows], [float(r["val_rmse"]) for r in rows],
+                marker="o", label=label)
+    if histories:
+        ax.set_yscale("log")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no FAT scheme configured", ha="center", transform=ax.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch (0: calibrated thresholds)")
+    ax.set_ylabel("held-out logits RMSE (float vs quantized)")
+    ax.set_title("FAT threshold training")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+
+
+def plot_fat_alphas(alphas: dict, path: str | Path) -> None:
+    """Histograms of the trained alphas (threshold / calibrated maximum), weights and
+    activations side by side, one series per (model, scheme)."""
+    import numpy as np
+
+    fig = _figure((9, 4))
+    axes = fig.subplots(1, 2, sharey=False)
+    bins = np.linspace(0.5, 1.0, 26)
+    for ax, kind in zip(axes, ("weight", "activation")):
+        for label, values in alphas.items():
+            if values[kind].size:
+                ax.hist(np.clip(values[kind], 0.5, 1.0), bins=bins, histtype="step", linewidth=1.5,
+                        label=f"{label} ({values[kind].size})")
+        ax.set_xlabel("trained alpha (threshold / calibrated max)")
+        ax.set_ylabel("count")
+        ax.set_title(f"{kind} thresholds" + (" (per channel or tensor)" if kind == "weight" else ""))
+        if kind == "weight":  # thousands of channels, most at 1
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if alphas:
+            ax.legend(fontsize=7)
+    if not alphas:
+        axes[0].text(0.5, 0.5, "no FAT scheme configured", ha="center",
+                     transform=axes[0].transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")

@@ -14,7 +14,27 @@ WEIGHTQUANT = config["weightquant"]
 WEIGHTQUANT_VARIANTS = [
     f"{algorithm}-{bits}" for algorithm in WEIGHTQUANT["algorithms"] for bits in WEIGHTQUANT["bits"]
 ]
-VARIANTS = config["variants"] + WEIGHTQUANT_VARIANTS
+FAT = config["fat"]
+FAT_SCHEMES = FAT["schemes"]
+
+
+def fat_exportable(scheme):
+    """LiteRT's int8 kernels run 8-bit activations and weights of at most 8 bits."""
+    weight_bits, activation_bits = map(int, re.match(r"w([0-9]+)a([0-9]+)", scheme).groups())
+    return activation_bits == 8 and weight_bits <= 8
+
+
+# FAT variants: fat-<scheme> is the int8 TFLite model (LiteRT), fat-<scheme>-sim the
+# fake-quant Keras model (the only one for schemes TFLite cannot run exactly).
+FAT_VARIANTS = [
+    variant
+    for scheme in FAT_SCHEMES
+    for variant in (
+        [f"fat-{scheme}"] * fat_exportable(scheme)
+        + [f"fat-{scheme}-sim"] * (FAT["simulate"] or not fat_exportable(scheme))
+    )
+]
+VARIANTS = config["variants"] + WEIGHTQUANT_VARIANTS + FAT_VARIANTS
 REPO = workflow.basedir
 ENV = "../envs/quantflow.yaml"
 
@@ -26,6 +46,7 @@ wildcard_constraints:
     fmt=r"fp32|int8",
     algorithm=r"bin|fixed",
     bits=r"[0-9]+",
+    scheme=r"w[0-9]+a[0-9]+-(sym|asym)-(pc|pt)",
 
 
 def image_lists(wildcards):
@@ -49,11 +70,15 @@ VARIANT_FILES = {
 
 def variant_model(wildcards):
     """The model file a variant is evaluated from: a weight-quantized checkpoint for
-    bin-<bits> and fixed-<bits>, else VARIANT_FILES."""
+    bin-<bits> and fixed-<bits>, a FAT model for fat-<scheme>[-sim], else VARIANT_FILES."""
     weightquant = re.fullmatch(r"(bin|fixed)-([0-9]+)", wildcards.variant)
+    fat = re.fullmatch(r"fat-(.+?)(-sim)?", wildcards.variant)
     if weightquant:
         algorithm, bits = weightquant.groups()
         path = f"results/{{dataset}}/{{model}}/weightquant/{algorithm}_{bits}bits/weights.pickle"
+    elif fat:
+        scheme, sim = fat.groups()
+        path = f"results/{{dataset}}/{{model}}/fat/{scheme}/model.{'keras' if sim else 'tflite'}"
     else:
         path = VARIANT_FILES[wildcards.variant]
     return path.format(dataset=wildcards.dataset, model=wildcards.model)
@@ -85,3 +110,17 @@ def weightquant_checkpoint(path):
     """Weight-quantized checkpoints are only read by evaluate: temporary unless
     weightquant: keep_checkpoints (a big sweep would otherwise keep one copy per bit width)."""
     return path if WEIGHTQUANT["keep_checkpoints"] else temp(path)
+
+
+def all_fat(name):
+    """A per-scheme FAT file (fat.json, history.csv, tflite.json) of every model."""
+    schemes = FAT_SCHEMES
+    if name == "tflite.json":
+        schemes = [s for s in FAT_SCHEMES if fat_exportable(s)]
+    return expand(
+        "results/{dataset}/{model}/fat/{scheme}/{name}",
+        dataset=DATASET,
+        model=MODELS,
+        scheme=schemes,
+        name=name,
+    )

@@ -5,6 +5,10 @@ rule summary:
         metrics=all_metrics(),
         training=expand("results/{dataset}/{model}/float/train.json", dataset=DATASET, model=MODELS),
         errors=all_weightquant_errors(),
+        fat=all_fat("fat.json"),
+        fat_history=all_fat("history.csv"),
+        fat_thresholds=all_fat("thresholds.pickle"),
+        fat_checks=all_fat("tflite.json"),
         info=expand("data/{dataset}/splits/info.json", dataset=DATASET),
         template=os.path.join(REPO, "reports/summary.md.j2"),
     output:
@@ -18,6 +22,16 @@ rule summary:
             "results/weightquant_accuracy.png",
             caption="../reports/weightquant.rst",
             category="Weight-only quantization",
+        ),
+        fat_rmse_plot=report(
+            "results/fat_rmse.png",
+            caption="../reports/fat_rmse.rst",
+            category="FAT",
+        ),
+        fat_alphas_plot=report(
+            "results/fat_alphas.png",
+            caption="../reports/fat_alphas.rst",
+            category="FAT",
         ),
     log:
         "logs/summary.log",

@@ -38,15 +38,44 @@ def main(inp, out, config):
         errors.append({"dataset": dataset, "model": model, **json.loads(Path(path).read_text())})
     weightquant = report.weightquant_rows(records, errors)
     report.plot_accuracy_vs_bits(weightquant, records, out.weightquant_plot)
+    fat = _fat(inp, records, out)
     markdown = report.render(
         inp.template, groups=groups, reference=report.REFERENCE_VARIANT,
         weightquant=weightquant, weightquant_plot=Path(out.weightquant_plot).name,
+        fat=fat, fat_rmse_plot=Path(out.fat_rmse_plot).name,
+        fat_alphas_plot=Path(out.fat_alphas_plot).name,
         threads=records[0]["threads"], latency_images=records[0]["latency_images"],
         config_yaml=yaml.safe_dump(dict(config), sort_keys=False),
         versions=package_versions(), machine=report.machine_description(),
     )
     Path(out.md).write_text(markdown)
     print(f"{len(records)} variants summarised")
+
+
+def _fat(inp, records, out):
+    """FAT rows for the report, and its two figures."""
+    import csv
+
+    from quantflow.fat import alpha_values, load_thresholds
+
+    def located(path):  # results/<dataset>/<model>/fat/<scheme>/<file>
+        dataset, model, _, scheme = Path(path).parts[1:5]
+        return {"dataset": dataset, "model": model, "scheme": scheme}
+
+    summaries = [{**json.loads(Path(p).read_text()), **located(p)} for p in inp.fat]
+    checks = [{**json.loads(Path(p).read_text()), **located(p)} for p in inp.fat_checks]
+    rows = report.fat_rows(records, summaries, checks)
+    histories, alphas = {}, {}
+    for path in inp.fat_history:
+        where = located(path)
+        with open(path, newline="") as f:
+            histories[f"{where['model']} {where['scheme']}"] = list(csv.DictReader(f))
+    for path in inp.fat_thresholds:
+        where = located(path)
+        alphas[f"{where['model']} {where['scheme']}"] = alpha_values(load_thresholds(path)["trained"])
+    report.plot_fat_rmse(histories, out.fat_rmse_plot)
+    report.plot_fat_alphas(alphas, out.fat_alphas_plot)
+    return rows
 
 
 run_logged(snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params.config)

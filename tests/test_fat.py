@@ -2,6 +2,7 @@
 float logits drops from a too-wide max calibration, and the alphas stay in their bounds."""
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -12,7 +13,16 @@ from keras import layers  # noqa: E402
 
 from quantflow import fakequant as fq  # noqa: E402
 from quantflow.errors import QuantflowError  # noqa: E402
-from quantflow.fat import logits_rmse, train_thresholds  # noqa: E402
+from quantflow.fat import (  # noqa: E402
+    alpha_values,
+    load_thresholds,
+    logits_rmse,
+    packed_size_bytes,
+    parse_scheme,
+    save_thresholds,
+    tflite_exportable,
+    train_thresholds,
+)
 
 SIZE = 16
 
@@ -113,3 +123,86 @@ def test_model_without_thresholds_is_refused(setup):
     model, train, _, _ = setup
     with pytest.raises(QuantflowError, match="no threshold parameters"):
         train_thresholds(model, model, train, epochs=1)
+
+
+def test_epoch_callback_batches_and_shuffling(setup):
+    model, train, val, calibration = setup
+    qmodel = _quantized(model, calibration)
+    seen = []
+    result = train_thresholds(
+        model,
+        qmodel,
+        train[:100],
+        epochs=2,
+        learning_rate=0.01,
+        val_ds=val[:32],
+        batch_size=25,
+        seed=0,
+        on_epoch=lambda row, improved: seen.append((row["epoch"], improved)),
+    )
+    assert result["steps"] == 8  # 100 images in batches of 25, two passes
+    assert [epoch for epoch, _ in seen] == [1, 2]
+    improved = [epoch for epoch, better in seen if better]
+    assert result["best_epoch"] == (improved[-1] if improved else 0)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("w8a8-sym-pc", (8, 8, True, True)),
+        ("w4a8-asym-pt", (4, 8, False, False)),
+        ("w16a16-sym-pt", (16, 16, True, False)),
+    ],
+)
+def test_scheme_names(name, expected):
+    scheme = parse_scheme(name)
+    keys = ("weight_bits", "activation_bits", "symmetric", "per_channel")
+    assert tuple(scheme[k] for k in keys) == expected
+    assert tflite_exportable(scheme) == (expected[0] <= 8 and expected[1] == 8)
+
+
+@pytest.mark.parametrize("name", ["w8a8", "w8a8-sym", "w1a8-sym-pc", "w8a17-sym-pc", "W8A8-sym-pc"])
+def test_bad_scheme_names_are_explained(name):
+    with pytest.raises(QuantflowError, match="w8a8-sym-pc|from 2 to 16"):
+        parse_scheme(name)
+
+
+def test_thresholds_file_round_trip_and_refuses_code(setup, tmp_path):
+    model, _, _, calibration = setup
+    qmodel = _quantized(model, calibration)
+    info = fq.thresholds(qmodel)
+    path = tmp_path / "thresholds.pickle"
+    save_thresholds(path, {"scheme": "w4a4-sym-pc", "initial": info, "trained": info})
+    loaded = load_thresholds(path)
+    assert loaded["trained"] == info and loaded["scheme"] == "w4a4-sym-pc"
+    alphas = alpha_values(loaded["trained"])
+    weights = sum(
+        len(np.ravel(v.numpy())) for v in fq.alpha_variables(qmodel) if "kernel" in v.path
+    )
+    assert alphas["weight"].size == weights and np.all(alphas["activation"] == 1.0)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path.write_bytes(pickle.dumps({"format": 1, "x": Evil()}))
+    with pytest.raises(QuantflowError, match="builtins.print"):
+        load_thresholds(path)
+    path.write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(QuantflowError, match="not a quantflow thresholds file"):
+        load_thresholds(path)
+
+
+def test_packed_size_counts_bits_per_weight(setup):
+    model, _, _, calibration = setup
+    sizes = {}
+    for bits in (4, 8):
+        qmodel = fq.fake_quant_model(model, weight_bits=bits)
+        layers_ = fq.weight_quantizers(qmodel)
+        kernels = sum(int(np.prod(layer.kernel.shape)) for layer in layers_)
+        extras = sum(
+            int(np.prod(layer.bias.shape)) + int(np.prod(layer.t_max.shape)) for layer in layers_
+        )
+        sizes[bits] = packed_size_bytes(qmodel)
+        assert sizes[bits] == (kernels * bits + 32 * extras + 7) // 8
+    assert sizes[4] < sizes[8]

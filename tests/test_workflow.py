@@ -20,7 +20,12 @@ TINY = {
     "tflite": {"calibration_images": 100},
     "evaluate": {"batch_size": 100, "latency_images": 50, "threads": 1},
     "weightquant": {"algorithms": ["bin", "fixed"], "bits": [2, 8]},
+    # an int8-exportable scheme (TFLite + simulation) and a simulation-only one
+    "fat": {"schemes": ["w8a8-sym-pc", "w4a4-asym-pt"], "images": 500, "validation_images": 200,
+            "batch_size": 50, "epochs": 2, "reset_every": 20, "check_images": 200,
+            "calibration": {"batches": 4}},
 }
+FAT_VARIANTS = ["fat-w8a8-sym-pc", "fat-w8a8-sym-pc-sim", "fat-w4a4-asym-pt-sim"]
 FIELDS = ["dataset", "model", "variant", "accuracy", "top5", "precision", "sensitivity",
           "g_mean", "size_bytes", "ms_per_image_b1", "ms_per_image_batched"]
 
@@ -44,7 +49,8 @@ def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
     work, _ = tiny_run
     records = json.loads((work / "results/summary.json").read_text())
     assert [r["variant"] for r in records] == [
-        "keras-float", "tflite-fp32", "tflite-int8", "bin-2", "bin-8", "fixed-2", "fixed-8"]
+        "keras-float", "tflite-fp32", "tflite-int8", "bin-2", "bin-8", "fixed-2", "fixed-8",
+        *FAT_VARIANTS]
     by = {r["variant"]: r for r in records}
     for r in records:
         assert all(k in r for k in FIELDS), r.keys()
@@ -91,6 +97,59 @@ def test_weight_only_quantization_variants(tiny_run):
     assert "## Weight-only quantization" in md and "](weightquant_accuracy.png)" in md
     assert (work / "results/weightquant_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert re.search(r"\| tiny \| fixed \| 8 \| " + f"{100 * by['fixed-8']['accuracy']:.2f}", md)
+
+
+def test_fat_outputs_and_variants(tiny_run):
+    from quantflow.fat import load_thresholds
+
+    work, _ = tiny_run
+    by = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
+    base = work / "results/fashion_mnist/tiny/fat"
+    fp32, deployed, sim = by["tflite-fp32"], by["fat-w8a8-sym-pc"], by["fat-w8a8-sym-pc-sim"]
+    # the int8 TFLite model of the trained fake-quant model, run by LiteRT
+    assert deployed["format"] == "tflite" and deployed["input_dtype"] == "int8"
+    assert deployed["model_path"].endswith("fat/w8a8-sym-pc/model.tflite")
+    assert deployed["size_bytes"] < 0.6 * fp32["size_bytes"]
+    assert abs(deployed["accuracy"] - fp32["accuracy"]) <= 0.03
+    assert abs(deployed["accuracy"] - sim["accuracy"]) <= 0.01
+    assert sim["format"] == "keras" and sim["size_kind"] == "packed"
+    check = json.loads((base / "w8a8-sym-pc/tflite.json").read_text())
+    assert check["check_images"] == 200 and check["top1_agreement"] >= 0.98
+    assert check["input"] == check["output"] == "int8" and check["max_weight_levels"] <= 255
+    # 4-bit activations: no TFLite model, simulation only
+    assert not (base / "w4a4-asym-pt/model.tflite").exists()
+    assert by["fat-w4a4-asym-pt-sim"]["size_bytes"] < sim["size_bytes"]
+    for scheme, epochs in (("w8a8-sym-pc", 2), ("w4a4-asym-pt", 2)):
+        summary = json.loads((base / scheme / "fat.json").read_text())
+        assert summary["final_val_rmse"] <= summary["initial_val_rmse"]
+        assert summary["steps"] == epochs * 10 and summary["seconds"] > 0
+        history = (base / scheme / "history.csv").read_text().splitlines()
+        assert history[0] == "epoch,train_rmse,val_rmse,learning_rate"
+        assert len(history) == 1 + 1 + epochs  # header, calibrated (epoch 0), epochs
+        assert json.loads((base / scheme / "ckpt/state.json").read_text())["epoch"] == epochs
+        assert (base / scheme / "ckpt/model.weights.h5").stat().st_size > 0
+        best = json.loads((base / scheme / "best_ckpt/state.json").read_text())
+        assert best["epoch"] == summary["best_epoch"]
+        thresholds = load_thresholds(base / scheme / "thresholds.pickle")
+        assert thresholds["scheme"] == scheme and thresholds["trained"].keys() == thresholds[
+            "initial"].keys()
+        for row in thresholds["trained"].values():
+            for key in ("alpha", "alpha_r"):
+                if key in row:
+                    assert 0.5 <= min(np_ravel(row[key])) and max(np_ravel(row[key])) <= 1.0
+        assert summary["alphas"]["weight"]["count"] > 0
+    md = (work / "results/summary.md").read_text()
+    assert "## FAT: trained quantization thresholds" in md
+    assert re.search(r"\| tiny \| w8a8-sym-pc \| LiteRT int8 \| " + f"{100 * deployed['accuracy']:.2f}",
+                     md)
+    assert re.search(r"\| tiny \| w4a4-asym-pt \| simulation", md)
+    for png in ("fat_rmse.png", "fat_alphas.png"):
+        assert f"]({png})" in md
+        assert (work / "results" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def np_ravel(value):
+    return [value] if isinstance(value, float) else list(value)
 
 
 def test_summary_markdown_shows_the_numbers(tiny_run):

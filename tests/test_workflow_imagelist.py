@@ -47,6 +47,10 @@ def imagelist_run(tmp_path_factory):
         "tflite": {"calibration_images": 32},
         "evaluate": {"batch_size": 20, "latency_images": 10, "threads": 1},
         "weightquant": {"algorithms": []},
+        # FAT on MobileNetV2 (ReLU6, residual Add, image files streamed from disk)
+        "fat": {"schemes": ["w8a8-sym-pc"], "simulate": False, "images": 48,
+                "validation_images": 24, "batch_size": 16, "epochs": 1, "check_images": 24,
+                "calibration": {"batches": 2}},
     }
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
@@ -57,11 +61,15 @@ def imagelist_run(tmp_path_factory):
 def test_image_list_pipeline_with_mobilenet_v2(imagelist_run):
     work = imagelist_run
     records = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
-    assert set(records) == {"keras-float", "tflite-fp32", "tflite-int8"}
+    assert set(records) == {"keras-float", "tflite-fp32", "tflite-int8", "fat-w8a8-sym-pc"}
     for r in records.values():
         assert (r["dataset"], r["model"], r["num_samples"]) == ("image_list", "mnv2", 60)
     assert abs(records["tflite-fp32"]["accuracy"] - records["keras-float"]["accuracy"]) < 0.02
     assert records["tflite-int8"]["input_dtype"] == "int8"
+    assert records["fat-w8a8-sym-pc"]["input_dtype"] == "int8"
+    check = json.loads((work / "results/image_list/mnv2/fat/w8a8-sym-pc/tflite.json").read_text())
+    assert check["check_images"] == 24 and check["top1_agreement"] >= 0.9
+    assert "CONV_2D" in check["ops"] and "ADD" in check["ops"]  # MobileNetV2's residuals
     info = json.loads((work / "data/image_list/splits/info.json").read_text())
     assert info["kind"] == "files" and info["input_shape"] == [32, 32, 3]
     assert info["class_names"] == CLASSES and info["sizes"] == {"train": 96, "val": 24, "test": 60}

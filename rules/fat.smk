@@ -1,0 +1,57 @@
+rule fat:
+    """FAT: the float model as a fake-quant model in the TFLite manner (BN folded, weights
+    and activations fake-quantized as int8 TFLite runs them), its thresholds calibrated,
+    then trained to match the float logits on unlabelled training images."""
+    input:
+        model="results/{dataset}/{model}/float/model.keras",
+        train=split_file("train"),
+        val=split_file("val"),
+        info="data/{dataset}/splits/info.json",
+    output:
+        ckpt=directory("results/{dataset}/{model}/fat/{scheme}/ckpt"),
+        best_ckpt=directory("results/{dataset}/{model}/fat/{scheme}/best_ckpt"),
+        thresholds="results/{dataset}/{model}/fat/{scheme}/thresholds.pickle",
+        model="results/{dataset}/{model}/fat/{scheme}/model.keras",
+        history="results/{dataset}/{model}/fat/{scheme}/history.csv",
+        summary="results/{dataset}/{model}/fat/{scheme}/fat.json",
+    log:
+        "logs/fat/{dataset}/{model}/{scheme}.log",
+    benchmark:
+        "results/benchmarks/fat/{dataset}/{model}/{scheme}.tsv"
+    conda:
+        ENV
+    threads: FAT["threads"]
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    params:
+        fat=FAT,
+        seed=config["seed"],
+    script:
+        "../scripts/fat.py"
+
+
+rule fat_tflite:
+    """The trained fake-quant model as a fully int8 TFLite model with its trained ranges,
+    checked against the fake-quant model on held-out images."""
+    input:
+        model="results/{dataset}/{model}/fat/{scheme}/model.keras",
+        train=split_file("train"),
+        val=split_file("val"),
+        info="data/{dataset}/splits/info.json",
+    output:
+        tflite="results/{dataset}/{model}/fat/{scheme}/model.tflite",
+        check="results/{dataset}/{model}/fat/{scheme}/tflite.json",
+    log:
+        "logs/fat_tflite/{dataset}/{model}/{scheme}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        seed=config["seed"],
+        check_images=FAT["check_images"],
+    script:
+        "../scripts/fat_tflite.py"
