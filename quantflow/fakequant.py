@@ -12,8 +12,9 @@ with the TFLite model: 100% on the tests' tiny models; the rest is integer round
   BatchNormalization right after one (its only consumer, the layer being linear) is folded
   into the kernel and a float bias (TFLite stores it as int32), and a following ReLU /
   ReLU6 (only consumer) is fused, as TFLite fuses them. The kernel is quantized symmetric,
-  narrow range, per output channel (or per tensor) to [-T, T]. Other activations are
-  separate int8 ops in TFLite, so they get a quantizer before and after them.
+  narrow range, per output channel (or per tensor) to [-T, T] (below 8 bits handed to the
+  converter as int8 on a grid that contains the b-bit one, see `int8_grid`). Other
+  activations are separate int8 ops in TFLite, so they get a quantizer before and after.
 * `ActivationQuant` quantizes one tensor: the model input, the output of every quantized
   layer (after its fused activation), of Add, Subtract, Multiply, Average, Concatenate,
   Maximum, Minimum, average pooling, standalone activations and the logits.
@@ -127,13 +128,15 @@ def fake_quant(x, lo, hi, *, bits: int, narrow_range: bool = False, per_channel:
     return _fake_quant(x, lo, hi)
 
 
-def grid_quant(w, t, *, bits: int):
-    """Symmetric narrow-range quantization of a constant `w` to [-t, t] per last-axis
-    channel written with plain ops (round(clip(w) / s) * s, s = t / (2**(bits-1) - 1)), so
-    the TFLite converter folds it into a float constant whose per-channel max is exactly
-    t: its own per-channel int8 weight quantization then recovers the same integers. Used
-    for Dense, where the converter rejects per-channel fake-quant ops (it transposes the
-    kernel for FULLY_CONNECTED). Same values and FAT gradient as `fake_quant`."""
+def grid_quant(w, t, *, bits: int, per_channel: bool = True):
+    """Symmetric narrow-range quantization of a constant `w` to [-t, t] (per last-axis
+    channel, or per tensor with a scalar `t`) written with plain ops (round(clip(w) / s) * s,
+    s = t / (2**(bits-1) - 1)), so the TFLite converter folds it into a float constant whose
+    per-channel max is exactly t: at 8 bits its own per-channel int8 weight quantization
+    then recovers the same integers (below 8 bits it stores round(q * 127 / levels)
+    with scale t / 127, within half an 8-bit step of the b-bit values q: `folded_int8`).
+    Used for Dense, where the converter rejects per-channel fake-quant ops (it transposes
+    the kernel for FULLY_CONNECTED). Same values and FAT gradient as `fake_quant`."""
 
     @tf.custom_gradient
     def _grid_quant(w, t):
@@ -141,12 +144,46 @@ def grid_quant(w, t, *, bits: int):
         y = tf.floor(tf.clip_by_value(w, -t, t) / step + 0.5) * step
 
         def grad(dy):
-            dw, d_lo, d_hi = _fat_gradient(w, y, -t, t, dy, True)
+            dw, d_lo, d_hi = _fat_gradient(w, y, -t, t, dy, per_channel)
             return dw, d_hi - d_lo
 
         return y, grad
 
     return _grid_quant(w, t)
+
+
+def int8_grid(w, t, *, bits: int, per_channel: bool):
+    """A CONV_2D / DEPTHWISE_CONV_2D kernel `w` already on the `bits`-bit grid of [-t, t]
+    (bits < 8), unchanged (straight-through gradient, none for t), handed to the converter
+    as 8-bit fake quant over [-t', t'], t' = 127 s / k, s = t / levels, k = 127 // levels
+    (4 bits: k = 18). Its step s / k divides s, so the converter stores k times the b-bit
+    integers as int8 (still 2**bits - 1 distinct values): exactly the same weights.
+
+    Why not the b-bit fake-quant op itself: at 4 bits the converter then stores the kernel
+    as int4 with scale s = t / 7. LiteRT's default XNNPACK delegate does not take int4
+    filters, so those ops run on the built-in kernels, whose requantization rounds twice
+    (gemmlowp: acc * multiplier rounded to an integer, then a rounding shift by -shift,
+    where s_in * s / s_out = m * 2**shift, m in [0.5, 1)): an error of up to 2**(shift-1)
+    output steps, biased upward, that the fake-quant model's single rounding does not have.
+    With 4-bit scales that is 1/16 to 1/8 of a step, and 1-8% of every layer's outputs came
+    out one step higher (tiny_mobilenet w4a8: top-1 agreement 99.5%, logits up to 3 steps
+    apart). As 8-bit ops they run in XNNPACK with one rounding, and the accumulator grid
+    (and the int32 bias's, s_in * s / k) is k times finer: 99.9%, at most 1 step apart.
+    """
+    levels = 2 ** (bits - 1) - 1
+    t8 = tf.stop_gradient(t * (127.0 / (levels * (127 // levels))))
+    return fake_quant(w, -t8, t8, bits=8, narrow_range=True, per_channel=per_channel)
+
+
+def folded_int8(w, t):
+    """A Dense kernel `w` on the b-bit grid of [-t, t] per channel (b < 8) as the converter
+    stores it: it quantizes the folded constant itself, per channel with scale
+    max|w| / 127 = t / 127, which cannot hold the b-bit values q * t / levels exactly
+    (127 / 7 is not a whole number), so FULLY_CONNECTED holds round(q * 127 / levels) * t /
+    127. Modelled here (never a tie: 127 q / levels is never a half) with a straight-through
+    gradient, so the fake-quant model computes what LiteRT does (still 2**b - 1 values)."""
+    step = t / 127.0
+    return w + tf.stop_gradient(tf.round(w / step) * step - w)
 
 
 def _clip(variable, bounds: tuple[float, float]):
@@ -321,6 +358,11 @@ class _QuantizedOp(layers.Layer):
         view = self._channel_view(kernel)
         if self.per_channel and self.folded_per_channel:
             view = grid_quant(view, t, bits=self.bits)
+            if self.bits < 8:  # what FULLY_CONNECTED will hold: see `folded_int8`
+                view = folded_int8(view, t)
+        elif self.bits < 8:  # the b-bit grid by plain ops, handed over as int8: `int8_grid`
+            view = grid_quant(view, t, bits=self.bits, per_channel=self.per_channel)
+            view = int8_grid(view, t, bits=self.bits, per_channel=self.per_channel)
         else:
             view = fake_quant(
                 view, -t, t, bits=self.bits, narrow_range=True, per_channel=self.per_channel

@@ -33,28 +33,29 @@ def synthetic_images(n: int, channels: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def wrapped_model():
-    """A nested backbone (swish, SE with sigmoid + Multiply, Add residual + ReLU6,
+    """A nested backbone (layers the tests look up are named: auto names depend on what
+    the process built before) (swish, SE with sigmoid + Multiply, Add residual + ReLU6,
     Concatenate, ZeroPadding + MaxPooling) inside a wrapper with Rescaling and Dropout."""
     bn = {"momentum": 0.9}
     inputs = keras.Input((SIZE, SIZE, 3))
     x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inputs)
     x = layers.BatchNormalization(**bn)(x)
-    x = layers.Activation("swish")(x)
+    x = layers.Activation("swish", name="swish")(x)
     y = layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
     y = layers.BatchNormalization(**bn)(y)
     y = layers.ReLU()(y)
     s = layers.GlobalAveragePooling2D(keepdims=True)(y)
     s = layers.Conv2D(4, 1, activation="relu")(s)
-    s = layers.Conv2D(16, 1, activation="sigmoid")(s)
-    y = layers.Multiply()([y, s])
+    s = layers.Conv2D(16, 1, activation="sigmoid", name="se_expand")(s)
+    y = layers.Multiply(name="se_scale")([y, s])
     y = layers.Conv2D(16, 1, use_bias=False)(y)
     y = layers.BatchNormalization(**bn)(y)
-    y = layers.Add()([x, y])
-    y = layers.ReLU(6.0)(y)
+    y = layers.Add(name="residual")([x, y])
+    y = layers.ReLU(6.0, name="residual_relu6")(y)
     z = layers.Conv2D(8, 1, activation="relu")(x)
-    c = layers.Concatenate()([y, z])
-    c = layers.ZeroPadding2D(1)(c)
-    c = layers.MaxPooling2D(2)(c)
+    c = layers.Concatenate(name="concat")([y, z])
+    c = layers.ZeroPadding2D(1, name="pad")(c)
+    c = layers.MaxPooling2D(2, name="pool")(c)
     features = layers.GlobalAveragePooling2D()(c)
     backbone = keras.Model(inputs, features, name="backbone")
 
@@ -124,17 +125,12 @@ def test_wrapped_model_is_flattened(wrapped):
     assert qmodel.get_layer("preprocess_mul_quant").fixed_range == pytest.approx((0.0, 2.0))
     lo, hi = qmodel.get_layer("preprocess_quant").fixed_range  # [-1, 1], off the ties
     assert -1.02 < lo < -1.0 and 1.0 < hi < 1.02
-    assert "add_quant" not in names and "re_lu_1" in names  # ReLU6 fused into ADD
-    assert "re_lu_1_quant" not in names  # quantized by the Concatenate, as in TFLite
-    assert "zero_padding2d_quant" not in names and "max_pooling2d_quant" not in names
-    assert {
-        "activation_sigmoid_quant",
-        "activation_quant",
-        "multiply_quant",
-        "concatenate_quant",
-    } <= set(names)
-    assert qmodel.get_layer("conv2d_2_sigmoid_quant").fixed_range == (0.0, 255 / 256)
-    assert "conv2d_2_linear_quant" in names  # sigmoid is its own int8 op
+    assert "residual_quant" not in names and "residual_relu6" in names  # ReLU6 fused into ADD
+    assert "residual_relu6_quant" not in names  # quantized by the Concatenate, as in TFLite
+    assert "pad_quant" not in names and "pool_quant" not in names
+    assert {"swish_sigmoid_quant", "swish_quant", "se_scale_quant", "concat_quant"} <= set(names)
+    assert qmodel.get_layer("se_expand_sigmoid_quant").fixed_range == (0.0, 255 / 256)
+    assert "se_expand_linear_quant" in names  # sigmoid is its own int8 op
 
 
 def _fully_int8(tflite: bytes) -> None:
