@@ -1153,10 +1153,12 @@ def fake_quant_model(
     symmetric: bool = True,
     input_range: tuple[float, float] | None = (0.0, 255.0),
 ) -> keras.Model:
-    """The fake-quantized twin of a float functional Keras model (see the module doc).
-    `weight_bits` and `activation_bits` from 2 to 16; `per_channel` weight thresholds;
-    `symmetric` activation ranges (weights are always symmetric); `input_range` the fixed
-    range of the model input (None: calibrated). Call `calibrate` before using it."""
+    """The fake-quantized twin of a float functional Keras model (see the module doc), or
+    of the model a weights pickle describes (`quantflow.weights.extract_weights` /
+    `load_weights`: its arrays plus architecture). `weight_bits` and `activation_bits`
+    from 2 to 16; `per_channel` weight thresholds; `symmetric` activation ranges (weights
+    are always symmetric); `input_range` the fixed range of the model input (None:
+    calibrated). Call `calibrate` before using it."""
     for what, bits in (("weight_bits", weight_bits), ("activation_bits", activation_bits)):
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 16:
             raise QuantflowError(f"{what} must be a whole number from 2 to 16, got {bits!r}")
@@ -1164,8 +1166,15 @@ def fake_quant_model(
         input_range = (float(input_range[0]), float(input_range[1]))
         if not input_range[0] <= 0.0 <= input_range[1] or input_range[0] == input_range[1]:
             raise QuantflowError(f"input_range {input_range} must contain 0 and not be empty")
+    if isinstance(model, dict):
+        from quantflow.weights import check_weights, rebuild_model
+
+        model = rebuild_model(check_weights(model))
     if not isinstance(model, keras.Model):
-        raise QuantflowError(f"fake_quant_model needs a Keras model, got {type(model).__name__}")
+        raise QuantflowError(
+            f"fake_quant_model needs a Keras model or a weights pickle's contents, got "
+            f"{type(model).__name__}"
+        )
     graph = flatten_graph(model)
     transform = _Transform(graph, int(weight_bits), int(activation_bits), per_channel, symmetric)
     return transform.run(model, input_range)

@@ -214,6 +214,18 @@ class Doubler(layers.Layer):
         return 2.0 * x
 
 
+def test_weights_pickle_gives_the_same_fake_quant_model(tiny, tmp_path):
+    from quantflow.weights import extract_weights, load_weights, save_weights
+
+    save_weights(extract_weights(tiny["model"]), tmp_path / "weights.pickle")
+    from_pickle = fq.fake_quant_model(load_weights(tmp_path / "weights.pickle"))
+    from_model = fq.fake_quant_model(tiny["model"])
+    for qmodel in (from_pickle, from_model):
+        fq.calibrate(qmodel, tiny["train"], 4)
+    x = tiny["test"][:64]
+    assert np.array_equal(np.asarray(from_pickle(x)), np.asarray(from_model(x)))
+
+
 def test_unsupported_custom_layer_is_named():
     inputs = keras.Input((SIZE, SIZE, 1), name="image")
     x = layers.Conv2D(4, 3, name="conv")(inputs)
