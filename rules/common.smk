@@ -2,8 +2,12 @@
 
 import os
 import re
+import sys
 
 from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)
+from quantflow.schemes import parse_scheme, tflite_exportable
 
 validate(config, "config.schema.yaml")
 
@@ -20,8 +24,7 @@ FAT_SCHEMES = FAT["schemes"]
 
 def fat_exportable(scheme):
     """LiteRT's int8 kernels run 8-bit activations and weights of at most 8 bits."""
-    weight_bits, activation_bits = map(int, re.match(r"w([0-9]+)a([0-9]+)", scheme).groups())
-    return activation_bits == 8 and weight_bits <= 8
+    return tflite_exportable(parse_scheme(scheme))
 
 
 # FAT variants: fat-<scheme> is the int8 TFLite model (LiteRT), fat-<scheme>-sim the

@@ -18,7 +18,7 @@ def main(inp, out, scheme_name, params, threads):
 
     from quantflow import data, tflite
     from quantflow.evaluate import TFLiteRunner
-    from quantflow.fat import parse_scheme, tflite_exportable
+    from quantflow.schemes import parse_scheme, tflite_exportable
     from quantflow.fakequant import image_batches  # registers the fake-quant layers
 
     scheme = parse_scheme(scheme_name)
