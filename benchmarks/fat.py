@@ -8,7 +8,7 @@ schemes of config.yaml (w8a8-sym-pc, w4a8-sym-pc: int8 TFLite in LiteRT, and the
 fake-quant simulation) side by side. Records the figures against the targets in
 benchmarks/results/fat.json.
 
-    .venv/bin/python benchmarks/fat.py [--cores 2] [--keep DIR] [--default-only]
+    .venv/bin/python benchmarks/fat.py [--cores 2] [--keep DIR] [--only default|mobilenet]
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="2")
     parser.add_argument("--keep", help="run in this directory and keep it")
-    parser.add_argument("--default-only", action="store_true",
-                        help="only the default model (no MobileNetV2 from scratch)")
+    parser.add_argument("--only", choices=["default", "mobilenet"],
+                        help="one of the two runs; its figures replace that run's in --out")
     parser.add_argument("--out", help="default: benchmarks/results/fat.json")
     args = parser.parse_args()
     out_path = Path(args.out or REPO / "benchmarks/results/fat.json")
@@ -119,13 +119,16 @@ def main() -> int:
 
     default = yaml.safe_load((REPO / "config.yaml").read_text())
     default["weightquant"]["algorithms"] = []
-    runs = {DEFAULT_MODEL: default}
-    if not args.default_only:
-        mobilenet = json.loads(json.dumps(default))
-        mobilenet["dataset"]["image_size"] = [32, 32]  # MobileNetV2's minimum input
-        mobilenet["models"] = MOBILENET
-        runs.update({name: mobilenet for name in MOBILENET})
+    mobilenet = json.loads(json.dumps(default))
+    mobilenet["dataset"]["image_size"] = [32, 32]  # MobileNetV2's minimum input
+    mobilenet["models"] = MOBILENET
+    runs = {DEFAULT_MODEL: default, **{name: mobilenet for name in MOBILENET}}
+    if args.only:
+        runs = {k: v for k, v in runs.items() if (k == DEFAULT_MODEL) == (args.only == "default")}
     figures, met, details = {}, {}, {}
+    if args.only and out_path.exists():  # keep the other run's figures
+        previous = json.loads(out_path.read_text())
+        figures, met, details = previous["figures"], previous["targets_met"], previous["runs"]
     for model, config in runs.items():
         records, wall, cmd = run(config, work / model, args.cores)
         by = {r["variant"]: r for r in records if r["model"] == model}
@@ -137,8 +140,7 @@ def main() -> int:
                           "rules": rule_benchmarks(work / model / "results")}
     result = {
         "benchmark": "FAT vs int8 PTQ vs fp32 TFLite, side by side per run: the default config "
-                     "(weight-only grid off)" + ("" if args.default_only else
-                                                 "; MobileNetV2 alpha 0.35 from scratch at 32x32"),
+                     "(weight-only grid off); MobileNetV2 alpha 0.35 from scratch at 32x32",
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_description(),
         "versions": package_versions(),

@@ -268,3 +268,21 @@ def test_load_user_model_errors(tmp_path):
     _user_model(tmp_path / "headless.keras", head=False)
     with pytest.raises(QuantflowError, match="no Dense layer"):
         zoo.load_user_model(tmp_path / "headless.keras", num_classes=3)
+
+
+def test_batchnorm_momentum_is_capped_for_short_training():
+    """Keras' MobileNetV2 uses momentum 0.999: a few epochs from scratch would leave its
+    moving statistics near their initial values (an inference model at chance)."""
+
+    def batchnorms(model):
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                yield from batchnorms(layer)
+            elif isinstance(layer, keras.layers.BatchNormalization):
+                yield layer
+
+    model = zoo.build_zoo_model("mobilenet_v2", (32, 32, 1), 3, alpha=0.35)
+    momenta = {layer.momentum for layer in batchnorms(model)}
+    assert momenta == {zoo.BN_MOMENTUM} and zoo.BN_MOMENTUM == 0.99
+    config = model.get_config()  # saved with the model
+    assert '"momentum": 0.999' not in str(config).replace("'", '"')
