@@ -7,13 +7,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test install install-dev data slurm report dry-run lint format bench clean
+.PHONY: run test test-slow install install-dev data slurm report dry-run lint format bench clean
 
 run: install data
 	$(BIN)/snakemake --cores $(CORES)
 
 test: install-dev data slurm
 	$(BIN)/pytest -q
+
+test-slow: install-dev
+	$(BIN)/pytest -q -m slow
 
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
