@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from quantflow.errors import QuantflowError
@@ -45,6 +47,19 @@ def convert(model, fmt: str, calibration: np.ndarray | None = None) -> bytes:
     else:
         raise QuantflowError(f"unknown TFLite format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return converter.convert()
+
+
+def save(flatbuffer: bytes, path: str | Path) -> dict:
+    """Write a TFLite flatbuffer atomically (a temporary file renamed over `path`), log its
+    size, input/output types and ops, and return `tensor_types` of it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(flatbuffer)
+    tmp.replace(path)
+    types = tensor_types(str(path))
+    print(f"{path}: {len(flatbuffer)} bytes, input {types['input']}, output "
+          f"{types['output']}, ops {', '.join(types['ops'])}")
+    return types
 
 
 def tensor_types(tflite_model: bytes | str) -> dict:

@@ -29,12 +29,7 @@ def main(inp, out, scheme_name, params, threads):
     train, val = data.Split(inp.train, size), data.Split(inp.val, size)
     calibration = train.take(tflite.calibration_indices(len(train), 32, params.seed))
     flatbuffer = tflite.convert(qmodel, "int8", calibration)
-    tmp = Path(out.tflite + ".tmp")
-    tmp.write_bytes(flatbuffer)
-    tmp.replace(out.tflite)
-    types = tflite.tensor_types(out.tflite)
-    print(f"{out.tflite}: {len(flatbuffer)} bytes, input {types['input']}, output "
-          f"{types['output']}, ops {', '.join(types['ops'])}")
+    types = tflite.save(flatbuffer, out.tflite)
 
     # the int8 model must predict what the fake-quant model does
     rng = np.random.default_rng(params.seed)

@@ -24,12 +24,7 @@ def main(inp, out, fmt, params, threads):
         )
         print(f"calibrating activation ranges on {len(calibration)} training images")
     flatbuffer = tflite.convert(model, fmt, calibration)
-    tmp = Path(out.tflite + ".tmp")
-    tmp.write_bytes(flatbuffer)
-    tmp.replace(out.tflite)
-    types = tflite.tensor_types(out.tflite)
-    print(f"{out.tflite}: {len(flatbuffer)} bytes, input {types['input']}, output "
-          f"{types['output']}, ops {', '.join(types['ops'])}")
+    tflite.save(flatbuffer, out.tflite)
     if fmt == "int8":
         print("activation ranges chosen by calibration (tensor: [min, max], scale, zero point):")
         for r in tflite.activation_ranges(out.tflite):
