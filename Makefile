@@ -6,11 +6,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
+# Your settings on top of config.yaml: make run CONFIG=my.yaml, make report CONFIG=my.yaml
+CONFIG ?=
+SNAKEMAKE_CONFIG := $(if $(CONFIG),--configfile $(CONFIG))
 
 .PHONY: run test test-slow install install-dev data slurm report dry-run lint format bench clean
 
 run: install data
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_CONFIG)
 
 test: install-dev data slurm
 	$(BIN)/pytest -q
@@ -54,12 +57,13 @@ slurm:
 		echo "note: SLURM not installed (no root apt); tests/cluster will be skipped"; \
 	fi
 
-# Re-render results/summary.{json,md} from the existing metrics (nothing else reruns).
+# Re-render results/summary.{json,md} from the existing metrics (nothing else reruns);
+# after a run with your own config file: make report CONFIG=my.yaml
 report: install
-	$(BIN)/snakemake --cores 1 --forcerun summary -- results/summary.md
+	$(BIN)/snakemake --cores 1 --forcerun summary $(SNAKEMAKE_CONFIG) -- results/summary.md
 
 dry-run: install
-	$(BIN)/snakemake -n
+	$(BIN)/snakemake -n $(SNAKEMAKE_CONFIG)
 
 lint: install-dev
 	$(BIN)/snakemake --lint

@@ -1,8 +1,10 @@
 """Running a model variant over a test set: predictions, accuracy metrics, size, latency.
 
-Every variant is measured the same way: scores for all test images in batches of
-`batch_size` (timed: ms per image batched), then `latency_images` images one at a time
-(timed: ms per image at batch 1), after a warm-up. TFLite models run in LiteRT.
+Accuracy and timing are separate measurements (and separate workflow jobs): accuracy runs
+over every test image in batches of `batch_size` and may share the machine; latency
+(:func:`measure_latency`) times `latency_images` images one at a time (ms per image at
+batch 1) and `latency_batches` batches of `batch_size` (ms per image batched), after a
+warm-up, and is meant to run with nothing else on the cores. TFLite models run in LiteRT.
 """
 
 from __future__ import annotations
@@ -161,23 +163,37 @@ def latency_batch1(runner, x: np.ndarray, count: int, warmup: int = 10) -> float
 
 
 def evaluate_model(path: str | Path, split, num_classes: int, *, batch_size: int,
-                   latency_images: int, threads: int) -> dict:
-    """Accuracy metrics, size and latency of one model file on a prepared `Split`."""
+                   threads: int) -> dict:
+    """Accuracy metrics and size of one model file on a prepared `Split` (not timed:
+    see :func:`measure_latency`)."""
     runner = load_runner(path, threads)
-    scores, labels, seconds = predict(runner, split.numpy_batches(batch_size), batch_size)
-    latency_count = min(latency_images, len(split))
+    scores, labels, _ = predict(runner, split.numpy_batches(batch_size), batch_size)
     record = classification_metrics(labels, scores, num_classes)
-    record.update(
-        size_bytes=runner.size_bytes,
-        size_kind=runner.size_kind,
-        format=runner.kind,
-        ms_per_image_batched=1000.0 * seconds / len(labels),
-        ms_per_image_b1=latency_batch1(runner, split.take(np.arange(latency_count)),
-                                       latency_count),
-        batch_size=batch_size,
-        latency_images=latency_count,
-        threads=threads,
-    )
+    record.update(size_bytes=runner.size_bytes, size_kind=runner.size_kind,
+                  format=runner.kind, batch_size=batch_size, threads=threads)
     if runner.kind == "tflite":
         record["input_dtype"] = np.dtype(runner.input["dtype"]).name
     return record
+
+
+def measure_latency(path: str | Path, split, *, batch_size: int, latency_images: int,
+                    latency_batches: int, threads: int) -> dict:
+    """Milliseconds per image of one model file: at batch 1 over the first
+    `latency_images` test images, and batched over the first `latency_batches` batches of
+    `batch_size` (a first batch untimed). Only the model runs are timed."""
+    runner = load_runner(path, threads)
+    count = min(latency_images, len(split))
+    images = min(len(split), batch_size * latency_batches)
+    labels = np.zeros(batch_size, np.int32)
+    batches = [(split.take(np.arange(i, min(i + batch_size, images))), labels)
+               for i in range(0, images, batch_size)]
+    _, _, seconds = predict(runner, batches, batch_size)  # the first batch also warms up
+    return {
+        "ms_per_image_b1": latency_batch1(runner, split.take(np.arange(count)), count),
+        # a short last batch runs padded to full size: time per slot of a full batch
+        "ms_per_image_batched": 1000.0 * seconds / (len(batches) * batch_size),
+        "latency_images": count,
+        "latency_batches": len(batches),
+        "batch_size": batch_size,
+        "threads": threads,
+    }

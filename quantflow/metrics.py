@@ -16,6 +16,7 @@ from numpy.typing import ArrayLike
 
 __all__ = [
     "confusion_matrix",
+    "expected_confusion_matrix",
     "top_k_accuracy",
     "classification_metrics",
     "plot_confusion_matrix",
@@ -87,12 +88,31 @@ def confusion_matrix(
     return flat.reshape(num_classes, num_classes).astype(np.int64)
 
 
+def _expected_topk(t: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: the expected top-k hit under random tie-breaking, and whether a tie
+    straddles the k-th place.
+
+    With v the k-th largest score, g the classes scoring above v and e those scoring
+    exactly v, the top k hold the g classes above v and k - g of the e tied ones, chosen
+    at random: the true class is a hit with probability 1 above v, (k - g) / e at v, and 0
+    below. A tie matters when g + e > k (more tied classes than places left)."""
+    k = min(k, s.shape[1])
+    kth = -np.partition(-s, k - 1, axis=1)[:, k - 1]
+    above = (s > kth[:, None]).sum(axis=1)
+    at = (s == kth[:, None]).sum(axis=1)
+    true_score = s[np.arange(len(t)), t]
+    hit = np.where(true_score > kth, 1.0,
+                   np.where(true_score == kth, (k - above) / at, 0.0))
+    return hit, above + at > k
+
+
 def top_k_accuracy(y_true: ArrayLike, scores: ArrayLike, k: int) -> float:
     """Fraction of samples whose true class is among the ``k`` highest scores.
 
-    ``k`` is clipped to the number of classes. Ties are broken deterministically
-    by class index: the top k are ``np.argsort(-scores, kind="stable")[:, :k]``,
-    so among equal scores the lower class index ranks first.
+    ``k`` is clipped to the number of classes. Ties count as the expected accuracy under
+    random tie-breaking: when the k-th place is shared by ``e`` classes of which ``r``
+    still fit in the top k, a true class among them scores ``r / e`` of a hit (for top-1:
+    ``1 / e`` among ``e`` classes tied at the maximum). So no class index is favoured.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -103,29 +123,57 @@ def top_k_accuracy(y_true: ArrayLike, scores: ArrayLike, k: int) -> float:
     t = _labels(raw, s.shape[1], "y_true")
     if t.size == 0:
         raise ValueError("top_k_accuracy needs at least one sample")
-    k = min(k, s.shape[1])
-    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.any(top == t[:, None], axis=1)))
+    return float(np.mean(_expected_topk(t, s, k)[0]))
+
+
+def expected_confusion_matrix(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``cm[t, p]``: expected count of samples of class ``t`` predicted as ``p`` when a tie
+    at the top score is broken at random (each of ``e`` tied classes gets ``1/e`` of the
+    sample). Integer-valued when nothing ties; every row of a sample sums to 1."""
+    top = scores == scores.max(axis=1, keepdims=True)
+    share = top / top.sum(axis=1, keepdims=True)
+    cm = np.zeros((scores.shape[1], scores.shape[1]))
+    np.add.at(cm, y_true, share)
+    return cm
+
+
+def _plain(cm: np.ndarray) -> list:
+    """Counts as JSON lists: ints where every count is whole, else floats."""
+    if np.all(cm == np.round(cm)):
+        return cm.astype(np.int64).tolist()
+    return cm.tolist()
 
 
 def classification_metrics(
     y_true: ArrayLike, scores: ArrayLike, num_classes: int
 ) -> dict[str, Any]:
-    """Accuracy, top-5, macro precision/recall, G-mean and the confusion matrix.
+    """Accuracy, top-5, macro precision/recall, G-mean, tie rates and the confusion matrix.
 
-    Returns a JSON-serialisable dict (plain floats, ints, lists; fractions in 0..1):
+    Returns a JSON-serialisable dict (plain floats, ints, lists; fractions in 0..1).
 
-    - ``accuracy``: top-1 accuracy (argmax of scores; ties go to the lower index).
-    - ``top5``: top-k accuracy with ``k = min(5, num_classes)``.
-    - ``precision``: macro mean over *all* classes of TP/(TP+FP). By convention a
-      class that is never predicted has precision 0.0 and still counts in the mean.
-    - ``sensitivity``: macro recall, mean of TP/(TP+FN) over the classes that occur
-      in ``y_true`` (absent classes have no recall and are left out).
-    - ``g_mean``: geometric mean of those same per-class recalls; exactly 0.0 when
-      any of them is 0.
-    - ``per_class_recall``: length ``num_classes``; None for a class absent from y_true.
-    - ``per_class_precision``: length ``num_classes``; 0.0 for never-predicted classes.
-    - ``confusion_matrix``: nested lists of ints, rows = true, columns = predicted.
+    Ties: integer (dequantized int8) outputs often give several classes the same top
+    score. Every metric is its expectation under random tie-breaking: a sample whose top
+    score is shared by ``e`` classes counts ``1/e`` towards each of them (in the confusion
+    matrix, and so in accuracy, precision and recall); top-5 likewise (see
+    :func:`top_k_accuracy`). Breaking ties towards the lowest class index instead would
+    move top-1 by tenths of a point on int8 models.
+
+    Averaging (scikit-learn's convention): macro precision, sensitivity and G-mean are
+    taken over the classes that occur in ``y_true`` or are predicted; classes that do
+    neither are left out. A class that is never predicted has precision 0; a predicted
+    class absent from ``y_true`` has precision 0 and recall 0.
+
+    - ``accuracy``: expected top-1 accuracy.
+    - ``top5``: expected top-k accuracy with ``k = min(5, num_classes)``.
+    - ``precision``, ``sensitivity`` (recall), ``g_mean`` (geometric mean of the recalls;
+      exactly 0.0 when any of them is 0): macro over the classes above.
+    - ``per_class_recall``, ``per_class_precision``: length ``num_classes``; None for a
+      class neither present nor predicted (recall: also None for a class absent from
+      ``y_true`` that is never predicted).
+    - ``tie_rate``: fraction of samples whose top score is shared by several classes;
+      ``top5_tie_rate``: fraction whose 5th place is shared across the top-5 boundary.
+    - ``confusion_matrix``: rows = true, columns = predicted; expected counts (ints when
+      nothing ties, else floats that are multiples of 1/e).
     - ``num_samples``: N.
     """
     t = _labels(y_true, num_classes, "y_true")
@@ -133,38 +181,49 @@ def classification_metrics(
     if t.size == 0:
         raise ValueError("classification_metrics needs at least one sample")
 
-    pred = np.argmax(s, axis=1)
-    cm = confusion_matrix(t, pred, num_classes)
+    cm = expected_confusion_matrix(t, s)
     tp = np.diag(cm)
-    support = cm.sum(axis=1)  # true samples per class
-    predicted = cm.sum(axis=0)  # predictions per class
+    support = np.bincount(t, minlength=num_classes)  # true samples per class
+    predicted = cm.sum(axis=0)  # expected predictions per class
+    counted = (support > 0) | (predicted > 0)  # scikit-learn: labels present or predicted
+
+    def ratio(num: float, den: float) -> float:
+        return float(num / den) if den > 0 else 0.0
 
     per_class_precision = [
-        float(tp[c] / predicted[c]) if predicted[c] > 0 else 0.0
-        for c in range(num_classes)
+        ratio(tp[c], predicted[c]) if counted[c] else None for c in range(num_classes)
     ]
-    per_class_recall: list[float | None] = [
-        float(tp[c] / support[c]) if support[c] > 0 else None
-        for c in range(num_classes)
+    per_class_recall = [
+        ratio(tp[c], support[c]) if counted[c] else None for c in range(num_classes)
     ]
-    present = [r for r in per_class_recall if r is not None]  # non-empty: N >= 1
+    precisions = [p for p in per_class_precision if p is not None]  # non-empty: N >= 1
+    recalls = [r for r in per_class_recall if r is not None]
 
-    if any(r == 0.0 for r in present):
+    if any(r == 0.0 for r in recalls):
         g_mean = 0.0
     else:  # via logs: no underflow of the product for many classes
-        g_mean = math.exp(math.fsum(math.log(r) for r in present) / len(present))
+        g_mean = math.exp(math.fsum(math.log(r) for r in recalls) / len(recalls))
 
+    top1, tied1 = _expected_topk(t, s, 1)
+    top5, tied5 = _expected_topk(t, s, 5)
     return {
-        "accuracy": float(tp.sum() / t.size),
-        "top5": top_k_accuracy(t, s, min(5, num_classes)),
-        "precision": float(np.mean(per_class_precision)),
-        "sensitivity": float(math.fsum(present) / len(present)),
+        "accuracy": min(1.0, float(math.fsum(top1) / t.size)),
+        "top5": min(1.0, float(math.fsum(top5) / t.size)),
+        "precision": min(1.0, math.fsum(precisions) / len(precisions)),
+        "sensitivity": min(1.0, math.fsum(recalls) / len(recalls)),
         "g_mean": min(1.0, float(g_mean)),
+        "tie_rate": float(np.mean(tied1)),
+        "top5_tie_rate": float(np.mean(tied5)),
         "per_class_recall": per_class_recall,
         "per_class_precision": per_class_precision,
-        "confusion_matrix": cm.tolist(),
+        "confusion_matrix": _plain(cm),
         "num_samples": int(t.size),
     }
+
+
+def _count_label(count: float) -> str:
+    """A cell's count: whole numbers as integers, expected (tie-shared) counts to 0.1."""
+    return str(int(count)) if count == int(count) else f"{count:.1f}"
 
 
 def plot_confusion_matrix(
@@ -214,7 +273,7 @@ def plot_confusion_matrix(
                 ax.text(
                     j,
                     i,
-                    str(int(counts[i, j])),
+                    _count_label(counts[i, j]),
                     ha="center",
                     va="center",
                     fontsize=fontsize,

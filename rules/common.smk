@@ -4,12 +4,53 @@ import os
 import re
 import sys
 
+import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
+from quantflow.codedeps import code_digest as _code_digest
 from quantflow.schemes import parse_scheme, tflite_exportable
 
-validate(config, "config.schema.yaml")
+
+def replace_models_from_configfiles():
+    """`models:` in a --configfile replaces config.yaml's models instead of being merged
+    into them (Snakemake merges mappings key by key): your file names the models that run.
+    The last file that has `models:` wins."""
+    for path in workflow.overwrite_configfiles or []:
+        with open(path) as f:
+            user = yaml.safe_load(f) or {}
+        if isinstance(user, dict) and "models" in user:
+            config["models"] = user["models"]
+
+
+def config_error(error):
+    """One line for a config that fails the schema: where, what, and what is allowed."""
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    allowed = ""
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        where = ".".join([*map(str, error.absolute_path), *extra]) if extra else where
+        allowed = f"; allowed keys here: {', '.join(sorted(error.schema.get('properties', {})))}"
+        what = "unknown key"
+    else:
+        what = error.message
+    return f"quantflow: config: {where}: {what}{allowed} (see rules/config.schema.yaml)"
+
+
+def validate_config():
+    try:
+        validate(config, "config.schema.yaml")
+    except WorkflowError as e:
+        cause = e.__context__  # the jsonschema ValidationError validate() caught
+        if not hasattr(cause, "absolute_path"):
+            raise
+        print(config_error(cause), file=sys.stderr)
+        sys.exit(1)  # the one line above, not the whole schema
+
+
+replace_models_from_configfiles()
+validate_config()
 
 DATASET = config["dataset"]["name"]
 MODELS = list(config["models"])
@@ -91,6 +132,40 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
+def model_files(wildcards):
+    """Files the train job reads because config names them: a keras_file model, a local
+    weights file, the checkpoint to restore. Replacing one reruns training."""
+    spec = config["models"][wildcards.model]
+    files = [spec["path"]] if spec.get("path") else []
+    if spec.get("weights") not in (None, "none", "imagenet"):
+        files.append(spec["weights"])
+    if config["train"].get("checkpoint"):
+        files.append(config["train"]["checkpoint"])
+    return files
+
+
+def without(mapping, *keys):
+    """A config section minus the keys that do not change a job's results (how many
+    threads, which variants are evaluated): params hold only what the job's output
+    depends on, so changing the rest reruns nothing."""
+    return {k: v for k, v in mapping.items() if k not in keys}
+
+
+def code_digest(script):
+    """Digest of scripts/<script>.py and every quantflow module it can import: a rule's
+    `code` param, so editing library code reruns exactly the jobs that run it."""
+    return _code_digest(os.path.join(REPO, "scripts", f"{script}.py"), REPO)
+
+
+def latency_cores():
+    """The timing job holds every core of a local run, so nothing runs beside it; on a
+    cluster it asks for evaluate.threads and a node of its own (profiles/slurm)."""
+    cores = workflow._cores  # --cores (None when not given)
+    if workflow.local_exec and isinstance(cores, int):
+        return max(cores, config["evaluate"]["threads"])
+    return config["evaluate"]["threads"]
+
+
 def all_metrics():
     return expand(
         "results/{dataset}/{model}/eval/{variant}/metrics.json",
@@ -127,3 +202,6 @@ def all_fat(name):
         scheme=schemes,
         name=name,
     )
+
+
+LATENCY_CORES = latency_cores()

@@ -11,9 +11,9 @@ rule download:
         mem_mb=1000,
         runtime=30,
     params:
-        mirrors=config["dataset"].get("mirrors"),
+        # what the data is; where it comes from (mirrors, retries, timeout) is read from
+        # the config by the script and does not rerun anything
         checksums=config["dataset"]["checksums"],
-        retries=config["dataset"]["retries"],
-        timeout=config["dataset"]["timeout_s"],
+        code=code_digest("download"),
     script:
         "../scripts/download.py"

@@ -1,9 +1,39 @@
-rule evaluate:
-    """Accuracy metrics, size and latency of one variant on the test split."""
+rule latency:
+    """Milliseconds per image of one variant, at batch 1 and batched. Run locally, the job
+    holds every core (threads: all of --cores), so nothing else runs while it times; on
+    SLURM it asks for a node of its own (--exclusive, profiles/slurm)."""
     input:
         model=variant_model,
         test=split_file("test"),
         info="data/{dataset}/splits/info.json",
+    output:
+        latency="results/{dataset}/{model}/eval/{variant}/latency.json",
+    log:
+        "logs/latency/{dataset}/{model}/{variant}.log",
+    conda:
+        ENV
+    threads: LATENCY_CORES
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        batch_size=config["evaluate"]["batch_size"],
+        latency_images=config["evaluate"]["latency_images"],
+        latency_batches=config["evaluate"]["latency_batches"],
+        threads=config["evaluate"]["threads"],
+        code=code_digest("latency"),
+    script:
+        "../scripts/latency.py"
+
+
+rule evaluate:
+    """Accuracy metrics and size of one variant on the test split (may run beside other
+    jobs), with its latency from the exclusive latency job."""
+    input:
+        model=variant_model,
+        test=split_file("test"),
+        info="data/{dataset}/splits/info.json",
+        latency="results/{dataset}/{model}/eval/{variant}/latency.json",
     output:
         metrics="results/{dataset}/{model}/eval/{variant}/metrics.json",
         confusion=report(
@@ -25,6 +55,6 @@ rule evaluate:
         runtime=30,
     params:
         batch_size=config["evaluate"]["batch_size"],
-        latency_images=config["evaluate"]["latency_images"],
+        code=code_digest("evaluate"),
     script:
         "../scripts/evaluate.py"

@@ -25,8 +25,9 @@ rule fat:
         mem_mb=6000,
         runtime=60,
     params:
-        fat=FAT,
+        fat=without(FAT, "schemes", "simulate", "threads", "check_images"),
         seed=config["seed"],
+        code=code_digest("fat"),
     script:
         "../scripts/fat.py"
 
@@ -53,5 +54,6 @@ rule fat_tflite:
     params:
         seed=config["seed"],
         check_images=FAT["check_images"],
+        code=code_digest("fat_tflite"),
     script:
         "../scripts/fat_tflite.py"

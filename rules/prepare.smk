@@ -17,7 +17,10 @@ rule prepare:
         mem_mb=2000,
         runtime=10,
     params:
-        dataset=config["dataset"],
+        dataset=without(
+            config["dataset"], "mirrors", "retries", "timeout_s", "checksums", "augment"
+        ),
         seed=config["seed"],
+        code=code_digest("prepare"),
     script:
         "../scripts/prepare.py"

@@ -43,5 +43,6 @@ rule summary:
         runtime=10,
     params:
         config=config,
+        code=code_digest("summary"),
     script:
         "../scripts/summary.py"

@@ -20,5 +20,6 @@ rule tflite:
     params:
         calibration_images=config["tflite"]["calibration_images"],
         seed=config["seed"],
+        code=code_digest("tflite"),
     script:
         "../scripts/tflite.py"

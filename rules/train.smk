@@ -4,6 +4,7 @@ rule train:
         train=split_file("train"),
         val=split_file("val"),
         info="data/{dataset}/splits/info.json",
+        files=model_files,
     output:
         model="results/{dataset}/{model}/float/model.keras",
         history="results/{dataset}/{model}/float/history.csv",
@@ -20,8 +21,9 @@ rule train:
         runtime=120,
     params:
         spec=model_spec,
-        train=config["train"],
+        train=without(config["train"], "threads"),
         seed=config["seed"],
         augment=config["dataset"]["augment"],
+        code=code_digest("train"),
     script:
         "../scripts/train.py"

@@ -12,6 +12,8 @@ rule extract_weights:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        code=code_digest("extract_weights"),
     script:
         "../scripts/extract_weights.py"
 
@@ -37,5 +39,6 @@ rule weightquant:
     params:
         keep_batchnorm_float=WEIGHTQUANT["keep_batchnorm_float"],
         keep_bias_float=WEIGHTQUANT["keep_bias_float"],
+        code=code_digest("weightquant"),
     script:
         "../scripts/weightquant.py"

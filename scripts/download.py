@@ -10,13 +10,14 @@ from quantflow.data import fetch_dataset
 from quantflow.logs import run_logged
 
 
-def main(dataset, manifest, params):
+def main(dataset, manifest, params, cfg):
+    # where from and how patiently: config, not params (a new mirror reruns nothing)
     result = fetch_dataset(
-        dataset, Path(manifest).parent, mirrors=params.mirrors, checksums=params.checksums,
-        retries=params.retries, timeout=params.timeout,
+        dataset, Path(manifest).parent, mirrors=cfg.get("mirrors"),
+        checksums=params.checksums, retries=cfg["retries"], timeout=cfg["timeout_s"],
     )
     Path(manifest).write_text(json.dumps(result, indent=2) + "\n")
 
 
 run_logged(snakemake.log[0], main, snakemake.wildcards.dataset, snakemake.output.manifest,
-           snakemake.params)
+           snakemake.params, snakemake.config["dataset"])

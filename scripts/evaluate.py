@@ -1,4 +1,5 @@
-"""evaluate: metrics, size and latency of one model variant on the test split."""
+"""evaluate: accuracy metrics and size of one model variant on the test split, with the
+latency measured by its own exclusive job (scripts/latency.py) merged in."""
 
 import json
 import sys
@@ -20,9 +21,17 @@ def main(inp, out, wildcards, params, threads):
     split = data.Split(inp.test, info["input_shape"][:2])
     record = {"dataset": wildcards.dataset, "model": wildcards.model, "variant": wildcards.variant}
     record.update(evaluate_model(
-        inp.model, split, info["num_classes"],
-        batch_size=params.batch_size, latency_images=params.latency_images, threads=threads,
+        inp.model, split, info["num_classes"], batch_size=params.batch_size, threads=threads,
     ))
+    latency = json.loads(Path(inp.latency).read_text())
+    record.update(
+        ms_per_image_b1=latency["ms_per_image_b1"],
+        ms_per_image_batched=latency["ms_per_image_batched"],
+        latency_images=latency["latency_images"],
+        latency_batches=latency["latency_batches"],
+        latency_threads=latency["threads"],
+        latency_cores_held=latency["cores_held"],
+    )
     record["model_path"] = inp.model
     record["confusion_png"] = str(Path(out.confusion).relative_to("results"))
     plot_confusion_matrix(
@@ -32,6 +41,7 @@ def main(inp, out, wildcards, params, threads):
     )
     Path(out.metrics).write_text(json.dumps(record, indent=2) + "\n")
     print(f"{wildcards.variant}: top-1 {record['accuracy']:.4f}, top-5 {record['top5']:.4f}, "
+          f"ties on {100 * record['tie_rate']:.2f}% of images (top-1), "
           f"{record['size_bytes']} bytes, {record['ms_per_image_b1']:.3f} ms/img at batch 1, "
           f"{record['ms_per_image_batched']:.4f} ms/img at batch {params.batch_size}")
 

@@ -107,18 +107,38 @@ def test_g_mean_no_underflow_with_many_classes() -> None:
 
 
 def test_absent_class_excluded_from_recall_metrics() -> None:
-    # 4 classes, class 3 never occurs (and is never predicted).
+    # 4 classes, class 3 never occurs (and is never predicted): left out of every mean.
     # y_true = 0 0 1 2, y_pred = 0 1 1 2
     # recall:    c0 1/2, c1 1, c2 1, c3 None -> sensitivity 2.5/3 = 5/6,
     #            g_mean cbrt(1/2 * 1 * 1)
-    # precision: c0 1/1, c1 1/2, c2 1/1, c3 0 -> macro 2.5/4 = 0.625
+    # precision: c0 1/1, c1 1/2, c2 1/1, c3 None -> macro 2.5/3 = 5/6
     m = classification_metrics([0, 0, 1, 2], logits_for([0, 1, 1, 2], 4), 4)
     assert m["per_class_recall"] == [0.5, 1.0, 1.0, None]
     assert m["sensitivity"] == pytest.approx(5 / 6)
     assert m["g_mean"] == pytest.approx(0.5 ** (1 / 3))
-    assert m["per_class_precision"] == [1.0, 0.5, 1.0, 0.0]
-    assert m["precision"] == pytest.approx(0.625)
+    assert m["per_class_precision"] == [1.0, 0.5, 1.0, None]
+    assert m["precision"] == pytest.approx(5 / 6)
     assert len(m["per_class_recall"]) == 4
+
+
+def test_perfect_classifier_on_a_test_set_lacking_a_class_scores_one() -> None:
+    # 3 classes, the test set has only classes 0 and 1, every prediction right: averaging
+    # over all 3 classes would give precision 2/3; over present-or-predicted ones, 1.
+    m = classification_metrics([0, 1, 1, 0], logits_for([0, 1, 1, 0], 3), 3)
+    assert m["precision"] == m["sensitivity"] == m["g_mean"] == m["accuracy"] == 1.0
+    assert m["per_class_precision"] == [1.0, 1.0, None]
+
+
+def test_predicted_class_absent_from_labels_counts_as_zero() -> None:
+    # scikit-learn: labels = present in y_true or predicted. y_true = 0 0 1, y_pred = 0 2 1
+    # precision: c0 1/1, c1 1/1, c2 0/1 -> 2/3; recall: c0 1/2, c1 1, c2 0 (no true
+    # samples: 0 by convention) -> 1.5/3 = 1/2; g_mean 0 (a recall is 0).
+    m = classification_metrics([0, 0, 1], logits_for([0, 2, 1], 3), 3)
+    assert m["per_class_precision"] == [1.0, 1.0, 0.0]
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["per_class_recall"] == [0.5, 1.0, 0.0]
+    assert m["sensitivity"] == pytest.approx(0.5)
+    assert m["g_mean"] == 0.0
 
 
 def test_top5_with_ten_classes() -> None:
@@ -140,10 +160,53 @@ def test_top5_with_three_classes_clips_k() -> None:
     assert classification_metrics([0, 1], scores, 3)["top5"] == 1.0
 
 
-def test_top_k_ties_go_to_lower_class_index() -> None:
+def test_ties_count_as_expected_hits_under_random_tie_breaking() -> None:
+    # Three classes all tied: each sample is a top-1 hit with probability 1/3 and a
+    # top-2 hit with probability 2/3, whatever its class index.
     scores = np.zeros((3, 3))
     assert top_k_accuracy([0, 1, 2], scores, 1) == pytest.approx(1 / 3)
     assert top_k_accuracy([0, 1, 2], scores, 2) == pytest.approx(2 / 3)
+    assert top_k_accuracy([2, 2, 2], scores, 1) == pytest.approx(1 / 3)  # no index favoured
+
+
+def test_hand_made_int8_like_outputs_with_ties() -> None:
+    # Dequantized int8 logits (steps of 0.5), 4 samples, 6 classes.
+    scores = np.array([
+        [2.0, 2.0, 0.5, 0.0, -1.0, -1.0],  # top-1 tie {0, 1}
+        [1.0, 3.0, 3.0, 3.0, 0.0, 0.0],    # top-1 tie {1, 2, 3}
+        [4.0, 1.0, 0.5, 0.5, 0.5, 0.5],    # no top-1 tie; 5th place shared by 4 classes
+        [0.0, 0.0, 0.0, 0.0, 0.0, 9.0],    # no top-1 tie; 5th place shared by 5 classes
+    ])
+    y = [1, 0, 5, 4]
+    # top-1: sample 0: class 1 among 2 tied -> 1/2; sample 1: class 0 not in the tie -> 0;
+    #        samples 2, 3: wrong -> 0.                                 accuracy = 0.5 / 4
+    # top-5: sample 0: class 1 above the 5th place (-1.0) -> 1.
+    #        sample 1: 5th place 0.0 shared by {4, 5}, 4 classes above -> class 0 above: 1.
+    #        sample 2: 5th place 0.5 shared by {2, 3, 4, 5}, 2 above, 3 places left ->
+    #                  class 5 gets 3/4.
+    #        sample 3: 5th place 0.0 shared by {0..4}, 1 above, 4 places left -> 4/5.
+    #        top5 = (1 + 1 + 3/4 + 4/5) / 4 = 3.55 / 4
+    m = classification_metrics(y, scores, 6)
+    assert m["accuracy"] == pytest.approx(0.5 / 4)
+    assert m["top5"] == pytest.approx(3.55 / 4)
+    assert m["tie_rate"] == 0.5  # samples 0 and 1
+    # every sample's 5th place is shared across the boundary: sample 0 (-1.0: {4, 5}, one
+    # place left), sample 1 (0.0: {4, 5}, one place), samples 2 and 3 as above
+    assert m["top5_tie_rate"] == 1.0
+    cm = np.array(m["confusion_matrix"])
+    # sample 0 (true 1) splits between predicted 0 and 1; sample 1 (true 0) three ways
+    assert cm[1, 0] == cm[1, 1] == 0.5
+    assert cm[0, 1] == cm[0, 2] == cm[0, 3] == pytest.approx(1 / 3)
+    assert cm.sum() == pytest.approx(4)
+    assert m["accuracy"] == pytest.approx(np.trace(cm) / 4)
+
+
+def test_lowest_index_tie_breaking_would_bias_accuracy() -> None:
+    # Half the samples tie classes 0 and 1 at the top: argmax favours class 0.
+    scores = np.array([[1.0, 1.0, 0.0]] * 4)
+    assert classification_metrics([0, 0, 1, 1], scores, 3)["accuracy"] == 0.5
+    assert classification_metrics([0, 0, 0, 0], scores, 3)["accuracy"] == 0.5
+    assert classification_metrics([0, 0, 0, 0], scores, 3)["tie_rate"] == 1.0
 
 
 def test_top_k_rejects_bad_k() -> None:
@@ -267,14 +330,20 @@ def test_property_metric_invariants(data: tuple[np.ndarray, np.ndarray, int]) ->
     m = classification_metrics(y_true, scores, num_classes)
     cm = np.array(m["confusion_matrix"])
     n = len(y_true)
-    assert cm.sum() == n == m["num_samples"]
+    assert cm.sum() == pytest.approx(n) and n == m["num_samples"]
     assert m["accuracy"] == pytest.approx(np.trace(cm) / n)
-    assert m["accuracy"] == pytest.approx(np.mean(np.argmax(scores, axis=1) == y_true))
+    if m["tie_rate"] == 0:
+        assert m["accuracy"] == pytest.approx(np.mean(np.argmax(scores, axis=1) == y_true))
+    # a second implementation from the definition: 1/e of a hit among e tied classes
+    best = scores.max(axis=1, keepdims=True)
+    expected = np.mean((scores[np.arange(n), y_true] == best[:, 0]) / (scores == best).sum(1))
+    assert m["accuracy"] == pytest.approx(expected)
     for key in ("accuracy", "top5", "precision", "sensitivity", "g_mean"):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["top5"] >= m["accuracy"]
     assert m["g_mean"] <= m["sensitivity"] + 1e-12  # AM-GM
-    present = [r for r in m["per_class_recall"] if r is not None]
-    assert len(present) == len(set(y_true.tolist()))
-    assert all(0.0 <= p <= 1.0 for p in m["per_class_precision"])
+    counted = [r for r in m["per_class_recall"] if r is not None]
+    predicted = set(np.flatnonzero(cm.sum(axis=0) > 0).tolist())
+    assert len(counted) == len(set(y_true.tolist()) | predicted)
+    assert all(p is None or 0.0 <= p <= 1.0 for p in m["per_class_precision"])
     assert math.isfinite(m["g_mean"])
