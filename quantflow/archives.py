@@ -287,7 +287,8 @@ class _staging:
         return self.path
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        assert self.path is not None
+        if self.path is None:  # __enter__ never ran: nothing was staged
+            return
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return

@@ -17,25 +17,31 @@ Nested models (a Model used as a layer) are flattened: their layers are named
 ``outer/inner`` and the rebuilt model (whose architecture nests them the same way) is
 walked the same way, so weights find their place again.
 
-Weights files are read with :func:`load_weights`, never with plain ``pickle.load``: it
-accepts only the globals numpy needs to rebuild arrays, so a crafted file cannot run code.
+On disk the dict is a pickle of plain Python values only (quantflow.safepickle): each array
+is a record ``{"__ndarray__": dtype name, "shape": [...], "data": bytes}``. Weights files
+are read with :func:`load_weights`, never with plain ``pickle.load``: its unpickler
+resolves no global at all, so a crafted file can name no code, and an array can be no
+larger than the bytes the file holds for it. :func:`rebuild_model` builds the architecture
+with deferred (unallocated) variables and checks every variable's shape against the stored
+arrays before any variable gets memory.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import secrets
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from quantflow.errors import QuantflowError
-from quantflow.safepickle import safe_load
+from quantflow.safepickle import PLAIN_DTYPES, is_plain_dtype, load_plain, save_plain
 
 FORMAT = "quantflow-weights/1"
-PICKLE_PROTOCOL = 5
+RULES = "extract_weights for float/weights.pickle, weightquant for a quantized one"
+# Variables a rebuilt architecture may create beyond the stored weights (random seed
+# states of Dropout and the like): at most this many values.
+MAX_UNSTORED_VALUES = 1 << 16
 
 # --------------------------------------------------------------------------- extraction
 
@@ -146,8 +152,12 @@ def extract_weights(model) -> dict:
 # --------------------------------------------------------------------------- checking
 
 
-def check_weights(data, source: str = "weights") -> dict:
-    """Raise QuantflowError unless `data` has the layout of :func:`extract_weights`."""
+def check_weights(data, source: str = "weights", fix: str | None = None) -> dict:
+    """Raise QuantflowError unless `data` has the layout of :func:`extract_weights`:
+    the format tag, a metadata dict, and a dict of layers, each a dict of numeric arrays
+    (dtypes of quantflow.safepickle.PLAIN_DTYPES). `fix` replaces the advice in messages
+    (a file's says which rule to rerun)."""
+    fix = fix or "re-create them with quantflow.weights.extract_weights"
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = (
             f"a dict with format {data.get('format')!r}"
@@ -156,24 +166,19 @@ def check_weights(data, source: str = "weights") -> dict:
         )
         raise QuantflowError(
             f"{source}: not a quantflow weights file (expected a dict with format {FORMAT!r}, "
-            f"found {found}); create it with quantflow.weights.extract_weights/save_weights"
+            f"found {found}); {fix}"
         )
     if not isinstance(data.get("metadata"), dict) or not isinstance(data.get("layers"), dict):
-        raise QuantflowError(
-            f"{source}: weights lack the 'metadata' or 'layers' dict; "
-            "re-create them with quantflow.weights.extract_weights"
-        )
+        raise QuantflowError(f"{source}: weights lack the 'metadata' or 'layers' dict; {fix}")
     for layer, roles in data["layers"].items():
         if not isinstance(roles, dict):
-            raise QuantflowError(
-                f"{source}: layer {layer!r} is not a dict of arrays; "
-                "re-create the weights with quantflow.weights.extract_weights"
-            )
+            raise QuantflowError(f"{source}: layer {layer!r} is not a dict of arrays; {fix}")
         for role, array in roles.items():
-            if not isinstance(array, np.ndarray) or array.dtype.hasobject:
+            if not isinstance(array, np.ndarray) or not is_plain_dtype(array.dtype):
+                kind = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
                 raise QuantflowError(
-                    f"{source}: {layer}/{role} is not a numeric numpy array "
-                    f"({type(array).__name__}); re-create the weights with extract_weights"
+                    f"{source}: {layer}/{role} is not a numeric numpy array ({kind}; "
+                    f"expected one of {', '.join(PLAIN_DTYPES)}); {fix}"
                 )
     return data
 
@@ -182,35 +187,27 @@ def check_weights(data, source: str = "weights") -> dict:
 
 
 def save_weights(data: dict, path: str | Path) -> None:
-    """Pickle `data` (protocol 5) to `path` atomically: a temporary file in the same
+    """Write `data` to `path` as a pickle of plain values (arrays as records, see
+    quantflow.safepickle), atomically: a uniquely named temporary file in the same
     directory, fsynced, then renamed over `path`."""
     check_weights(data)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=PICKLE_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    save_plain(data, path, what="weights")
 
 
 def load_weights(path: str | Path) -> dict:
-    """Read a weights file written by :func:`save_weights` with the restricted unpickler of
-    quantflow.safepickle: a pickle naming any global other than numpy's array machinery is
-    refused, and nothing in it is executed."""
-    return check_weights(safe_load(path, what="weights file"), str(path))
+    """Read a weights file written by :func:`save_weights` with quantflow.safepickle's
+    plain loader: a pickle naming any global (code, or numpy objects as the old format
+    pickled them) is refused without running anything, every array is checked against its
+    dtype name and shape, and no array can hold more than the file."""
+    fix = f"delete it and rerun the rule that wrote it ({RULES})"
+    data = load_plain(path, what="weights file", rerun=RULES)
+    return check_weights(data, f"weights file {path}", fix)
 
 
-def assign_weights(model, layers: dict) -> None:
-    """Set `model`'s weights from a {layer: {role: array}} dict. Every weighted layer and
-    role must be there with the model's shape, and nothing else; nothing is assigned when
-    any check fails."""
-    table = _variables(model)
+def _match(table: dict, layers: dict) -> list:
+    """(variable, array) pairs for a {layer: {role: variable}} table and a {layer: {role:
+    array}} dict; every weighted layer and role must be there with the variable's shape,
+    and nothing else. Reads only shapes, so it works on unallocated variables."""
     for name in layers:
         if name not in table:
             raise QuantflowError(
@@ -245,30 +242,81 @@ def assign_weights(model, layers: dict) -> None:
                     f"{expected} in the model"
                 )
             updates.append((variable, array))
-    for variable, array in updates:
+    return updates
+
+
+def assign_weights(model, layers: dict) -> None:
+    """Set `model`'s weights from a {layer: {role: array}} dict. Every weighted layer and
+    role must be there with the model's shape, and nothing else; nothing is assigned when
+    any check fails."""
+    for variable, array in _match(_variables(model), layers):
         variable.assign(array)
+
+
+def _pending_variables() -> list:
+    """Keras' list of variables created in a stateless scope and not yet initialized."""
+    from keras.src.backend.common import global_state
+
+    return global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
 
 
 def rebuild_model(data: dict, custom_objects: dict | None = None):
     """A Keras model built from ``metadata["architecture"]`` with every weight assigned by
-    layer name and role."""
+    layer name and role; not compiled (the stored compile settings are ignored).
+
+    The architecture is built in a keras.StatelessScope, where variables get their shape
+    but no memory; every weighted layer's variables must match the stored arrays in shape
+    (and the architecture may create at most MAX_UNSTORED_VALUES values beyond them, e.g.
+    seed states) before any variable is allocated. So a stored architecture that declares,
+    say, a Dense of 10^9 units next to small arrays is refused without allocating it."""
     import keras
 
     check_weights(data)
-    name = data["metadata"].get("model_name")
+    metadata = data["metadata"]
+    name = metadata.get("model_name")
+    architecture = metadata.get("architecture")
+    if not isinstance(architecture, str):
+        raise QuantflowError(
+            f"cannot rebuild model {name!r}: its stored architecture is a "
+            f"{type(architecture).__name__}, not JSON text; re-extract the weights"
+        )
+    pending = _pending_variables()
+    before = {id(v) for v in pending}
     try:
-        model = keras.models.model_from_json(
-            data["metadata"]["architecture"], custom_objects=custom_objects
-        )
-    except Exception as e:
-        raise QuantflowError(
-            f"cannot rebuild model {name!r} from its stored architecture "
-            f"({type(e).__name__}: {e}); pass custom_objects for custom layers"
-        ) from None
-    if not isinstance(model, keras.Model):
-        raise QuantflowError(
-            f"cannot rebuild model {name!r}: its stored architecture describes "
-            f"a {type(model).__name__}, not a Keras model; re-extract the weights"
-        )
-    assign_weights(model, data["layers"])
+        try:
+            config = json.loads(architecture)
+            if isinstance(config, dict):  # an optimizer would need allocated variables
+                config.pop("compile_config", None)
+            with keras.StatelessScope(initialize_variables=False):
+                model = keras.models.model_from_json(
+                    json.dumps(config), custom_objects=custom_objects
+                )
+        except Exception as e:
+            raise QuantflowError(
+                f"cannot rebuild model {name!r} from its stored architecture "
+                f"({type(e).__name__}: {e}); pass custom_objects for custom layers"
+            ) from None
+        if not isinstance(model, keras.Model):
+            raise QuantflowError(
+                f"cannot rebuild model {name!r}: its stored architecture describes "
+                f"a {type(model).__name__}, not a Keras model; re-extract the weights"
+            )
+        updates = _match(_variables(model), data["layers"])
+        stored = {id(variable) for variable, _ in updates}
+        extra = [v for v in _pending_variables() if id(v) not in before and id(v) not in stored]
+        values = sum(int(np.prod(v.shape, dtype=object)) for v in extra)
+        if values > MAX_UNSTORED_VALUES:
+            raise QuantflowError(
+                f"cannot rebuild model {name!r}: its stored architecture creates {values} "
+                "values besides the stored weights "
+                f"({', '.join(str(v.path) for v in extra[:5])}); re-extract the weights"
+            )
+    except BaseException:
+        pending = _pending_variables()  # forget what was created: never allocate it
+        pending[:] = [v for v in pending if id(v) in before]
+        raise
+    with keras.StatelessScope():  # on exit, Keras allocates the deferred variables
+        pass
+    for variable, array in updates:
+        variable.assign(array)
     return model
