@@ -98,12 +98,16 @@ def make_splits(train, test, validation_size: int, seed: int,
 
 def save_split(path: str | Path, x: np.ndarray, labels: np.ndarray) -> None:
     """Write a split atomically: uint8 `images`, or image `paths` when x holds strings."""
+    import io
+
+    from quantflow.atomic import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
     arrays = {"paths": x} if x.dtype.kind in "US" else {"images": x.astype(np.uint8)}
-    np.savez(tmp, labels=labels.astype(np.int32), **arrays)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, labels=labels.astype(np.int32), **arrays)
+    write_atomic(path, buffer.getbuffer())
 
 
 def write_info(path: str | Path, name: str, class_names: list[str], splits: dict,

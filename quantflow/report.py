@@ -66,14 +66,17 @@ def render(template_path: str | Path, **context) -> str:
 
 def weightquant_rows(records: list[dict], errors: list[dict]) -> list[dict]:
     """One row per weight-only quantized variant: its accuracy record joined with the
-    error summary of its checkpoint, sorted by dataset, model, algorithm, bits."""
+    error summary of its checkpoint (relative errors in percent), sorted by dataset, model,
+    algorithm, bits."""
     by_variant = {(r["dataset"], r["model"], r["variant"]): r for r in records}
     rows = []
     for e in errors:
         record = by_variant.get((e["dataset"], e["model"], f"{e['algorithm']}-{e['bits']}"))
         if record:
             rows.append({**record, "algorithm": e["algorithm"], "bits": e["bits"],
-                         "error_min": e["min"], "error_mean": e["mean"], "error_max": e["max"]})
+                         "error_min_pct": e["relative_error_pct_min"],
+                         "error_mean_pct": e["relative_error_pct_mean"],
+                         "error_max_pct": e["relative_error_pct_max"]})
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["algorithm"], r["bits"]))
 
 

@@ -20,10 +20,19 @@ def main(inp, out, algorithm, bits, params):
     save_weights(data, out.weights)
     errors["packed_size_bytes"] = packed_size_bytes(data)
     Path(out.errors).write_text(json.dumps(errors, indent=2) + "\n")
-    for name, error in errors["per_variable"].items():
-        print(f"  {name}: relative error {error:.4g}")
-    print(f"{algorithm} {bits} bits: relative error min {errors['min']:.4g}, mean "
-          f"{errors['mean']:.4g}, max {errors['max']:.4g}; packed {errors['packed_size_bytes']} bytes")
+    formats = errors.get("fixed_point", {})
+    for name, error in errors["relative_error_pct"].items():
+        f = formats.get(name)
+        detail = (f" (decimal shift {f['decimal_shift']}, {f['integer_bits']} integer, "
+                  f"{f['fractional_bits']} fractional bits, sign bit {f['sign_bit']})" if f else "")
+        print(f"  {name}: relative error {error:.4g}%{detail}")
+    packed = f"packed {errors['packed_size_bytes']} bytes"
+    if errors["relative_error_pct"]:
+        summary = ", ".join(f"{s} {errors[f'relative_error_pct_{s}']:.4g}%"
+                            for s in ("min", "mean", "max"))
+        print(f"{algorithm} {bits} bits: relative error {summary}; {packed}")
+    else:
+        print(f"{algorithm} {bits} bits: nothing quantized; {packed}")
 
 
 run_logged(

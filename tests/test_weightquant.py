@@ -1,20 +1,27 @@
 """Weight-only quantization: exact bin and fixed-point semantics, properties, checkpoints."""
 
 import copy
+import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from quantflow.errors import QuantflowError
 from quantflow.weightquant import (
     ALGORITHMS,
+    FixedPointFormat,
+    _Grid,
     bin_quantize,
+    fixed_point_format,
     fixed_point_quantize,
+    fixed_point_quantize_with_format,
     quantize_weights,
     relative_error,
+    relative_error_pct,
 )
 
 F32 = np.float32
@@ -28,12 +35,16 @@ def f32(*values):
 
 
 def reference_bins(x, bits):
-    """The bin of each value by the definition: the last k < n with x >= lo + k * width
-    (float64 edges), searched among k0 - 3 .. k0 + 3 around a float64 estimate k0."""
+    """The bin of each value by the definition: the last i < n with x >= lo + i * width
+    (float64 edges): the number of edges e_1 .. e_{n-1} not above x (up to 2**20 bins),
+    else searched among i0 - 3 .. i0 + 3 around a float64 estimate i0."""
     x64 = np.asarray(x, dtype=np.float64).ravel()
     lo, hi = float(x64.min()), float(x64.max())
     n = 2**bits
     width = (hi - lo) / n
+    if n <= 2**20:
+        edges = lo + np.arange(1, n, dtype=np.float64) * width
+        return np.searchsorted(edges, x64, side="right").astype(np.float64), lo, hi, width
     k0 = np.floor((x64 - lo) / width)
     candidates = np.clip(k0[:, None] + np.arange(-3, 4), 0, n - 1)
     ok = x64[:, None] >= lo + candidates * width
@@ -41,25 +52,42 @@ def reference_bins(x, bits):
 
 
 def reference_bin_quantize(x, bits):
+    """By the definition: centre = min + (i + 0.5) * (max - min) / 2**bits in float64, then
+    rounded once to x's dtype (no clipping: the tests' ranges never need it)."""
     if x.min() == x.max():
         return x.copy()
-    k, lo, hi, width = reference_bins(x, bits)
-    scale = max(abs(lo), abs(hi)) * float(F32(2**bits / (hi - lo))) if width >= 2**-110 else 0
-    if x.dtype == np.float32 and bits <= 16 and width >= 2**-110 and scale <= 2**15 - 1:
-        # centres in float32, as documented
-        c = k.astype(F32) * F32(width) + F32(lo + 0.5 * width)
-    else:
-        c = (lo + 0.5 * width + k * width).astype(x.dtype)
-    return np.clip(c, x.dtype.type(lo), x.dtype.type(hi)).reshape(x.shape)
+    i, lo, hi, width = reference_bins(x, bits)
+    return (lo + (i + 0.5) * width).astype(x.dtype).reshape(x.shape)
 
 
 def reference_fixed(x, bits):
-    x64 = np.asarray(x, dtype=np.float64)
-    m = float(np.max(np.abs(x64)))
-    int_bits = 0 if m < 1 else int(np.floor(np.log2(m))) + 1
-    step = 2.0 ** (int_bits - (bits - 1))
-    q = np.clip(np.round(x64 / step), -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) * step
-    return q.astype(x.dtype), step
+    """The reference's fixed point (with the magnitude change), in exact rational
+    arithmetic: (dequantized values in x's dtype, (k, I, F, sign)). For float32 tensors
+    with max|x| >= 1e-12 (or 0) the float64 implementation must match it exactly."""
+    values = [Fraction(float(v)) for v in np.asarray(x).ravel()]
+    m = max(abs(v) for v in values)
+    sign = any(v < 0 for v in values)
+    if m == 0:
+        return x.copy(), (0, 0, bits - sign, sign)
+    k = 0
+    while m * 10**k < 1:
+        k += 1
+    integer_bits = math.floor(m * 10**k).bit_length()  # floor(log2(int part)) + 1
+    fractional_bits = bits - integer_bits - sign
+    top = 2 ** (bits - sign) - 1
+    scale = Fraction(10**k) * Fraction(2) ** fractional_bits
+    q = [max(-top, min(top, round(v * scale))) for v in values]  # round: ties to even
+    dequantized = np.array([float(Fraction(i) / scale) for i in q])  # float(): rounded once
+    return (
+        dequantized.astype(x.dtype).reshape(np.shape(x)),
+        (k, integer_bits, fractional_bits, sign),
+    )
+
+
+def glorot_kernel(seed=0):
+    """A Glorot-uniform 3x3x64x64 kernel: limit sqrt(6 / (576 + 576)) = 0.0722."""
+    limit = math.sqrt(6 / (3 * 3 * 64 + 3 * 3 * 64))
+    return np.random.default_rng(seed).uniform(-limit, limit, (3, 3, 64, 64)).astype(F32)
 
 
 def ceil32(value: float) -> np.float32:
@@ -165,62 +193,237 @@ def test_bin_large_tensor_matches_the_reference():
         np.testing.assert_array_equal(bin_quantize(x, bits), reference_bin_quantize(x, bits))
 
 
+@pytest.mark.parametrize("bits", range(1, 17))
+def test_bin_centres_are_the_float64_centre_rounded_once(bits):
+    # Random tensors of many scales, centred on zero and off it, in three dtypes; values
+    # on and next to float32 edges too. Bins and centres must be the definition's, bit for
+    # bit (the reference computes the centre in float64 and casts it once).
+    rng = np.random.default_rng(bits)
+    fast = 0
+    for dtype in (np.float32, np.float64, np.float16):
+        for scale in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4):
+            if dtype == np.float16 and not 1e-2 <= scale <= 1e3:
+                continue
+            for offset in (0.0, 3.0 * scale):
+                size = max(3000, 2**bits)  # at least one value per bin: a centre table
+                x = (rng.standard_normal(size) * scale + offset).astype(dtype)
+                lo, hi = float(x.min()), float(x.max())
+                if dtype == np.float32:
+                    width = (hi - lo) / 2**bits
+                    ks = rng.integers(1, 2**bits, 50) if bits > 1 else [1]
+                    near = [
+                        v
+                        for k in ks
+                        for e in [ceil32(lo + k * width)]
+                        for v in (e, np.nextafter(e, F32(-np.inf)), np.nextafter(e, F32(np.inf)))
+                    ]
+                    x = np.clip(np.concatenate([x, np.array(near, F32)]), F32(lo), F32(hi))
+                    grid = _Grid(lo, hi, 2**bits, width, x.dtype, x.size)
+                    fast += grid.float32
+                q = bin_quantize(x, bits)
+                np.testing.assert_array_equal(q, reference_bin_quantize(x, bits))
+                assert q.dtype == dtype
+    # most float32 cases go through the float32 fast path (not at 16 bits: max|x| * n /
+    # (max - min) is then about 2**15, at the limit)
+    assert fast >= 15 or bits == 16
+
+
 # ------------------------------------------------------------------ fixed point: exact cases
 
 
-def test_fixed_point_rounds_to_the_step_below_one():
-    # m < 1: no integer bits, 3 fraction bits at 4 bits: step 1/8, range [-1, 7/8]
-    x = f32(0.3, -0.3, 0.0625, -1 / 16 - 1e-3, 0.5)
-    np.testing.assert_array_equal(fixed_point_quantize(x, 4), f32(0.25, -0.25, 0, -0.125, 0.5))
+def fmt(k, integer_bits, fractional_bits, sign, bits):
+    return FixedPointFormat(bits, k, integer_bits, fractional_bits, sign)
 
 
-def test_fixed_point_ties_go_to_even():
-    x = f32(0.0625, 0.1875, -0.0625, 0.5)  # 0.5, 1.5, -0.5 steps of 1/8
-    np.testing.assert_array_equal(fixed_point_quantize(x, 4), f32(0, 0.25, 0, 0.5))
+def test_fixed_point_values_below_one_worked_by_hand():
+    x = f32(0.3, -0.25, 0.1)
+    # m = 0.3 < 1: decimal shift k = 1 (0.3 * 10 = 3 >= 1). Integer part of the shifted
+    # maximum: 3 -> I = floor(log2 3) + 1 = 2. A negative value -> sign bit. At 4 bits:
+    # F = 4 - 2 - 1 = 1, magnitudes up to 2**3 - 1 = 7 (in steps of 1 / (10 * 2**1) = 0.05).
+    # q = round(x * 10 * 2) = 6, -5, 2 (float32 0.3 * 20 = 6.0000002): all within 7, so
+    # q / 20 = 0.3, -0.25, 0.1: the tensor is unchanged.
+    q, f = fixed_point_quantize_with_format(x, 4)
+    assert f == fmt(1, 2, 1, True, 4) and f.max_integer == 7
+    np.testing.assert_array_equal(q, x)
+    # 3 bits: F = 0, magnitudes up to 3, steps of 0.1: q = round(x * 10) = 3, -2 (-2.5 is a
+    # tie: to even), 1 -> 0.3, -0.2, 0.1
+    q, f = fixed_point_quantize_with_format(x, 3)
+    assert f == fmt(1, 2, 0, True, 3)
+    np.testing.assert_array_equal(q, f32(0.3, -0.2, 0.1))
+    # 2 bits: F = -1, magnitudes up to 1, steps of 0.2: round(x * 5) = round(1.5000001) = 2
+    # -> saturated to 1; round(-1.25) = -1; round(0.50000001) = 1 -> 0.2, -0.2, 0.2
+    q, f = fixed_point_quantize_with_format(x, 2)
+    assert f == fmt(1, 2, -1, True, 2)
+    np.testing.assert_array_equal(q, f32(0.2, -0.2, 0.2))
+    # 1 bit: the sign bit takes it, no magnitude bit is left: all zero
+    q, f = fixed_point_quantize_with_format(x, 1)
+    assert f == fmt(1, 2, -2, True, 1) and f.max_integer == 0
+    np.testing.assert_array_equal(q, f32(0, 0, 0))
+    # without a negative value there is no sign bit: at 4 bits F = 2, magnitudes up to 15,
+    # steps of 0.025; at 2 bits F = 0, up to 3: round(2.5) = 2 (tie to even) -> 0.2
+    np.testing.assert_array_equal(fixed_point_quantize(f32(0.3, 0.25, 0.1), 4), f32(0.3, 0.25, 0.1))
+    assert fixed_point_quantize_with_format(f32(0.3, 0.25, 0.1), 4)[1] == fmt(1, 2, 2, False, 4)
+    np.testing.assert_array_equal(fixed_point_quantize(f32(0.3, 0.25, 0.1), 2), f32(0.3, 0.2, 0.1))
 
 
-def test_fixed_point_saturates_at_the_top_of_the_range():
-    # m = 0.99 -> I = 0, step 1/8, largest value 7/8: 0.99 rounds to 8/8 and saturates
-    np.testing.assert_array_equal(fixed_point_quantize(f32(0.99, -0.5), 4), f32(0.875, -0.5))
-    # m = 1.9 -> I = 1, step 1/4, range [-2, 1.75]
-    np.testing.assert_array_equal(fixed_point_quantize(f32(1.9, -1.999), 4), f32(1.75, -2.0))
-    # m = 1 exactly needs one integer bit
-    np.testing.assert_array_equal(fixed_point_quantize(f32(1.0, 0.3), 4), f32(1.0, 0.25))
+def test_fixed_point_values_below_a_hundredth():
+    x = f32(0.004, -0.0072, 0.0005)
+    # m = 0.0072: k = 3 (7.2), int part 7 -> I = 3, sign bit; 6 bits: F = 6 - 3 - 1 = 2,
+    # magnitudes up to 31 in steps of 1 / 4000. q = round(x * 4000) = 16, -29 (-28.8), 2
+    # -> 0.004, -0.00725, 0.0005
+    q, f = fixed_point_quantize_with_format(x, 6)
+    assert f == fmt(3, 3, 2, True, 6)
+    np.testing.assert_array_equal(q, f32(0.004, -0.00725, 0.0005))
+    # 4 bits: F = 0, magnitudes up to 7 in steps of 0.001: 4, -7 and 1 (float32 0.0005 is
+    # 0.000500000024, so 0.50000002 steps: not a tie)
+    np.testing.assert_array_equal(fixed_point_quantize(x, 4), f32(0.004, -0.007, 0.001))
+    # an exact tie goes to even: 0.0025 * 1000 = 2.5 exactly in float64? float32 0.0025 is
+    # 0.00249999994, so 2 either way; 0.375 / 100 is no float either. Ties are tested with
+    # dyadic values (-0.25 above, -0.5 below).
+    # far below: m = 3e-7 -> k = 7, I = 2; 8 bits: F = 5, steps of 1 / 320e6
+    tiny = f32(3e-7, -1e-7, 2e-9)
+    q, f = fixed_point_quantize_with_format(tiny, 8)
+    assert f == fmt(7, 2, 5, True, 8)
+    np.testing.assert_array_equal(q, f32(96 / 320e6, -32 / 320e6, 1 / 320e6))
 
 
-def test_fixed_point_coarse_steps_for_large_values():
-    # m = 127 -> I = 7 > bits - 1 = 3, so F = -4: step 16, range [-128, 112]
+def test_fixed_point_mixed_signs_and_saturation_of_both_signs():
+    # m = 5 >= 1: no shift, I = 3, sign bit; 5 bits: F = 1, magnitudes up to 15, steps 0.5:
+    # round(2x) = 5 (5.4), -3 (-2.6), 1 (1.2), 10
+    x = f32(2.7, -1.3, 0.6, 5.0)
+    q, f = fixed_point_quantize_with_format(x, 5)
+    assert f == fmt(0, 3, 1, True, 5)
+    np.testing.assert_array_equal(q, f32(2.5, -1.5, 0.5, 5.0))
+    # m = 7.9: I = 3, 4 bits: F = 0, magnitudes up to 7: both 8 and -8 saturate (the
+    # reference would leave -8)
+    np.testing.assert_array_equal(fixed_point_quantize(f32(7.9, -7.9, 0.4), 4), f32(7, -7, 0))
+    # m = 127: I = 7 > 4 - 1, so F = -4: steps of 16, magnitudes up to 7 * 16 = 112
     np.testing.assert_array_equal(
         fixed_point_quantize(f32(127, -100, 7, 9), 4), f32(112, -96, 0, 16)
     )
 
 
-def test_fixed_point_one_bit_keeps_only_the_sign():
-    np.testing.assert_array_equal(fixed_point_quantize(f32(0.7, -0.3, -0.9), 1), f32(0, 0, -1))
-    np.testing.assert_array_equal(fixed_point_quantize(f32(3.0, -2.5), 1), f32(0, -4))
+def test_fixed_point_all_negative_and_a_largest_negative():
+    # m = 0.9 from the most negative value: k = 1, int part 8 (0.9f * 10 = 8.9999998) ->
+    # I = 4; sign bit; 4 bits: F = -1, steps of 0.2, magnitudes up to 7:
+    # round(x * 5) = -2 (-2.5: tie to even), -0 (-0.1), -4 (-4.4999999) -> -0.4, 0, -0.8
+    x = f32(-0.5, -0.02, -0.9)
+    q, f = fixed_point_quantize_with_format(x, 4)
+    assert f == fmt(1, 4, -1, True, 4)
+    np.testing.assert_array_equal(q, f32(-0.4, 0, -0.8))
+    # the largest magnitude, not the signed maximum (0.5), sets the shift and I: -3 and 0.5
+    # are exact at 4 bits (k = 0, I = 2, F = 1)
+    q, f = fixed_point_quantize_with_format(f32(-3.0, 0.5), 4)
+    assert f == fmt(0, 2, 1, True, 4)
+    np.testing.assert_array_equal(q, f32(-3.0, 0.5))
+
+
+def test_fixed_point_constant_tensors_are_quantized_like_any_other():
+    # 0.7f * 10 = 6.9999999: int part 6 -> I = 3, no sign; 4 bits: F = 1, q = 14 -> 0.7
+    x = np.full((3, 4), 0.7, dtype=F32)
+    q, f = fixed_point_quantize_with_format(x, 4)
+    assert f == fmt(1, 3, 1, False, 4)
+    np.testing.assert_array_equal(q, x)
+    assert q is not x
+    # 0.99 * 10 = 9.9: I = 4, F = 0, q = round(9.9) = 10 -> 1.0: not representable, moved
+    np.testing.assert_array_equal(fixed_point_quantize(np.full(5, 0.99, F32), 4), np.ones(5, F32))
+    # negative, 1 bit: no magnitude bit -> zero
+    np.testing.assert_array_equal(fixed_point_quantize(np.full(5, -0.5, F32), 1), np.zeros(5, F32))
+
+
+def test_fixed_point_exactly_representable_values_are_unchanged():
+    # each value is q / (10**k * 2**F) with |q| <= 2**(bits - sign) - 1
+    cases = [
+        (f32(0.25, -0.5, 0.125, 0.75), 8),  # k = 1, I = 3, F = 4: q = 40, -80, 20, 120
+        (f32(0.3, 0.7, -0.1, 0.05), 6),  # k = 1, I = 3, F = 2: q = 12, 28, -4, 2
+        (np.array([1.5, -2.25, 3.0], np.float64), 6),  # k = 0, I = 2, F = 3: 12, -18, 24
+        (np.array([0.0125, -0.045], np.float64), 16),  # k = 2, I = 3, F = 12: 5120, -18432
+        (np.array([1000.0, -8.0, 24.0], np.float16), 8),  # k = 0, I = 10, F = -3: 125, -1, 3
+    ]
+    for x, bits in cases:
+        np.testing.assert_array_equal(fixed_point_quantize(x, bits), x)
+
+
+def test_fixed_point_glorot_kernel_keeps_its_levels():
+    # max|w| = 0.072: k = 2 (7.2), I = 3, sign bit. 4 bits: F = 0, levels -7..7 (0.01
+    # apart); 2 bits: F = -2, levels -1, 0, 1 (0.04 apart): not all zero.
+    w = glorot_kernel()
+    assert 0.07 < np.abs(w).max() < 0.0723
+    previous = None
+    for bits, at_least in ((2, 3), (4, 15), (6, 55), (8, 200)):
+        q, f = fixed_point_quantize_with_format(w, bits)
+        assert (f.decimal_shift, f.integer_bits, f.sign_bit) == (2, 3, True)
+        assert len(np.unique(q)) >= at_least
+        error = relative_error_pct(w, q)
+        assert previous is None or error < previous / 3
+        previous = error
+    assert np.count_nonzero(fixed_point_quantize(w, 2)) > w.size // 2
+    assert relative_error_pct(w, fixed_point_quantize(w, 4)) < 8.0  # percent
 
 
 def test_fixed_point_32_bits():
-    x = np.array([1 - 2.0**-40, 0.5, 1e-9], dtype=np.float64)
-    expected = [(2.0**31 - 1) * 2.0**-31, 0.5, 2 * 2.0**-31]
-    np.testing.assert_array_equal(fixed_point_quantize(x, 32), expected)
     x32 = f32(0.99999994, -0.75, 1e-9)
     np.testing.assert_array_equal(fixed_point_quantize(x32, 32), reference_fixed(x32, 32)[0])
+    x = np.array([0.5, 0.25, 2.0**-30], dtype=np.float64)  # k = 1, I = 3, F = 29, no sign
+    np.testing.assert_array_equal(fixed_point_quantize(x, 32), x)
 
 
 def test_fixed_point_all_zero_is_unchanged():
     x = np.zeros((2, 3), dtype=F32)
-    np.testing.assert_array_equal(fixed_point_quantize(x, 8), x)
+    q, f = fixed_point_quantize_with_format(x, 8)
+    np.testing.assert_array_equal(q, x)
+    assert f == fmt(0, 0, 8, False, 8)
+    assert fixed_point_format(0.0, True, 8) == fmt(0, 0, 7, True, 8)
+
+
+def test_fixed_point_extremes_of_the_dtypes():
+    # near float32's largest value 2**I does not fit: results are clipped to the dtype
+    big = f32(3.4e38, -3.0e38, 1.0)
+    for bits in (4, 8, 24, 25, 32):
+        q = fixed_point_quantize(big, bits)
+        assert np.all(np.isfinite(q)) and q[0] > 2.9e38  # 7/8 * 2**128 at 4 bits
+    h = np.array([65504, -60000, 1], np.float16)
+    assert np.all(np.isfinite(fixed_point_quantize(h, 16)))
+    # tiny float64 values: a shift beyond 10**308 is applied in two factors
+    tiny = np.array([1.5e-320, -5e-321, 0.0])  # subnormal: 1.5e-320 * 10**320 = 1.49996
+    q, f = fixed_point_quantize_with_format(tiny, 8)
+    assert f == fmt(320, 1, 6, True, 8) and np.all(np.isfinite(q))
+    assert np.all(np.abs(q - tiny) <= 1e-320 / 64 / 2 + 5e-324)  # half a step
+    # subnormal float32 values: k = 45
+    sub = f32(1e-45, 3e-45)
+    assert fixed_point_quantize_with_format(sub, 8)[1].decimal_shift == 45
+    np.testing.assert_array_equal(fixed_point_quantize(sub, 8), sub)
 
 
 def test_fixed_point_matches_the_reference_on_many_values():
     rng = np.random.default_rng(2)
-    for scale in (1e-3, 0.3, 1.0, 7.5, 1e4):
-        x = (rng.standard_normal(5000) * scale).astype(F32)
-        for bits in (1, 2, 5, 8, 16, 24, 25, 32):
+    for scale in (1e-6, 1e-3, 0.07, 0.3, 1.0, 7.5, 1e4):
+        x = (rng.standard_normal(3000) * scale).astype(F32)
+        for bits in (1, 2, 3, 4, 5, 8, 12, 16, 17, 24, 25, 32):
             np.testing.assert_array_equal(
                 fixed_point_quantize(x, bits), reference_fixed(x, bits)[0]
             )
+        positive = np.abs(x)
+        for bits in (1, 4, 8, 16):
+            np.testing.assert_array_equal(
+                fixed_point_quantize(positive, bits), reference_fixed(positive, bits)[0]
+            )
+
+
+def test_fixed_point_float32_fast_path_redoes_values_next_to_half_steps():
+    # m = 0.8: k = 1, I = 4 (0.8f * 10 = 8.0000001), sign bit, F = bits - 5, c = 10 * 2**F.
+    # float32 values nearest to half-steps (j + 0.5) / c and their neighbours: the float32
+    # product x * c often rounds onto the half-integer (a tie) where the exact product
+    # lies to one side; they must round as the exact product does.
+    for bits in (8, 12, 16):
+        c = 10 * 2 ** (bits - 5)
+        j = np.arange(-(2 ** (bits - 2)), 2 ** (bits - 2))
+        near = ((j + 0.5) / c).astype(F32)
+        x = np.concatenate([near, np.nextafter(near, F32(1)), np.nextafter(near, F32(-1))])
+        x = np.concatenate([x, f32(0.8, -0.8)])
+        q, f = fixed_point_quantize_with_format(x, bits)
+        assert f == fmt(1, 4, bits - 5, True, bits)
+        np.testing.assert_array_equal(q, reference_fixed(x, bits)[0])
 
 
 # ------------------------------------------------------------------ both: refusals and dtypes
@@ -262,6 +465,8 @@ def test_relative_error():
     assert relative_error(f32(3, 4), f32(3, 3)) == pytest.approx(0.2)
     assert relative_error(f32(0, 0), f32(0, 0)) == 0.0
     assert relative_error(f32(0, 0), f32(0, 1)) == np.inf
+    assert relative_error_pct(f32(3, 4), f32(3, 3)) == pytest.approx(20.0)
+    assert relative_error_pct(f32(3, 4), f32(0, 0)) == pytest.approx(100.0)
 
 
 # ------------------------------------------------------------------ properties
@@ -307,19 +512,63 @@ def test_bin_matches_the_definition_also_next_to_edges(x, bits, data):
 
 
 @settings(max_examples=150, deadline=None)
-@given(tensors, st.integers(1, 16))
-def test_fixed_point_within_half_a_step_inside_the_representable_range(x, bits):
-    q = fixed_point_quantize(x, bits)
+@given(tensors, st.integers(1, 32))
+@example(f32(0.3, -0.25, 0.1), 4)
+@example(f32(1e-45, -3e-45), 3)  # subnormal: k = 45
+@example(f32(-0.0, 0.0), 4)
+def test_fixed_point_matches_the_definition_and_stays_on_its_grid(x, bits):
+    q, f = fixed_point_quantize_with_format(x, bits)
     assert q.dtype == F32 and q.shape == x.shape
+    expected, (k, integer_bits, fractional_bits, sign) = reference_fixed(x, bits)
+    assert (f.decimal_shift, f.integer_bits, f.fractional_bits, f.sign_bit) == (
+        k,
+        integer_bits,
+        fractional_bits,
+        sign,
+    )
+    m = float(np.max(np.abs(x)))
+    if m == 0 or m >= 1e-12:  # float64 is exact there
+        np.testing.assert_array_equal(q, expected)
+    if m == 0:
+        return
+    # every value is a grid point n / (10**k * 2**F), |n| <= top, rounded to float32 (to
+    # within an ulp: 10**k is inexact in float64 beyond k = 22), the nearest one to x
+    # where |x| is inside the range (up to float32's resolution), else +-top
+    scale = Fraction(10**k) * Fraction(2) ** fractional_bits
+    top = 2 ** (bits - sign) - 1
+    for xv, qv in zip(x.tolist(), q.tolist()):
+        n = round(Fraction(qv) * scale)
+        assert abs(n) <= top
+        point = F32(float(Fraction(n) / scale))
+        assert abs(qv - float(point)) <= abs(float(np.spacing(point)))
+        exact = Fraction(xv) * scale
+        if abs(exact) <= top:
+            assert abs(exact - n) <= 0.5 + abs(float(np.spacing(F32(qv)))) * scale
+        elif abs(exact) > top + Fraction(1, 2):
+            assert n == (top if exact > 0 else -top)  # saturated, on both sides
+    assert sign == bool(np.any(x < 0))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    hnp.arrays(
+        F32,
+        st.integers(1, 200),
+        elements=st.floats(-1.0, 1.0, allow_nan=False, width=32).filter(
+            lambda v: v == 0 or abs(v) >= 1e-6
+        ),
+    ),
+    st.integers(1, 16),
+)
+def test_fixed_point_below_one_uses_a_decimal_shift(x, bits):
+    # the shift brings the largest magnitude to [1, 10): at least 1, so I >= 1
+    q, f = fixed_point_quantize_with_format(x, bits)
+    m = float(np.max(np.abs(x)))
+    assume(m > 0)
+    shifted = m * 10**f.decimal_shift
+    assert 1 <= shifted < 10 or (f.decimal_shift == 0 and m >= 1)
+    assert f.integer_bits == int(shifted).bit_length() >= 1
     np.testing.assert_array_equal(q, reference_fixed(x, bits)[0])
-    step = reference_fixed(x, bits)[1]
-    low, high = -(2.0 ** (bits - 1)) * step, (2.0 ** (bits - 1) - 1) * step
-    x64, q64 = x.astype(np.float64), q.astype(np.float64)
-    assert np.all((q64 >= low) & (q64 <= high))
-    assert np.all(np.round(q64 / step) == q64 / step)  # on the grid
-    inside = (x64 >= low) & (x64 <= high)
-    assert np.all(np.abs(x64 - q64)[inside] <= step / 2 * (1 + 1e-12))
-    assert np.all(q64[x64 > high] == high)  # saturated
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -368,7 +617,7 @@ def test_quantize_weights_quantizes_every_trainable_variable(algorithm):
     data = checkpoint()
     before = copy.deepcopy(data)
     new, errors = quantize_weights(data, algorithm, 3)
-    assert set(errors["per_variable"]) == {
+    assert set(errors["relative_error_pct"]) == {
         "conv/kernel",
         "bn/gamma",
         "bn/beta",
@@ -381,15 +630,38 @@ def test_quantize_weights_quantizes_every_trainable_variable(algorithm):
             np.testing.assert_array_equal(q, a)
         else:
             np.testing.assert_array_equal(q, ALGORITHMS[algorithm](a, 3))
-            assert errors["per_variable"][key] == pytest.approx(relative_error(a, q))
-    assert errors["min"] <= errors["mean"] <= errors["max"]
+            # in percent
+            assert errors["relative_error_pct"][key] == pytest.approx(100 * relative_error(a, q))
+            if algorithm == "fixed":
+                f = fixed_point_quantize_with_format(a, 3)[1]
+                assert errors["fixed_point"][key] == {
+                    "decimal_shift": f.decimal_shift,
+                    "integer_bits": f.integer_bits,
+                    "fractional_bits": f.fractional_bits,
+                    "sign_bit": f.sign_bit,
+                }
+    assert set(errors) == {
+        "algorithm",
+        "bits",
+        "relative_error_pct",
+        "relative_error_pct_min",
+        "relative_error_pct_mean",
+        "relative_error_pct_max",
+        *(["fixed_point"] if algorithm == "fixed" else []),
+    }
+    if algorithm == "fixed":
+        assert set(errors["fixed_point"]) == set(errors["relative_error_pct"])
+    values = list(errors["relative_error_pct"].values())
+    assert errors["relative_error_pct_min"] == min(values)
+    assert errors["relative_error_pct_max"] == max(values)
+    assert errors["relative_error_pct_mean"] == pytest.approx(np.mean(values))
     assert errors["algorithm"] == algorithm and errors["bits"] == 3
     assert new["metadata"]["quantization"] == {
         "algorithm": algorithm,
         "bits": 3,
         "keep_batchnorm_float": False,
         "keep_bias_float": False,
-        "quantized": sorted(errors["per_variable"]),
+        "quantized": sorted(errors["relative_error_pct"]),
     }
     assert all(np.array_equal(a, flat(before)[k]) for k, a in flat(data).items())
     assert "quantization" not in data["metadata"]
@@ -414,11 +686,20 @@ def test_quantize_weights_switches_keep_float(keep_bn, keep_bias, algorithm, bit
             or (keep_bn and key.startswith("bn/"))
             or (keep_bias and key.endswith("/bias"))
         )
-        assert (key not in errors["per_variable"]) == kept
+        assert (key not in errors["relative_error_pct"]) == kept
         if kept:
             np.testing.assert_array_equal(flat(new)[key], a)
         assert flat(new)[key].dtype == a.dtype
-    assert errors["min"] <= errors["mean"] <= errors["max"]
+    pct = [errors[f"relative_error_pct_{s}"] for s in ("min", "mean", "max")]
+    assert pct[0] <= pct[1] * (1 + 1e-12) and pct[1] <= pct[2] * (1 + 1e-12)
+
+
+def test_quantize_weights_with_nothing_to_quantize():
+    data = checkpoint()
+    data["metadata"]["trainable"] = dict.fromkeys(data["metadata"]["trainable"], False)
+    _, errors = quantize_weights(data, "fixed", 4)
+    assert errors["relative_error_pct"] == {} and errors["fixed_point"] == {}
+    assert errors["relative_error_pct_mean"] is None
 
 
 def test_quantize_weights_refuses_bad_requests():
@@ -440,11 +721,17 @@ def test_packed_size_counts_quantized_values_at_their_bit_width():
 
     data = {
         "format": "quantflow-weights/1",
-        "metadata": {"trainable": {"d/kernel": True, "d/bias": True, "bn/moving_mean": False},
-                     "layer_classes": {"d": "Dense", "bn": "BatchNormalization"}},
-        "layers": {"d": {"kernel": np.linspace(-1, 1, 100, dtype=np.float32).reshape(10, 10),
-                         "bias": np.ones(10, np.float32)},
-                   "bn": {"moving_mean": np.zeros(10, np.float32)}},
+        "metadata": {
+            "trainable": {"d/kernel": True, "d/bias": True, "bn/moving_mean": False},
+            "layer_classes": {"d": "Dense", "bn": "BatchNormalization"},
+        },
+        "layers": {
+            "d": {
+                "kernel": np.linspace(-1, 1, 100, dtype=np.float32).reshape(10, 10),
+                "bias": np.ones(10, np.float32),
+            },
+            "bn": {"moving_mean": np.zeros(10, np.float32)},
+        },
     }
     assert packed_size_bytes(data) == 120 * 4  # not quantized: all float32
     quantized, _ = quantize_weights(data, "bin", 4, keep_bias_float=True)
