@@ -90,6 +90,14 @@ def main() -> int:
         "ms_per_image_batched": {v: round(r["ms_per_image_batched"], 4) for v, r in records.items()},
         "ms_per_image_b1": {v: round(r["ms_per_image_b1"], 4) for v, r in records.items()},
         "size_bytes": {v: r["size_bytes"] for v, r in records.items()},
+        "accuracy": {v: r["accuracy"] for v, r in records.items()},
+        "top5": {v: r["top5"] for v, r in records.items()},
+        "tie_rate": {v: r["tie_rate"] for v, r in records.items()},
+        "top5_tie_rate": {v: r["top5_tie_rate"] for v, r in records.items()},
+        "speed_ratio_b1": {v: round(r["speed_ratio_b1"], 3) for v, r in records.items()},
+        "speed_ratio_batched": {v: round(r["speed_ratio_batched"], 3)
+                                for v, r in records.items()},
+        "latency_cores_held": records["tflite-fp32"].get("latency_cores_held"),
     }
     met = {
         "wall_seconds_max": wall <= TARGETS["wall_seconds_max"],

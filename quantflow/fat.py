@@ -2,17 +2,20 @@
 model (`quantflow.fakequant`) are trained, everything else frozen, so that its logits match
 the float model's on unlabeled images.
 
-Loss: RMSE between the float and the fake-quant logits per batch. Optimizer: Adam with a
-cosine-annealed learning rate restarted every `reset_every` batches (SGDR warm restarts).
-After every step the alphas are clipped into their bounds (the forward pass clips them
-anyway; this keeps the stored values meaningful). The alphas with the lowest held-out RMSE
-(the initial ones included) are kept.
+Loss (`loss`): "rmse", the RMSE between the float and the fake-quant logits per batch, or
+"smooth_l1", the reference's: per image the sum over logits of sqrt(d^2 + 1e-5) (a smoothed
+|d|), averaged over the batch. Optimizer: Adam; `reset` says what restarts every
+`reset_every` batches: "lr", only the learning rate, cosine-annealed to zero in each period
+(SGDR warm restarts, Adam's moments kept), or "adam", Adam itself as the reference does it
+(its moments and step count re-initialised; the learning rate lr * exp(-1e-4 * step) *
+|cos(pi * k / (4 * reset_every))| + 1e-7, k the batches since the last reset). After every
+step the alphas are clipped into their bounds (the forward pass clips them anyway; this
+keeps the stored values meaningful). Whatever the loss, the alphas with the lowest held-out
+RMSE (the initial ones included) are kept.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
 from itertools import islice
 from pathlib import Path
 
@@ -22,14 +25,60 @@ import tensorflow as tf
 
 from quantflow.errors import QuantflowError
 from quantflow.fakequant import alpha_bounds, image_batches, weight_quantizers
-from quantflow.safepickle import safe_load
+from quantflow.safepickle import load_plain, save_plain
 from quantflow.schemes import parse_scheme, tflite_exportable  # noqa: F401 (re-exported)
 
 THRESHOLDS_FORMAT = 1
 
 
+LOSSES = ("rmse", "smooth_l1")
+RESETS = ("lr", "adam")
+SMOOTH_L1_EPSILON = 1e-5  # the reference's: sqrt(d^2 + 1e-5)
+REFERENCE_LR_DECAY = 1e-4  # the reference's learning_rate_decay (per batch, exponential)
+
+
 def _rmse(a, b):
     return tf.sqrt(tf.reduce_mean(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32))))
+
+
+def smooth_l1(a, b, epsilon: float = SMOOTH_L1_EPSILON):
+    """The FAT reference's loss between two batches of logits: per image the sum over the
+    last axis of sqrt((a - b)^2 + epsilon), averaged over the rest (a smoothed L1 that is
+    differentiable at 0; not Huber)."""
+    d = tf.cast(a, tf.float32) - tf.cast(b, tf.float32)
+    return tf.reduce_mean(tf.reduce_sum(tf.sqrt(tf.square(d) + epsilon), axis=-1))
+
+
+_LOSS_FUNCTIONS = {"rmse": _rmse, "smooth_l1": smooth_l1}
+
+
+def _adam(learning_rate: float):
+    """The optimizer of threshold training (a seam for tests)."""
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+def _adam_state(optimizer) -> list:
+    """Adam's state besides its learning rate: the step count and every moment variable."""
+    return [v for v in optimizer.variables if v is not optimizer.learning_rate]
+
+
+def _reset_adam(optimizer) -> None:
+    """Re-initialise Adam as a new one would start: step count and moments zero."""
+    for variable in _adam_state(optimizer):
+        variable.assign(tf.zeros(variable.shape, variable.dtype))
+
+
+def _learning_rate_at(reset: str, learning_rate: float, reset_every: int, step: int) -> float:
+    """The learning rate of batch `step` (0-based, counted over the whole training)."""
+    k = step % reset_every
+    if reset == "lr":  # Keras' CosineDecayRestarts with t_mul = m_mul = 1, alpha = 0
+        return float(learning_rate * 0.5 * (1.0 + np.cos(np.pi * k / reset_every)))
+    return float(
+        learning_rate
+        * np.exp(-REFERENCE_LR_DECAY * step)
+        * abs(np.cos(np.pi * k / (4 * reset_every)))
+        + 1e-7
+    )
 
 
 class _Evaluator:
@@ -109,18 +158,24 @@ def train_thresholds(
     seed: int | None = None,
     on_epoch=None,
     log_stream=None,
+    loss: str = "rmse",
+    reset: str = "lr",
 ) -> dict:
     """Train the alphas of `qmodel` to match `float_model`'s logits on `images_ds` (an array,
     a tf.data.Dataset or an iterable of batches; (images, labels) batches are fine, the
     labels are ignored). `steps_per_epoch` None: one pass over the data per epoch (give it
     for an endless dataset). The alphas with the best RMSE on `val_ds` (held-out images;
-    None: `images_ds` itself, then not held out and not endless) are restored at the end.
-    Only the learning rate restarts every `reset_every` steps, not Adam's moments.
+    None: `images_ds` itself, then not held out and not endless) are restored at the end,
+    whichever `loss` trains them ("rmse" or the reference's "smooth_l1", see the module).
+    `reset` "lr": only the cosine-annealed learning rate restarts every `reset_every`
+    steps, Adam's moments are kept; "adam": Adam's moments and step count are
+    re-initialised every `reset_every` steps, under the reference's learning rate.
     Arrays are cut into `batch_size` batches (shuffled every pass when `seed` is given).
     `on_epoch(row, improved)` is called after every epoch, alphas as trained so far (e.g.
     to write checkpoints); `improved`: the held-out RMSE is the best yet.
 
-    Returns {"history": [{"epoch", "train_rmse", "val_rmse", "learning_rate"}, ...],
+    Returns {"history": [{"epoch", "train_rmse" (the training batches' RMSE, whatever the
+    loss), "val_rmse", "learning_rate" (of the next step)}, ...],
     "initial_val_rmse", "final_val_rmse" (of the kept alphas), "best_epoch" (0: the initial
     alphas were best), "steps"}."""
     if epochs < 1 or reset_every < 1 or learning_rate <= 0:
@@ -129,6 +184,11 @@ def train_thresholds(
         )
     if steps_per_epoch is not None and steps_per_epoch < 1:
         raise QuantflowError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+    if loss not in LOSSES or reset not in RESETS:
+        raise QuantflowError(
+            f"threshold training: loss must be one of {', '.join(LOSSES)} (got {loss!r}) and "
+            f"reset one of {', '.join(RESETS)} (got {reset!r})"
+        )
     bounds = alpha_bounds(qmodel)
     if not bounds:
         raise QuantflowError(
@@ -136,21 +196,24 @@ def train_thresholds(
             "quantflow.fakequant.fake_quant_model"
         )
     alphas = [variable for variable, _, _ in bounds]
-    schedule = keras.optimizers.schedules.CosineDecayRestarts(
-        learning_rate, first_decay_steps=reset_every, t_mul=1.0, m_mul=1.0, alpha=0.0
-    )
-    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    optimizer = _adam(learning_rate)
     optimizer.build(alphas)
+    loss_fn = _LOSS_FUNCTIONS[loss]
 
     @tf.function(reduce_retracing=True)
-    def step(x):
+    def step(x, rate):
         target = float_model(x, training=False)
         with tf.GradientTape() as tape:
-            loss = _rmse(qmodel(x, training=False), target)
-        optimizer.apply_gradients(zip(tape.gradient(loss, alphas), alphas))
+            output = qmodel(x, training=False)
+            value = loss_fn(output, target)
+        optimizer.learning_rate.assign(rate)
+        optimizer.apply_gradients(zip(tape.gradient(value, alphas), alphas))
         for variable, low, high in bounds:
             variable.assign(tf.clip_by_value(variable, low, high))
-        return loss
+        return _rmse(output, target)
+
+    def rate(n: int):
+        return tf.constant(_learning_rate_at(reset, learning_rate, reset_every, n), tf.float32)
 
     validate = _Evaluator(
         float_model, qmodel, images_ds if val_ds is None else val_ds, batch_size=batch_size
@@ -159,22 +222,27 @@ def train_thresholds(
     best_values, best_epoch = [np.array(v.numpy()) for v in alphas], 0
     _log(
         log_stream,
-        f"threshold training: {len(alphas)} alpha tensors, " f"initial val RMSE {initial:.6f}",
+        f"threshold training: {len(alphas)} alpha tensors, {loss} loss, Adam with {reset} "
+        f"reset every {reset_every} batches; initial val RMSE {initial:.6f}",
     )
     history, steps = [], 0
     for epoch, batches in zip(
         range(1, epochs + 1), _epoch_batches(images_ds, steps_per_epoch, batch_size, seed)
     ):
-        losses = [float(step(tf.convert_to_tensor(x))) for x in batches]
+        losses = []
+        for x in batches:
+            losses.append(float(step(tf.convert_to_tensor(x), rate(steps))))
+            steps += 1
+            if reset == "adam" and steps % reset_every == 0:
+                _reset_adam(optimizer)
         if not losses:
             raise QuantflowError("threshold training needs at least one batch of images")
-        steps += len(losses)
         val = validate()
         row = {
             "epoch": epoch,
             "train_rmse": float(np.mean(losses)),
             "val_rmse": val,
-            "learning_rate": float(schedule(steps)),
+            "learning_rate": _learning_rate_at(reset, learning_rate, reset_every, steps),
         }
         history.append(row)
         _log(
@@ -209,21 +277,20 @@ def _log(stream, line: str) -> None:
 
 
 def save_thresholds(path: str | Path, data: dict) -> None:
-    """Pickle a thresholds record (plain dicts, lists and numbers, see `quantflow.fakequant.
-    thresholds`) atomically; read it back with `load_thresholds`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump({"format": THRESHOLDS_FORMAT, **data}, f, protocol=5)
-    os.replace(tmp, path)
+    """Write a thresholds record (plain dicts, lists and numbers, see `quantflow.fakequant.
+    thresholds`; numpy arrays become array records) as a pickle of plain values,
+    atomically (quantflow.safepickle.save_plain); read it back with `load_thresholds`."""
+    save_plain({"format": THRESHOLDS_FORMAT, **data}, path, what="thresholds")
 
 
 def load_thresholds(path: str | Path) -> dict:
-    """A thresholds pickle, through the restricted unpickler (nothing in it is executed)."""
-    data = safe_load(path, what="thresholds file")
+    """A thresholds file, through quantflow.safepickle's plain loader: no global is
+    resolved (nothing in it is executed), arrays are checked against the file's size."""
+    data = load_plain(path, what="thresholds file", rerun="fat")
     if not isinstance(data, dict) or data.get("format") != THRESHOLDS_FORMAT:
         raise QuantflowError(
-            f"{path}: not a quantflow thresholds file (format {THRESHOLDS_FORMAT})"
+            f"{path}: not a quantflow thresholds file (format {THRESHOLDS_FORMAT}); "
+            "delete it and rerun the rule that wrote it (fat)"
         )
     return data
 

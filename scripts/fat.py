@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
+from quantflow.errors import QuantflowError
 from quantflow.logs import run_logged
 from quantflow.runtime import configure_threads
 
@@ -61,12 +62,16 @@ def main(inp, out, scheme_name, cfg, seed, threads):
     result = train_thresholds(
         model, qmodel, images, epochs=cfg["epochs"], learning_rate=cfg["learning_rate"],
         reset_every=cfg["reset_every"], val_ds=held_out, batch_size=batch, seed=seed,
-        on_epoch=checkpoint, log_stream=sys.stderr,
+        on_epoch=checkpoint, log_stream=sys.stderr, loss=cfg["loss"], reset=cfg["reset"],
     )
     seconds = time.perf_counter() - start
     qmodel.load_weights(str(Path(out.best_ckpt) / "model.weights.h5"))
     final = logits_rmse(model, qmodel, held_out, batch_size=batch)
-    assert abs(final - result["final_val_rmse"]) <= 1e-5 * max(final, 1e-9), (final, result)
+    if abs(final - result["final_val_rmse"]) > 1e-5 * max(final, 1e-9):
+        raise QuantflowError(
+            f"{out.best_ckpt}: the kept thresholds give held-out RMSE {final:.6g}, not the "
+            f"{result['final_val_rmse']:.6g} recorded when they were saved; rerun the fat rule"
+        )
     qmodel.save(out.model)
     trained = fq.thresholds(qmodel)
     save_thresholds(out.thresholds, {"scheme": scheme_name, **scheme, "initial": initial,
@@ -82,7 +87,7 @@ def main(inp, out, scheme_name, cfg, seed, threads):
         "scheme": scheme_name, **scheme, "images": len(images), "validation_images": len(held_out),
         "batch_size": batch, "epochs": cfg["epochs"], "steps": result["steps"],
         "learning_rate": cfg["learning_rate"], "reset_every": cfg["reset_every"],
-        "calibration": calibration, "seconds": seconds, "threads": threads,
+        "loss": cfg["loss"], "reset": cfg["reset"], "calibration": calibration, "seconds": seconds, "threads": threads,
         "initial_val_rmse": result["initial_val_rmse"], "final_val_rmse": result["final_val_rmse"],
         "best_epoch": result["best_epoch"], "packed_size_bytes": packed_size_bytes(qmodel),
         "alphas": {kind: _stats(v) for kind, v in alphas.items()},

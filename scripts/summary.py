@@ -44,7 +44,9 @@ def main(inp, out, config):
         weightquant=weightquant, weightquant_plot=Path(out.weightquant_plot).name,
         fat=fat, fat_rmse_plot=Path(out.fat_rmse_plot).name,
         fat_alphas_plot=Path(out.fat_alphas_plot).name,
-        threads=records[0]["threads"], latency_images=records[0]["latency_images"],
+        threads=records[0]["latency_threads"], latency_images=records[0]["latency_images"],
+        latency_batches=records[0]["latency_batches"],
+        cores_held=records[0]["latency_cores_held"],
         config_yaml=yaml.safe_dump(dict(config), sort_keys=False),
         versions=package_versions(), machine=report.machine_description(),
     )

@@ -156,6 +156,161 @@ def test_epoch_callback_batches_and_shuffling(setup):
     assert result["best_epoch"] == (improved[-1] if improved else 0)
 
 
+def _captured_adam(monkeypatch) -> list:
+    """Patch quantflow.fat's optimizer factory to record the Adam it creates."""
+    from quantflow import fat
+
+    created = []
+
+    def adam(learning_rate):
+        created.append(keras.optimizers.Adam(learning_rate=learning_rate))
+        return created[-1]
+
+    monkeypatch.setattr(fat, "_adam", adam)
+    return created
+
+
+def _adam_snapshot(optimizer) -> dict:
+    moments = [
+        v
+        for v in optimizer.variables
+        if v is not optimizer.iterations and v is not optimizer.learning_rate
+    ]
+    return {
+        "iterations": int(optimizer.iterations.numpy()),
+        "moments": len(moments),
+        "max_abs_moment": max(float(np.max(np.abs(v.numpy()))) for v in moments),
+        "learning_rate": float(optimizer.learning_rate.numpy()),
+    }
+
+
+@pytest.mark.parametrize("reset", ["adam", "lr"])
+def test_adam_moments_are_reinitialised_every_reset_every_batches(setup, monkeypatch, reset):
+    """reset "adam" (the FAT reference): after every `reset_every` batches Adam's step
+    count and moments are zero again, as in a new Adam; reset "lr" keeps them."""
+    model, train, val, calibration = setup
+    qmodel = _quantized(model, calibration)
+    created = _captured_adam(monkeypatch)
+    states = []
+    result = train_thresholds(
+        model,
+        qmodel,
+        train,
+        epochs=3,
+        learning_rate=0.01,
+        reset_every=4,
+        steps_per_epoch=2,
+        val_ds=val[:16],
+        batch_size=16,
+        reset=reset,
+        on_epoch=lambda row, improved: states.append(_adam_snapshot(created[0])),
+    )
+    assert len(created) == 1 and result["steps"] == 6
+    alphas = len(fq.alpha_variables(qmodel))
+    assert all(s["moments"] == 2 * alphas for s in states)  # first and second moments
+    after_2, after_4, after_6 = states
+    assert after_2["iterations"] == 2 and after_2["max_abs_moment"] > 0
+    if reset == "adam":
+        assert after_4["iterations"] == 0 and after_4["max_abs_moment"] == 0.0
+        assert after_4["learning_rate"] > 0  # only the state is reset, not the rate
+        assert after_6["iterations"] == 2 and after_6["max_abs_moment"] > 0
+    else:
+        assert after_4["iterations"] == 4 and after_4["max_abs_moment"] > 0
+        assert after_6["iterations"] == 6
+
+
+def test_learning_rate_schedules():
+    """reset "lr": Keras' cosine decay with restarts, as before; reset "adam": the
+    reference's lr * exp(-1e-4 * step) * |cos(pi * k / (4 * reset_every))| + 1e-7."""
+    from quantflow.fat import _learning_rate_at
+
+    cosine = keras.optimizers.schedules.CosineDecayRestarts(
+        1e-3, first_decay_steps=400, t_mul=1.0, m_mul=1.0, alpha=0.0
+    )
+    for step in (0, 1, 250, 399, 400, 401, 1000):
+        assert _learning_rate_at("lr", 1e-3, 400, step) == pytest.approx(
+            float(cosine(step)), rel=1e-5, abs=1e-10
+        )
+    assert _learning_rate_at("adam", 1e-3, 400, 0) == pytest.approx(1e-3 + 1e-7)
+    assert _learning_rate_at("adam", 1e-3, 400, 399) == pytest.approx(
+        1e-3 * np.exp(-0.0399) * np.cos(np.pi * 399 / 1600) + 1e-7
+    )
+    assert _learning_rate_at("adam", 1e-3, 400, 400) == pytest.approx(1e-3 * np.exp(-0.04) + 1e-7)
+
+
+def test_smooth_l1_matches_a_hand_computed_value():
+    from quantflow.fat import smooth_l1
+
+    a = np.array([[1.0, 2.0, -1.0], [0.0, 0.0, 3.0]], dtype=np.float32)
+    b = np.array([[1.0, 0.0, -1.5], [0.5, -1.0, 3.0]], dtype=np.float32)
+    # differences [[0, 2, 0.5], [-0.5, 1, 0]]; per image the sum of sqrt(d^2 + 1e-5)
+    first = np.sqrt(1e-5) + np.sqrt(4.00001) + np.sqrt(0.25001)
+    second = np.sqrt(0.25001) + np.sqrt(1.00001) + np.sqrt(1e-5)
+    assert float(smooth_l1(a, b)) == pytest.approx((first + second) / 2, rel=1e-6)
+    assert float(smooth_l1(a, b)) == pytest.approx(2.0, abs=5e-3)  # ~ mean sum |d|
+    assert float(smooth_l1(a, a)) == pytest.approx(3 * np.sqrt(1e-5), rel=1e-5)
+
+
+def test_reference_optimizer_lowers_held_out_rmse(setup):
+    model, train, val, calibration = setup
+    qmodel = _quantized(model, calibration)
+    log = io.StringIO()
+    result = train_thresholds(
+        model,
+        qmodel,
+        train,
+        epochs=2,
+        learning_rate=0.02,
+        reset_every=5,
+        steps_per_epoch=8,
+        val_ds=val,
+        batch_size=16,
+        loss="smooth_l1",
+        reset="adam",
+        log_stream=log,
+    )
+    assert result["final_val_rmse"] < 0.8 * result["initial_val_rmse"]
+    assert logits_rmse(model, qmodel, val) == pytest.approx(result["final_val_rmse"], rel=1e-5)
+    assert _in_bounds(qmodel)
+    assert "smooth_l1 loss, Adam with adam reset every 5 batches" in log.getvalue()
+
+
+@pytest.mark.parametrize("options", [{"loss": "huber"}, {"reset": "moments"}])
+def test_bad_optimizer_options_are_refused(setup, options):
+    model, train, _, calibration = setup
+    qmodel = _quantized(model, calibration)
+    with pytest.raises(QuantflowError, match="loss must be one of rmse, smooth_l1"):
+        train_thresholds(model, qmodel, train, epochs=1, **options)
+
+
+def _validated(fat_section: dict) -> dict:
+    from pathlib import Path
+
+    from snakemake.utils import validate
+
+    config = {
+        "dataset": {"name": "fashion_mnist"},
+        "models": {"m": {"arch": "tiny_mobilenet"}},
+        "fat": fat_section,
+    }
+    validate(config, str(Path(__file__).resolve().parents[1] / "rules/config.schema.yaml"))
+    return config["fat"]
+
+
+def test_optimizer_config_keys_validate():
+    pytest.importorskip("snakemake")
+    assert {k: _validated({})[k] for k in ("loss", "reset")} == {"loss": "rmse", "reset": "lr"}
+    fat = _validated({"loss": "smooth_l1", "reset": "adam"})
+    assert (fat["loss"], fat["reset"]) == ("smooth_l1", "adam")
+    for bad, key in (
+        ({"loss": "huber"}, "huber"),
+        ({"reset": "moments"}, "moments"),
+        ({"loss": 1}, "loss"),
+    ):
+        with pytest.raises(Exception, match=key):
+            _validated(bad)
+
+
 @pytest.mark.parametrize(
     "name, expected",
     [
@@ -200,6 +355,22 @@ def test_thresholds_file_round_trip_and_refuses_code(setup, tmp_path):
         load_thresholds(path)
     path.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(QuantflowError, match="not a quantflow thresholds file"):
+        load_thresholds(path)
+
+
+def test_thresholds_pickle_holds_plain_values_and_old_numpy_files_ask_for_a_rerun(tmp_path):
+    path = tmp_path / "thresholds.pickle"
+    alphas = np.linspace(0.5, 1.0, 4, dtype=np.float32)
+    save_thresholds(path, {"scheme": "w8a8-sym-pc", "alphas": alphas, "bits": np.int64(8)})
+    assert b"numpy" not in path.read_bytes()  # arrays as plain records, no global
+    loaded = load_thresholds(path)
+    assert np.array_equal(loaded["alphas"], alphas) and loaded["bits"] == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["thresholds.pickle"]  # no temporary
+    path.write_bytes(pickle.dumps({"format": 1, "alphas": alphas}, protocol=5))
+    with pytest.raises(QuantflowError, match=r"old format.*rerun the rule that wrote it \(fat\)"):
+        load_thresholds(path)
+    path.write_bytes(pickle.dumps({"format": 1})[:-3])
+    with pytest.raises(QuantflowError, match=r"truncated.*\(fat\)"):
         load_thresholds(path)
 
 

@@ -28,7 +28,8 @@ CONFIG["fat"] = {"schemes": []}  # FAT runs in the local workflow tests
 VARIANTS = ["keras-float", "tflite-fp32", "tflite-int8", "bin-8", "fixed-8"]
 # The jobs snakemake submits (`all` has nothing to run and stays local).
 CLUSTER_JOBS = {"download": 1, "prepare": 1, "train": 1, "tflite": 2, "extract_weights": 1,
-                "weightquant": 2, "evaluate": len(VARIANTS), "summary": 1}
+                "weightquant": 2, "evaluate": len(VARIANTS), "latency": len(VARIANTS),
+                "summary": 1}
 METRICS = ["accuracy", "top5", "precision", "sensitivity", "g_mean", "num_samples",
            "confusion_matrix", "per_class_recall", "per_class_precision", "size_bytes"]
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)\.")
@@ -123,6 +124,10 @@ def test_every_job_ran_as_its_own_slurm_job(slurm_run, slurm_cluster):
     job = slurm_cluster.run("scontrol", "show", "job", train_id).stdout
     assert re.search(r"\bNumCPUs=2\b", job) and re.search(r"\bmem=16000M\b", job), job
     assert "Partition=debug" in job
+    # timing jobs ask for a node of their own (profiles/slurm: --exclusive)
+    latency_id = next(s for j, s, log in submitted if "/rule_latency/" in log)
+    job = slurm_cluster.run("scontrol", "show", "job", latency_id).stdout
+    assert re.search(r"\bOverSubscribe=NO\b", job), job
 
 
 def test_same_metrics_as_a_local_run(slurm_run, local_run):
