@@ -36,10 +36,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
         except FileNotFoundError:
             pass
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the rename itself durable where the platform allows it (best effort)."""
     try:
         fd = os.open(directory, os.O_RDONLY)

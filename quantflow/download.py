@@ -26,6 +26,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from quantflow import __version__
+from quantflow.atomic import fsync_directory
 from quantflow.errors import QuantflowError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -267,7 +268,7 @@ def _install(source: Path, dest: Path, algo: str, expected: str, gunzip: bool) -
             raise _MirrorFailed(f"{algo} mismatch: expected {expected}, got {got}")
         os.replace(tmp, dest)
         done = True
-        _fsync_dir(dest.parent)
+        fsync_directory(dest.parent)
     finally:
         if not done:
             tmp.unlink(missing_ok=True)
@@ -285,16 +286,3 @@ def _copy(reader: BinaryIO, out: BinaryIO, update: Callable[[bytes], None], what
         update(chunk)
         out.write(chunk)
 
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename in `directory` (best effort; not possible everywhere)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -238,18 +238,7 @@ def load_plain(
     global (nothing is executed; a file of the old numpy-pickle format is recognized and
     the message says to rerun the rule), or an array record that is not consistent.
     """
-    if isinstance(fileobj_or_path, (str, os.PathLike)):
-        path = Path(fileobj_or_path)
-        source = f"{what} {path}"
-        try:
-            with open(path, "rb") as handle:
-                blob = handle.read()
-        except OSError as e:
-            raise QuantflowError(f"cannot read {source}: {e.strerror or e}") from None
-    else:
-        name = getattr(fileobj_or_path, "name", None)
-        source = f"{what} {name}" if isinstance(name, (str, bytes)) and name else what
-        blob = fileobj_or_path.read()
+    blob, source = _read(fileobj_or_path, what)
     fix = (
         f"delete it and rerun the rule that wrote it ({rerun})"
         if rerun
@@ -540,18 +529,22 @@ def safe_load(
     in error messages ("CIFAR-10 batch"); a path (or file object's name) is added to it.
     Raises QuantflowError for a missing, truncated or corrupt file or a forbidden global.
     """
+    blob, source = _read(fileobj_or_path, what)
+    return _load(io.BytesIO(blob), encoding, source)
+
+
+def _read(fileobj_or_path, what: str) -> tuple[bytes, str]:
+    """The bytes of a path or binary file object, and how messages name it."""
     if isinstance(fileobj_or_path, (str, os.PathLike)):
-        path = Path(fileobj_or_path)
-        source = f"{what} {path}"
+        source = f"{what} {Path(fileobj_or_path)}"
         try:
-            with open(path, "rb") as handle:
-                blob = handle.read()
+            with open(fileobj_or_path, "rb") as handle:
+                return handle.read(), source
         except OSError as e:
             raise QuantflowError(f"cannot read {source}: {e.strerror or e}") from None
-        return _load(io.BytesIO(blob), encoding, source)
     name = getattr(fileobj_or_path, "name", None)
     source = f"{what} {name}" if isinstance(name, (str, bytes)) and name else what
-    return _load(io.BytesIO(fileobj_or_path.read()), encoding, source)
+    return fileobj_or_path.read(), source
 
 
 def _check_lengths(blob: bytes) -> None:
