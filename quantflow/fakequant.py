@@ -5,8 +5,12 @@ Quantization", arXiv 1812.07872).
 `fake_quant_model` rebuilds a float classifier as the graph TFLite's int8 kernels execute,
 every rounding explicit (`tf.quantization.fake_quant_*` ops). Converted with
 `quantflow.tflite.convert(qmodel, "int8", calibration)` it becomes a fully int8 TFLite model
-that uses these ranges, so the Keras model predicts what the device will (top-1 agreement
-with the TFLite model: 100% on the tests' tiny models; the rest is integer rounding).
+that uses these ranges, so the Keras model predicts what the device will: the quantized
+layers compute TFLite's integer arithmetic exactly (int32 bias on the accumulator's grid,
+integer accumulators, XNNPACK's float32 requantization and fixed-point ADD; see
+`_QuantizedOp` and `QAdd`), so the logits match LiteRT's to the output step on the zoo
+models, not only the top-1 class. `export_mode` (used by `quantflow.tflite.convert`) traces
+the graph the converter expects instead.
 
 * Conv2D, DepthwiseConv2D and Dense become `QConv2D`, `QDepthwiseConv2D`, `QDense`: a
   BatchNormalization right after one (its only consumer, the layer being linear) is folded
@@ -39,8 +43,9 @@ with the TFLite model: 100% on the tests' tiny models; the rest is integer round
   by TIE_MARGIN so no value sits on a rounding tie. `input_range=None` calibrates the
   input quantizer like any other (signed).
 
-Thresholds (FAT): symmetric, T = clip(alpha, 0.5, 1) * T_max, range [-T, T] for signed and
-[0, T] for non-negative tensors (after ReLU, ReLU6, sigmoid, softmax, and ops of those).
+Thresholds (FAT): symmetric, T = clip(alpha, 0.5, 1) * T_max, range [-T, T * 127/128] for
+signed (8 bits: scale T/128, int8 zero point exactly 0; [-T, T] would put the zero point on
+a tie that TensorFlow and the converter round differently) and [0, T] for non-negative tensors (after ReLU, ReLU6, sigmoid, softmax, and ops of those).
 Asymmetric activations (`symmetric=False`): the calibrated range [m, M] with R = M - m
 becomes lo = m + clip(alpha_T) * R (alpha_T in [-0.2, 0.4], [0, 0.4] if non-negative) and
 hi = lo + clip(alpha_R, 0.5, 1) * R, then widened to contain 0 (TFLite must represent zero
@@ -108,10 +113,42 @@ def _fat_gradient(x, y, lo, hi, dy, per_channel: bool):
     )
 
 
+_EXPORT = [False]  # set by `export_mode`: layers trace the graph the converter expects
+
+
+@contextmanager
+def export_mode():
+    """Within the block, fake-quant models trace as the TFLite converter wants them (for
+    `quantflow.tflite.convert`): plain fake-quant ops without the FAT custom gradients (the
+    conversion takes about half the time) and each quantized layer as fake-quant kernel ->
+    op -> bias, the bias already on TFLite's int32 grid, instead of the exact integer
+    arithmetic the layers simulate otherwise (see `_QuantizedOp`). Same outputs."""
+    previous = _EXPORT[0]
+    _EXPORT[0] = True
+    try:
+        yield
+    finally:
+        _EXPORT[0] = previous
+
+
+def _ste_round(x):
+    """round(x) with a straight-through gradient (plain round while exporting)."""
+    if _EXPORT[0]:
+        return tf.round(x)
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
 def fake_quant(x, lo, hi, *, bits: int, narrow_range: bool = False, per_channel: bool = False):
     """`tf.quantization.fake_quant_with_min_max_vars[_per_channel]` (what the TFLite converter
     turns into int8 quantization) with the FAT gradient for `lo` and `hi` (see module doc).
     Per channel, `lo` and `hi` are vectors over the last axis of `x`."""
+    if _EXPORT[0]:
+        op = (
+            tf.quantization.fake_quant_with_min_max_vars_per_channel
+            if per_channel
+            else tf.quantization.fake_quant_with_min_max_vars
+        )
+        return op(x, lo, hi, num_bits=bits, narrow_range=narrow_range)
 
     @tf.custom_gradient
     def _fake_quant(x, lo, hi):
@@ -137,6 +174,10 @@ def grid_quant(w, t, *, bits: int, per_channel: bool = True):
     with scale t / 127, within half an 8-bit step of the b-bit values q: `folded_int8`).
     Used for Dense, where the converter rejects per-channel fake-quant ops (it transposes
     the kernel for FULLY_CONNECTED). Same values and FAT gradient as `fake_quant`."""
+
+    if _EXPORT[0]:
+        step = t / float(2 ** (bits - 1) - 1)
+        return tf.floor(tf.clip_by_value(w, -t, t) / step + 0.5) * step
 
     @tf.custom_gradient
     def _grid_quant(w, t):
@@ -234,7 +275,11 @@ class ActivationQuant(layers.Layer):
             return tf.constant(self.fixed_range[0]), tf.constant(self.fixed_range[1])
         if self.symmetric:
             t = _clip(self.alpha, ALPHA_BOUNDS) * self.t_max
-            return (-t if self.signed else tf.zeros_like(t)), t
+            if not self.signed:
+                return tf.zeros_like(t), t
+            # [-T, T] would put the zero point on a tie (127.5 steps), which TensorFlow's
+            # nudging and the converter round either way: int8 zero point 0 or -1
+            return -t, t * (1.0 - 2.0 ** (1 - self.bits))
         width = self.r_max - self.r_min
         lo = self.r_min + _clip(self.alpha_t, SHIFT_BOUNDS[self.signed]) * width
         hi = lo + _clip(self.alpha_r, ALPHA_BOUNDS) * width
@@ -307,18 +352,83 @@ class ActivationQuant(layers.Layer):
 class _QuantizedOp(layers.Layer):
     """A layer whose float kernel (BatchNorm folded) and bias are constants and whose kernel
     is fake-quantized symmetric, narrow range, to [-T, T], T = clip(alpha) * max|W|, per
-    output channel or per tensor; then the op, the bias and the fused activation."""
+    output channel or per tensor; then the op, the bias and the fused activation.
+
+    What TFLite runs, and so what the layer computes when its input's grid is known (at most
+    8 bits, see `link_input`): the int32 bias round(b / (s_in s_w)) on the accumulator's grid
+    (input scale x weight scale, per output channel), and the accumulator sum((x_q - z) w_q)
+    + bias as exact integers (float32 holds them exactly below 2**24), scaled back by s_in
+    s_w; the output quantizer then rounds it as LiteRT's XNNPACK kernels do (one float32
+    multiply, one rounding). A float bias and a float convolution, as before, put about
+    1 in 1000 outputs one step off TFLite's (the bias's rounding shifts every value of a
+    channel by up to half an accumulator step, float sums put values near a tie on either
+    side), and a network that amplifies small differences (a deep one, or one whose ReLU6
+    outputs are a small part of their pre-activation range) turns those into top-1 flips.
+    The gradients are the float layer's (straight-through roundings). In `export_mode`
+    the layer traces as fake-quant kernel -> op -> the rounded bias, which the converter
+    turns into the same int8 op and int32 bias."""
 
     folded_per_channel = False  # per-channel kernels by `grid_quant` instead of fake-quant ops
 
     def __init__(
-        self, activation: str = "linear", bits: int = 8, per_channel: bool = True, **kwargs
+        self,
+        activation: str = "linear",
+        bits: int = 8,
+        per_channel: bool = True,
+        input_scale: float | None = None,
+        output_scale: float | None = None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if activation not in ACTIVATIONS:
             raise QuantflowError(f"{type(self).__name__}: unsupported activation {activation!r}")
         self.activation, self.bits, self.per_channel = activation, int(bits), bool(per_channel)
         self.enabled = True  # False: the float kernel (float statistics for calibration)
+        # the input's grid: a live link to its quantizer (set by the transform), else the
+        # scale saved with the model (None: unknown, float bias and float arithmetic)
+        self.input_scale = None if input_scale is None else float(input_scale)
+        self.output_scale = None if output_scale is None else float(output_scale)
+        self._input_range = self._output_range = None
+
+    def link_input(self, quantizer: "ActivationQuant | None") -> None:
+        """Take the input's scale from `quantizer` (the ActivationQuant whose grid the input
+        lies on), live, so trained thresholds move the bias grid with them. Only for at most
+        8-bit activations and weights (what TFLite runs); otherwise float arithmetic."""
+        if quantizer is None or quantizer.bits > 8 or self.bits > 8:
+            self._input_range, self.input_scale = None, None
+        else:
+            self._input_range = (quantizer.quant_range, 2**quantizer.bits - 1)
+
+    def link_output(self, quantizer: "ActivationQuant | None") -> None:
+        """Requantize onto `quantizer`'s grid (the output's, after the fused activation) as
+        LiteRT does; see the class doc. None, or more than 8 bits: left to the quantizer."""
+        if quantizer is None or quantizer.bits > 8 or self._input_range is None:
+            self._output_range, self.output_scale = None, None
+        else:
+            self._output_range = (quantizer.quant_range, 2**quantizer.bits - 1)
+
+    @staticmethod
+    def _step(link, saved):
+        if link is not None:
+            quant_range, levels = link
+            return _f32_step(*quant_range(), levels)
+        return None if saved is None else tf.constant(saved, tf.float32)
+
+    def _input_step(self):
+        """The input's quantization step as a scalar tensor, or None when unknown."""
+        return self._step(self._input_range, self.input_scale)
+
+    def _output_step(self):
+        """The output quantizer's step as a scalar tensor, or None when unknown."""
+        return self._step(self._output_range, self.output_scale)
+
+    def weight_scale(self):
+        """The scale of the int8 weights TFLite stores (per output channel or scalar)."""
+        t = _clip(self.alpha, ALPHA_BOUNDS) * self.t_max
+        if self.bits < 8 and not (self.per_channel and self.folded_per_channel):
+            levels = 2 ** (self.bits - 1) - 1  # `int8_grid`: k times finer than the b-bit grid
+            return _f32_step(-t, t, 2 * levels * (127 // levels))
+        return _f32_step(-t, t, 2 ** min(self.bits, 8) - 2)
 
     def _kernel_shape(self, input_shape) -> tuple:
         raise NotImplementedError
@@ -370,7 +480,27 @@ class _QuantizedOp(layers.Layer):
         return tf.reshape(view, kernel.shape)
 
     def call(self, inputs):
-        outputs = self._op(inputs, self.quantized_kernel()) + self.bias
+        kernel = self.quantized_kernel()
+        step = self._input_step() if self.enabled else None
+        if step is None:
+            outputs = self._op(inputs, kernel) + self.bias
+        else:
+            w_step = self.weight_scale()
+            acc_step = step * w_step  # the int32 bias's scale, per output channel
+            bias = _ste_round(self.bias / acc_step)
+            if _EXPORT[0]:
+                outputs = self._op(inputs, kernel) + bias * acc_step
+            else:
+                view = _ste_round(self._channel_view(kernel) / w_step)
+                acc = self._op(_ste_round(inputs / step), tf.reshape(view, kernel.shape))
+                acc = acc + bias
+                outputs = keras.activations.get(self.activation)(acc * acc_step)
+                out_step = self._output_step()
+                if out_step is None or self.activation not in FUSED_ACTIVATIONS:
+                    return outputs
+                return outputs + tf.stop_gradient(
+                    _requantized(acc, acc_step / out_step, self.activation, out_step) - outputs
+                )
         return keras.activations.get(self.activation)(outputs)
 
     def set_kernel(self, kernel: np.ndarray, bias: np.ndarray) -> None:
@@ -403,12 +533,44 @@ class _QuantizedOp(layers.Layer):
         }
 
     def get_config(self) -> dict:
+        step = self._input_step() if self._input_range is not None else None
         return {
             **super().get_config(),
             "activation": self.activation,
             "bits": self.bits,
             "per_channel": self.per_channel,
+            "input_scale": self.input_scale if step is None else float(step),
+            "output_scale": (
+                float(self._output_step())
+                if self._output_range is not None
+                else self.output_scale
+            ),
         }
+
+
+def _f32_step(lo, hi, levels: int):
+    """(hi - lo) / levels as the TFLite converter computes a scale from a fake-quant range:
+    in double precision, stored as float32 (float32 arithmetic is sometimes one ulp off,
+    enough to move a product that sits on a rounding tie to its other side)."""
+    wide = tf.cast(hi, tf.float64) - tf.cast(lo, tf.float64)
+    return tf.cast(wide / float(levels), tf.float32)
+
+
+def _requantized(acc, multiplier, activation: str, out_step):
+    """The int32 accumulator `acc` (a float32 tensor of whole numbers) requantized as
+    LiteRT's XNNPACK kernels do it: float32(acc) * float32(multiplier) (multiplier = s_in
+    s_w / s_out per channel), clamped to the fused activation's range (ReLU6: round(6 /
+    s_out) steps), rounded half to even; returned in real units, a hair inside its rounding
+    interval (the residual kept below 0.49 steps), so the output quantizer lands on the same
+    integer whatever its float arithmetic and still sees its rounding error."""
+    v = tf.stop_gradient(acc) * tf.stop_gradient(multiplier)
+    out_step = tf.stop_gradient(out_step)
+    if activation in ("relu", "relu6"):
+        v = tf.maximum(v, 0.0)
+    if activation == "relu6":
+        v = tf.minimum(v, tf.round(6.0 / out_step))
+    r = tf.round(v)
+    return (r + tf.clip_by_value(v - r, -0.49, 0.49)) * out_step
 
 
 @keras.saving.register_keras_serializable(package="quantflow")
@@ -554,6 +716,67 @@ class QAffine(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode, "values": self.values, "bits": self.bits}
+
+
+@keras.saving.register_keras_serializable(package="quantflow")
+class QAdd(layers.Layer):
+    """a + b of two int8 tensors, computed as LiteRT's XNNPACK ADD does when both input
+    grids and the output grid are known (`link`; at most 8 bits): each input's scale over
+    the output's as a 20-bit fixed-point multiplier (m = rint(float32(s_x / s_out) * 2**shift),
+    shift = 20 - exponent of the larger ratio), acc = (q_a m_a + q_b m_b + 2**(shift-1)) >>
+    shift. A float sum rounded by the output quantizer gives about 1 in 10,000 values one
+    step off (values within 1e-5 of a tie). Returned in real units a hair inside the rounding
+    interval (as `_requantized`); gradients are the float sum's. Otherwise, and in
+    `export_mode`, a plain Add (what the converter turns into ADD)."""
+
+    def __init__(self, input_scales=None, output_scale=None, **kwargs):
+        super().__init__(**kwargs)
+        self.input_scales = None if input_scales is None else [float(v) for v in input_scales]
+        self.output_scale = None if output_scale is None else float(output_scale)
+        self._links = None  # ((quant_range, levels) of a, of b, of the output)
+
+    def link(self, inputs, output) -> None:
+        grids = [*inputs, output]
+        if any(q is None or q.bits > 8 for q in grids) or len(inputs) != 2:
+            self._links, self.input_scales, self.output_scale = None, None, None
+        else:
+            self._links = [(q.quant_range, 2**q.bits - 1) for q in grids]
+
+    def _steps(self):
+        if self._links is not None:
+            return [_f32_step(*quant_range(), levels) for quant_range, levels in self._links]
+        if self.input_scales is None or self.output_scale is None:
+            return None
+        return [tf.constant(v, tf.float32) for v in (*self.input_scales, self.output_scale)]
+
+    def call(self, inputs):
+        a, b = inputs
+        total = a + b
+        steps = self._steps()
+        if steps is None or _EXPORT[0]:
+            return total
+        sa, sb, so = (tf.stop_gradient(v) for v in steps)
+        ratios = [tf.cast(sa / so, tf.float64), tf.cast(sb / so, tf.float64)]
+        exponent = tf.floor(tf.math.log(tf.maximum(*ratios)) / np.log(2.0))
+        scale = tf.pow(tf.constant(2.0, tf.float64), 20.0 - exponent)
+        ma, mb = (tf.round(r * scale) for r in ratios)  # rint: half to even, as lrintf
+        qa = tf.round(tf.cast(tf.stop_gradient(a) / sa, tf.float64))
+        qb = tf.round(tf.cast(tf.stop_gradient(b) / sb, tf.float64))
+        exact = (qa * ma + qb * mb) / scale
+        r = tf.floor(exact + 0.5)
+        value = tf.cast(r + tf.clip_by_value(exact - r, -0.49, 0.49), tf.float32) * so
+        return total + tf.stop_gradient(value - total)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self) -> dict:
+        steps = self._steps() if self._links is not None else None
+        return {
+            **super().get_config(),
+            "input_scales": self.input_scales if steps is None else [float(v) for v in steps[:2]],
+            "output_scale": self.output_scale if steps is None else float(steps[2]),
+        }
 
 
 def _pair(value) -> tuple[int, int]:
@@ -773,6 +996,7 @@ class _Transform:
         self.per_channel, self.symmetric = per_channel, symmetric
         self.tensors: dict[int, _Tensor] = {}
         self.skip: set[int] = set()  # nodes folded or fused into an earlier one
+        self.link_after: dict[int, tuple] = {}  # tensor key -> (QAdd, input grids) to link
         self.names: set[str] = set()
 
     # ---- helpers
@@ -821,6 +1045,9 @@ class _Transform:
             self.tensors[key] = _Tensor(x, non_negative)
         else:
             self.tensors[key] = self.quantized(x, name, non_negative, fixed)
+        if key in self.link_after:  # a QAdd whose fused ReLU this quantizer follows
+            add, inputs = self.link_after.pop(key)
+            add.link(inputs, self.tensors[key].grid)
 
     def fill(self, value):
         return keras.tree.map_structure(
@@ -899,15 +1126,25 @@ class _Transform:
 
     def merge(self, node: _Node, ins: list[_Tensor]) -> None:
         layer, key = node.layer, node.outputs[0]
-        out = self.clone_call(node)
+        grids = [t.grid for t in ins]
+        exact_add = type(layer) is layers.Add and len(ins) == 2 and None not in grids
+        if exact_add:
+            add = QAdd(name=self.name(layer.name))
+            out = add([t.value for t in ins])
+        else:
+            out = self.clone_call(node)
         nonneg = all(t.non_negative for t in ins) and type(layer) is not layers.Subtract
         fixed = ins[0].fixed
         if type(layer) in _SHARED_SCALE_MERGES and fixed and all(t.fixed == fixed for t in ins):
             self.tensors[key] = _Tensor(out, nonneg, fixed, ins[0].grid)  # e.g. gray -> RGB
         elif type(layer) in _FUSING_MERGES and self.fusable_activation(key):
             self.tensors[key] = _Tensor(out, nonneg)  # quantized after the fused ReLU
+            if exact_add:
+                self.link_after[self.graph.nodes[self.sole_user(key)].outputs[0]] = (add, grids)
         else:
             self.finish(key, out, layer.name, nonneg)
+            if exact_add:
+                add.link(grids, self.tensors[key].grid)
 
     def fusable_activation(self, key: int) -> str | None:
         """relu / relu6 when the only reader of `key` is such an activation layer."""
@@ -1008,13 +1245,16 @@ class _Transform:
             self.per_channel,
             self.name(layer.name),
         )
+        q.link_input(self.tensors[node.inputs[0]].grid)
         out = q(self.fill(node.args)[0])
         q.set_kernel(kernel, bias)
         if split:  # TFLite runs it as its own int8 op: quantize before and after
-            out = self.quantized(out, layer.name + "_linear", False).value
-            self.emit_activation(key, out, activation, f"{layer.name}_{activation}")
+            linear = self.quantized(out, layer.name + "_linear", False)
+            q.link_output(linear.grid)
+            self.emit_activation(key, linear.value, activation, f"{layer.name}_{activation}")
         else:
             self.finish(key, out, layer.name, activation != "linear")
+            q.link_output(self.tensors[key].grid)
 
 
 def _channel_vector(values, node: _Node, what: str) -> np.ndarray:

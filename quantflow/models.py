@@ -82,7 +82,7 @@ def model_from_spec(spec: dict, input_shape, num_classes: int):
     if arch == "keras_file":
         if not spec.get("path"):
             raise QuantflowError("a model with arch: keras_file needs path: <model.keras>")
-        return zoo.load_user_model(spec["path"], num_classes)
+        return zoo.load_user_model(spec["path"], num_classes, input_shape=input_shape)
     if arch in ARCHITECTURES:
         return build_model(arch, input_shape, num_classes, **options)
     return zoo.build_zoo_model(arch, input_shape, num_classes, **options)

@@ -27,6 +27,13 @@ def convert(model, fmt: str, calibration: np.ndarray | None = None) -> bytes:
     """
     import tensorflow as tf
 
+    from quantflow.fakequant import export_mode
+
+    with export_mode():  # a fake-quant model traces as the converter expects it
+        return _convert(tf, model, fmt, calibration)
+
+
+def _convert(tf, model, fmt: str, calibration: np.ndarray | None) -> bytes:
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if fmt == "fp32":
         pass
@@ -50,12 +57,13 @@ def convert(model, fmt: str, calibration: np.ndarray | None = None) -> bytes:
 
 
 def save(flatbuffer: bytes, path: str | Path) -> dict:
-    """Write a TFLite flatbuffer atomically (a temporary file renamed over `path`), log its
-    size, input/output types and ops, and return `tensor_types` of it."""
+    """Write a TFLite flatbuffer atomically (quantflow.atomic.write_atomic: a uniquely
+    named temporary file, fsynced, renamed over `path`), log its size, input/output types
+    and ops, and return `tensor_types` of it."""
+    from quantflow.atomic import write_atomic
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(flatbuffer)
-    tmp.replace(path)
+    write_atomic(path, flatbuffer)
     types = tensor_types(str(path))
     print(f"{path}: {len(flatbuffer)} bytes, input {types['input']}, output "
           f"{types['output']}, ops {', '.join(types['ops'])}")
@@ -103,3 +111,168 @@ def _is_constant(interp, index: int) -> bool:
         return True
     except ValueError:
         return False
+
+
+CLEAR_MARGIN_STEPS = 2.0  # a fake-quant top-2 margin above this many output steps is "clear"
+
+
+def agreement(fq_logits, tflite_logits, output_scale: float,
+              margin_steps: float = CLEAR_MARGIN_STEPS) -> dict:
+    """How closely an int8 TFLite model reproduces its fake-quant Keras model, from the
+    logits of both on the same images (float, dequantized) and the TFLite output scale:
+    `top1_agreement` (fraction of images with the same top-1 class), the same over the
+    `clear_margin_images` whose fake-quant top-2 margin exceeds `margin_steps` output steps
+    (`top1_agreement_clear_margin`, None when there are none; a flip there is a modelling
+    error, not a rounding tie), and the mean and largest |logit difference| in output
+    steps."""
+    fq_logits = np.asarray(fq_logits, dtype=np.float64)
+    tflite_logits = np.asarray(tflite_logits, dtype=np.float64)
+    if fq_logits.shape != tflite_logits.shape or fq_logits.ndim != 2 or len(fq_logits) == 0:
+        raise QuantflowError(
+            f"agreement needs two (images, classes) logit arrays of one shape, got "
+            f"{fq_logits.shape} and {tflite_logits.shape}"
+        )
+    if not output_scale > 0:
+        raise QuantflowError(f"agreement needs a positive output scale, got {output_scale}")
+    same = fq_logits.argmax(1) == tflite_logits.argmax(1)
+    steps = np.abs(fq_logits - tflite_logits) / output_scale
+    if fq_logits.shape[1] > 1:
+        top2 = np.sort(fq_logits, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0]) / output_scale > margin_steps
+    else:
+        clear = np.ones(len(same), bool)
+    return {
+        "images": int(len(same)),
+        "top1_agreement": float(same.mean()),
+        "clear_margin_steps": float(margin_steps),
+        "clear_margin_images": int(clear.sum()),
+        "top1_agreement_clear_margin": float(same[clear].mean()) if clear.any() else None,
+        "mean_abs_logit_difference_steps": float(steps.mean()),
+        "max_abs_logit_difference_steps": float(steps.max()),
+    }
+
+
+# TFLite ops whose int8 output has its input's scale and zero point (no quantizer of their own)
+SAME_GRID_OPS = ("PAD", "PADV2", "MAX_POOL_2D", "RESHAPE", "SQUEEZE", "EXPAND_DIMS",
+                 "STRIDED_SLICE", "SLICE", "TRANSPOSE", "GATHER", "SPACE_TO_DEPTH",
+                 "DEPTH_TO_SPACE", "AVERAGE_POOL_2D", "MAXIMUM", "MINIMUM")
+
+
+def check_activation_grids(qmodel, tflite_model: bytes | str, rtol: float = 1e-5) -> list[dict]:
+    """Every int8 activation tensor of the TFLite conversion of the fake-quant model
+    `qmodel` must carry the scale and zero point of the fake-quant op (ActivationQuant) it
+    came from: the converter also gets a representative dataset, so a tensor without one
+    would be calibrated silently. Tensors are mapped to quantizers by the Keras layer that
+    produced them (TFLite names a fused op's output after its source ops); the model input
+    and output by position; the output of an op that keeps its input's grid (PAD, max
+    pooling, reshapes: SAME_GRID_OPS) must equal its input's. Returns the mismatches, one
+    dict each (tensor, op, expected and actual scale / zero point, quantizer or reason);
+    empty when every tensor matches."""
+    import re
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from quantflow import fakequant as fq
+
+    kwargs = ({"model_path": str(tflite_model)} if isinstance(tflite_model, (str, Path))
+              else {"model_content": tflite_model})
+    interp = Interpreter(**kwargs)
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    by_layer: dict[str, object] = {}
+    quantizers = fq.activation_quantizers(qmodel)
+    for aq in quantizers:
+        for node in aq._inbound_nodes:
+            for tensor in node.input_tensors:
+                by_layer.setdefault(tensor._keras_history.operation.name, aq)
+    input_quant = next((aq for aq in quantizers
+                        if aq._inbound_nodes[0].input_tensors[0] is qmodel.inputs[0]), None)
+    output_layer = qmodel.outputs[0]._keras_history.operation
+    output_quant = output_layer if isinstance(output_layer, fq.ActivationQuant) else None
+
+    def expected(aq) -> tuple[float, int]:
+        lo, hi = (float(v) for v in aq.quant_range())
+        levels = 2**aq.bits - 1
+        scale = (hi - lo) / levels
+        zero = min(max(-lo / scale, 0.0), float(levels))
+        return scale, int(np.floor(zero + 0.5)) - 2 ** (aq.bits - 1)
+
+    def actual(index: int) -> tuple[float, int] | None:
+        t = details[index]
+        q = t["quantization_parameters"]
+        if np.dtype(t["dtype"]) != np.int8 or len(q["scales"]) != 1:
+            return None
+        return float(q["scales"][0]), int(q["zero_points"][0])
+
+    def scope_layers(name: str) -> list[str]:
+        found = []
+        for part in name.split(";"):
+            pieces = part.split("/")
+            if len(pieces) >= 3:
+                found.append(re.sub(r"_\d+$", "", pieces[1]))
+        return found
+
+    mismatches = []
+
+    def compare(index, op_name, aq, reference=None, reason=None):
+        got = actual(index)
+        if got is None:
+            return
+        want = expected(aq) if aq is not None else reference
+        ok = (want is not None and abs(got[0] - want[0]) <= rtol * abs(want[0])
+              and got[1] == want[1])
+        if not ok:
+            mismatches.append({
+                "tensor": details[index]["name"].split(";")[0], "op": op_name,
+                "quantizer": aq.name if aq is not None else None,
+                "expected_scale": None if want is None else want[0],
+                "expected_zero_point": None if want is None else want[1],
+                "scale": got[0], "zero_point": got[1],
+                **({"reason": reason} if reason else {}),
+            })
+
+    model_input = interp.get_input_details()[0]["index"]
+    model_output = interp.get_output_details()[0]["index"]
+    if input_quant is not None:
+        compare(model_input, "input", input_quant)
+    ops = interp._get_ops_details()
+    readers: dict[int, list[int]] = {}
+    for i, op in enumerate(ops):
+        for index in dict.fromkeys(op["inputs"]):
+            readers.setdefault(index, []).append(i)
+    for op in ops:
+        for index in op["outputs"]:
+            if index < 0 or actual(index) is None:
+                continue
+            if index == model_output and output_quant is not None:
+                compare(index, op["op_name"], output_quant)
+                continue
+            aq = next((by_layer[n] for n in scope_layers(details[index]["name"])
+                       if n in by_layer), None)
+            if aq is not None:
+                compare(index, op["op_name"], aq)
+            elif op["op_name"] in SAME_GRID_OPS and op["inputs"][0] >= 0:
+                compare(index, op["op_name"], None, actual(op["inputs"][0]),
+                        "not on its input's grid")
+            elif (shared := _shared_grid(index, ops, readers)) is not None:
+                compare(index, op["op_name"], None, actual(shared),
+                        "not on the grid of the concatenation it feeds")
+            else:
+                compare(index, op["op_name"], None, None, "no fake-quant op in the Keras model")
+    return mismatches
+
+
+SHARED_GRID_OPS = ("CONCATENATION", "MAXIMUM", "MINIMUM")  # inputs take the output's grid
+
+
+def _shared_grid(index: int, ops: list, readers: dict) -> int | None:
+    """The output tensor of the CONCATENATION (MAXIMUM, MINIMUM) that tensor `index` only
+    feeds, through ops that keep its grid, or None: the fake-quant transform gives such a
+    tensor no quantizer of its own, TFLite puts it on that op's output grid."""
+    while len(readers.get(index, [])) == 1:
+        op = ops[readers[index][0]]
+        if op["op_name"] in SHARED_GRID_OPS:
+            return op["outputs"][0]
+        if op["op_name"] not in SAME_GRID_OPS:
+            return None
+        index = op["outputs"][0]
+    return None

@@ -50,8 +50,14 @@ class KeepBest(keras.callbacks.Callback):
 
 
 def inference_copy(model):
-    """The same architecture and weights without optimizer state (a smaller .keras file)."""
-    clean = keras.Model.from_config(model.get_config())  # clone_model keeps the optimizer
+    """The same architecture and weights without optimizer state (a smaller .keras file).
+    Rebuilt by the model's own class (`keras.Model.from_config` only reads functional
+    configs: a Sequential model, the usual user's model, failed there); a subclassed model
+    without a config is returned as it is."""
+    try:
+        clean = type(model).from_config(model.get_config())  # clone_model keeps the optimizer
+    except NotImplementedError:  # a subclassed model without get_config
+        return model
     clean.set_weights(model.get_weights())
     return clean
 

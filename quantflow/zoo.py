@@ -169,10 +169,13 @@ def scale_input_channels(model, layer_name: str, factors) -> None:
     layer.set_weights([kernel * factors, *rest])
 
 
-def load_user_model(path, num_classes: int | None = None):
+def load_user_model(path, num_classes: int | None = None, input_shape=None):
     """A user's own Keras model from a .keras file. With `num_classes` different from its
     output size, the last Dense layer (and anything after it, e.g. a softmax) is replaced by
-    a new Dense(num_classes) named "logits" on the same features."""
+    a new Dense(num_classes) named "logits" on the same features. With the dataset's
+    `input_shape` (H, W, C): a 3-channel model on a grayscale dataset gets the image tiled
+    to 3 channels in front (Concatenate "gray_to_rgb", as the zoo models do); any other
+    mismatch stops with the two shapes named."""
     import keras
 
     path = Path(path)
@@ -189,7 +192,35 @@ def load_user_model(path, num_classes: int | None = None):
         raise QuantflowError(f"{path}: holds a {type(model).__name__}, not a Keras model")
     if num_classes is not None and model.output_shape[-1] != num_classes:
         model = replace_head(model, num_classes, source=str(path))
+    if input_shape is not None:
+        model = _fit_input(model, tuple(int(v) for v in input_shape), str(path))
     return model
+
+
+def _fit_input(model, shape: tuple, source: str):
+    """`model` for images of `shape` (H, W, C): as it is when its input takes them, wrapped
+    behind a gray -> RGB tiling for a 3-channel model on 1-channel images."""
+    import keras
+    from keras import layers
+
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1:
+        raise QuantflowError(f"{source}: the model takes {len(inputs)} inputs; one image is expected")
+    expected = tuple(inputs[0].shape[1:])
+    fits = len(expected) == len(shape) and all(
+        e is None or e == s for e, s in zip(expected[:-1], shape[:-1])
+    )
+    if fits and expected[-1] in (None, shape[-1]):
+        return model
+    if fits and expected[-1] == 3 and shape[-1] == 1:
+        image = keras.Input(shape=shape, name="image")
+        x = layers.Concatenate(axis=-1, name="gray_to_rgb")([image, image, image])
+        return keras.Model(image, model(x), name=model.name)
+    raise QuantflowError(
+        f"{source}: the model takes images of shape {expected}, the dataset has {shape}; "
+        "save the model for the dataset's image size and channels (a 3-channel model "
+        "takes grayscale images: they are tiled to RGB)"
+    )
 
 
 def replace_head(model, num_classes: int, source: str | None = None):

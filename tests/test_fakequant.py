@@ -158,9 +158,14 @@ def test_int8_tflite_agrees_with_fake_quant(case, request, tmp_path):
     assert runner.input["quantization"] == (1.0, -128)  # integer pixels are exact
     scores = runner.scores(runner.run(runner.prepare(data["test"])))
     fake = np.asarray(qmodel(data["test"], training=False))
-    agreement = float((scores.argmax(1) == fake.argmax(1)).mean())
-    print(f"{case}: int8 TFLite vs fake-quant top-1 agreement {agreement:.4f}")
-    assert agreement >= 0.995
+    from quantflow.tflite import agreement, check_activation_grids
+
+    fit = agreement(fake, scores, runner.output["quantization"][0])
+    print(f"{case}: int8 TFLite vs fake-quant {fit}")
+    assert fit["top1_agreement"] >= 0.995
+    assert fit["top1_agreement_clear_margin"] in (None, 1.0)
+    assert fit["mean_abs_logit_difference_steps"] <= 0.5
+    assert check_activation_grids(qmodel, tflite) == []
     # the TFLite output grid is the logits quantizer's range
     lo, hi = (float(v) for v in qmodel.get_layer("logits_quant").quant_range())
     scale, _ = runner.output["quantization"]
@@ -255,3 +260,18 @@ def test_bad_options():
     qmodel = fq.fake_quant_model(model)
     with pytest.raises(QuantflowError, match="calibration method"):
         fq.calibrate(qmodel, np.zeros((2, 4), np.float32), method="mean")
+
+
+def test_agreement_figures():
+    from quantflow.tflite import agreement
+
+    fake = np.array([[0.0, 1.0, 5.0], [2.0, 2.1, 0.0], [1.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    lite = np.array([[0.0, 1.0, 5.0], [2.2, 2.1, 0.0], [1.0, 0.0, 0.1], [0.0, 2.9, 0.3]])
+    fit = agreement(fake, lite, output_scale=0.1)
+    assert fit["images"] == 4 and fit["top1_agreement"] == 0.75
+    # margins in steps: 40, 1 (the flipped one: a near-tie), 10, 30
+    assert fit["clear_margin_images"] == 3 and fit["top1_agreement_clear_margin"] == 1.0
+    assert fit["mean_abs_logit_difference_steps"] == pytest.approx(7 / 12)
+    assert fit["max_abs_logit_difference_steps"] == pytest.approx(3.0)
+    with pytest.raises(QuantflowError, match="one shape"):
+        agreement(fake, lite[:2], 0.1)
