@@ -249,7 +249,7 @@ class Split:
                 self.images = f["images"] if "images" in f else None
                 self.paths = f["paths"] if "paths" in f else None
         except (OSError, KeyError, ValueError) as e:
-            raise QuantflowError(f"{path}: not a prepared split ({e}); delete it and rerun") from e
+            raise QuantflowError(f"{path}: not a prepared split ({e}); delete it and rerun the prepare rule") from e
         if (self.images is None) == (self.paths is None):
             raise QuantflowError(f"{path}: a split holds either images or paths")
         if self.images is not None and image_size is None:

@@ -253,6 +253,11 @@ def check_activation_grids(qmodel, tflite_model: bytes | str, rtol: float = 1e-5
             elif op["op_name"] in SAME_GRID_OPS and op["inputs"][0] >= 0:
                 compare(index, op["op_name"], None, actual(op["inputs"][0]),
                         "not on its input's grid")
+            elif op["op_name"] in SHARED_GRID_OPS and len(
+                    {actual(i) for i in op["inputs"] if i >= 0}) == 1:
+                # e.g. a grayscale image tiled to RGB: one grid in, the same grid out
+                compare(index, op["op_name"], None, actual(op["inputs"][0]),
+                        "not on the grid its inputs share")
             elif (shared := _shared_grid(index, ops, readers)) is not None:
                 compare(index, op["op_name"], None, actual(shared),
                         "not on the grid of the concatenation it feeds")

@@ -275,3 +275,28 @@ def test_agreement_figures():
     assert fit["max_abs_logit_difference_steps"] == pytest.approx(3.0)
     with pytest.raises(QuantflowError, match="one shape"):
         agreement(fake, lite[:2], 0.1)
+
+
+def test_grayscale_tiled_to_rgb_keeps_the_input_grid():
+    """A zoo model on a grayscale dataset starts with Concatenate "gray_to_rgb" of the
+    image three times, then Rescaling: the concatenation has no fake-quant op of its own and
+    TFLite keeps it on the input's grid, which the export check accepts."""
+    image = keras.Input((SIZE, SIZE, 1), name="image")
+    x = layers.Concatenate(axis=-1, name="gray_to_rgb")([image, image, image])
+    x = layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(x)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv")(x)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU(6.0, name="relu6")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(image, layers.Dense(CLASSES, name="logits")(x))
+    train, _ = synthetic_images(64, 1, seed=3)
+    qmodel = fq.fake_quant_model(model)
+    fq.calibrate(qmodel, train, 2)
+    tflite = convert(qmodel, "int8", train[:32])
+    from ai_edge_litert.interpreter import Interpreter
+
+    from quantflow.tflite import check_activation_grids
+
+    names = [t["name"] for t in Interpreter(model_content=tflite).get_tensor_details()]
+    assert any("gray_to_rgb" in n for n in names), names  # the concatenation is there
+    assert check_activation_grids(qmodel, tflite) == []
