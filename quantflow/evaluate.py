@@ -180,14 +180,14 @@ def measure_latency(path: str | Path, split, *, batch_size: int, latency_images:
                     latency_batches: int, threads: int) -> dict:
     """Milliseconds per image of one model file: at batch 1 over the first
     `latency_images` test images, and batched over the first `latency_batches` batches of
-    `batch_size` (a first batch untimed). Only the model runs are timed."""
+    `batch_size`, each after an untimed warm-up run. Only the model runs are timed."""
     runner = load_runner(path, threads)
     count = min(latency_images, len(split))
     images = min(len(split), batch_size * latency_batches)
-    labels = np.zeros(batch_size, np.int32)
-    batches = [(split.take(np.arange(i, min(i + batch_size, images))), labels)
+    unlabelled = np.zeros(batch_size, np.int32)  # predict() wants labels; timing does not
+    batches = [(split.take(np.arange(i, min(i + batch_size, images))), unlabelled)
                for i in range(0, images, batch_size)]
-    _, _, seconds = predict(runner, batches, batch_size)  # the first batch also warms up
+    _, _, seconds = predict(runner, batches, batch_size)  # warms up on the first batch
     return {
         "ms_per_image_b1": latency_batch1(runner, split.take(np.arange(count)), count),
         # a short last batch runs padded to full size: time per slot of a full batch
