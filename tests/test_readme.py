@@ -68,5 +68,7 @@ def test_readme_command_dry_runs(command, checkout):
                           timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{command}\n{out[-3000:]}"
-    done = ("Nothing to be done", "dry-run", "workflow is in a good condition")  # lint
+    done = ("Nothing to be done", "dry-run",
+            "workflow is in a good condition",  # --lint
+            "Unlocked working directory")  # --unlock
     assert any(d in out for d in done), out[-2000:]
