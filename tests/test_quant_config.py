@@ -48,7 +48,9 @@ def test_overrides_by_pattern_apply_in_order():
     assert config.for_layer("conv").activation_bits == 8
     assert config.matching("block2_dw") == ["block*_dw", "block2_*"]
     assert config.unmatched([("logits", "logits"), ("block1_dw", "block1_dw")]) == [
-        "block2_*", "backbone/*"]
+        "block2_*",
+        "backbone/*",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -119,7 +121,8 @@ def test_default_config_reproduces_the_scheme_exactly():
         ):
             other = quantized(model, **kwargs)
             assert [l.get_config() for l in other.layers] == [
-                l.get_config() for l in reference.layers]
+                l.get_config() for l in reference.layers
+            ]
             assert np.asarray(other(x)).tobytes() == np.asarray(reference(x)).tobytes()
             assert fq.thresholds(other) == fq.thresholds(reference)
 
@@ -137,7 +140,11 @@ def test_overrides_change_only_the_matched_layers():
     )
     ops = {l.name: l for l in fq.weight_quantizers(qmodel)}
     assert {n: (l.bits, l.per_channel) for n, l in ops.items()} == {
-        "stem": (4, True), "block1_dw": (4, False), "block1_pw": (4, False), "logits": (8, True)}
+        "stem": (4, True),
+        "block1_dw": (4, False),
+        "block1_pw": (4, False),
+        "logits": (8, True),
+    }
     acts = {l.name: l.bits for l in fq.activation_quantizers(qmodel)}
     assert acts.pop("pool_quant") == 16
     assert set(acts.values()) == {8}

@@ -41,9 +41,7 @@ def _check(settings: dict, where: str) -> dict:
         raise QuantflowError(f"{where}expected a mapping of settings, got {settings!r}")
     for key, value in settings.items():
         if key not in SETTINGS:
-            raise QuantflowError(
-                f"{where}unknown setting {key!r}; known: {', '.join(SETTINGS)}"
-            )
+            raise QuantflowError(f"{where}unknown setting {key!r}; known: {', '.join(SETTINGS)}")
         if key.endswith("_bits"):
             whole = hasattr(value, "__index__") and not isinstance(value, bool)
             if not whole or not 2 <= int(value) <= 16:
@@ -88,7 +86,8 @@ class QuantConfig:
     def matching(self, name: str, path: str | None = None) -> list[str]:
         """The override patterns that apply to layer `name` (at `path`), in order."""
         return [
-            p for p in self.overrides
+            p
+            for p in self.overrides
             if fnmatchcase(name, p) or (path is not None and fnmatchcase(path, p))
         ]
 
@@ -105,7 +104,10 @@ class QuantConfig:
         return [p for p in self.overrides if p not in used]
 
     def to_dict(self) -> dict:
-        return {"default": asdict(self.default), "overrides": {k: dict(v) for k, v in self.overrides.items()}}
+        return {
+            "default": asdict(self.default),
+            "overrides": {k: dict(v) for k, v in self.overrides.items()},
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "QuantConfig":

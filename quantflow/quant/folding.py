@@ -13,6 +13,7 @@ from quantflow.errors import QuantflowError
 from quantflow.quant.graph import Node
 from quantflow.quant.rules import TIE_MARGIN
 
+
 def channel_vector(values, node: Node, what: str) -> np.ndarray:
     """A per-channel (last axis) constant as a vector (or a scalar), from a broadcastable
     array such as Normalization's mean of shape (1, 1, 1, C)."""

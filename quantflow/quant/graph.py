@@ -121,9 +121,7 @@ def _expand(graph: Graph, model, input_keys: list[int], path: str) -> list[int]:
                 (node.arguments.args, node.arguments.kwargs),
             )
             ranks = [len(t.shape) for t in node.outputs]
-            graph.nodes.append(
-                Node(op, where, tuple(args), dict(kwargs), in_keys, out_keys, ranks)
-            )
+            graph.nodes.append(Node(op, where, tuple(args), dict(kwargs), in_keys, out_keys, ranks))
         for t, k in zip(node.outputs, out_keys):
             scope[id(t)] = k
     return [scope[id(t)] for t in outputs]

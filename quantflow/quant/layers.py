@@ -267,9 +267,7 @@ class QuantizedOp(layers.Layer):
             "per_channel": self.per_channel,
             "input_scale": self.input_scale if step is None else float(step),
             "output_scale": (
-                float(self._output_step())
-                if self._output_range is not None
-                else self.output_scale
+                float(self._output_step()) if self._output_range is not None else self.output_scale
             ),
         }
         if self.quantizer_name != DEFAULT_QUANTIZER:

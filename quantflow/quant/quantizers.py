@@ -122,8 +122,9 @@ class FatActivationQuantizer(Quantizer):
     marks a tensor known to be non-negative; `fixed_range` (lo, hi) gives a constant range
     (no variables), e.g. the model input's pixel range."""
 
-    def __init__(self, bits: int = 8, signed: bool = True, symmetric: bool = True,
-                 fixed_range=None):
+    def __init__(
+        self, bits: int = 8, signed: bool = True, symmetric: bool = True, fixed_range=None
+    ):
         super().__init__(bits)
         self.signed, self.symmetric = bool(signed), bool(symmetric)
         self.fixed_range = None if fixed_range is None else tuple(float(v) for v in fixed_range)

@@ -324,7 +324,9 @@ class _Transform:
                 self.skip.add(user)
                 key, activation = self.graph.nodes[user].outputs[0], fused
         split = activation not in FUSED_ACTIVATIONS
-        q = _quantized_layer(layer, "linear" if split else activation, self.spec, self.name(layer.name))
+        q = _quantized_layer(
+            layer, "linear" if split else activation, self.spec, self.name(layer.name)
+        )
         q.link_input(self.tensors[node.inputs[0]].grid)
         out = q(self.fill(node.args)[0])
         q.set_kernel(kernel, bias)
@@ -386,7 +388,11 @@ def fake_quant_model(
     if config is None:
         for what in ("weight_bits", "activation_bits"):  # the message users know
             bits = scheme[what]
-            if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 2 <= bits <= 16:
+            if (
+                isinstance(bits, bool)
+                or not isinstance(bits, (int, np.integer))
+                or not 2 <= bits <= 16
+            ):
                 raise QuantflowError(f"{what} must be a whole number from 2 to 16, got {bits!r}")
         scheme = {k: (int(v) if k.endswith("_bits") else bool(v)) for k, v in scheme.items()}
         config = QuantConfig(scheme, overrides)
