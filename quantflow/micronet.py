@@ -4,7 +4,7 @@
 
 Both terms are in "32-bit equivalents": a k-bit parameter counts k/32 of a parameter, a
 k-bit operation k/32 of an operation. `count_model` walks a Keras 3 functional model once
-(nested models flattened as `quantflow.fakequant.flatten_graph` does) and returns one
+(nested models flattened as `quantflow.quant.graph.flatten_graph` does) and returns one
 `LayerCount` per counted operation; `score` then weighs those counts by the bit widths of a
 configuration, without TensorFlow. P_ref and F_ref default to the float model's own 32-bit
 totals (the plain parameter and operation counts), so the float model scores exactly 2.0
@@ -188,12 +188,12 @@ def count_model(model) -> list[LayerCount]:
     model, in graph order. Unsupported layers raise a QuantflowError naming them."""
     import keras
 
-    from quantflow.fakequant import _Ref, flatten_graph
+    from quantflow.quant.graph import Ref, flatten_graph
 
     if not isinstance(model, keras.Model):
         raise QuantflowError(f"count_model needs a Keras model, got {type(model).__name__}")
     graph = flatten_graph(model)
-    return _Counter(graph, model, keras, _Ref).run()
+    return _Counter(graph, model, keras, Ref).run()
 
 
 def _np(value) -> np.ndarray:

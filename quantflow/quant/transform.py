@@ -1,0 +1,429 @@
+"""The graph transform: a flattened float graph (`quantflow.quant.graph`) rebuilt as the
+graph TFLite's int8 kernels execute, every rounding explicit. Conv2D, DepthwiseConv2D and
+Dense become `QConv2D`, `QDepthwiseConv2D`, `QDense` with a following BatchNormalization
+folded and a ReLU / ReLU6 fused (their only consumer), as TFLite does; activation
+quantizers (`ActivationQuant`) are placed where TFLite has an int8 tensor with its own
+scale (the rules: `quantflow.quant.rules`; see `quantflow.fakequant` for the full list).
+What each layer gets (bits, granularity, symmetry, which quantizer implementation) is
+asked of the per-layer config (`quantflow.quant.config.QuantConfig`), never decided here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import layers
+
+from quantflow.errors import QuantflowError
+from quantflow.quant.config import LayerQuant, QuantConfig
+from quantflow.quant.folding import (
+    affine_range,
+    affine_steps,
+    float_kernel,
+    fold_batch_norm,
+    foldable_bn,
+)
+from quantflow.quant.graph import Graph, Node, Ref, flatten_graph
+from quantflow.quant.layers import ActivationQuant, QAdd, QAffine, QConv2D, QDense, QDepthwiseConv2D
+from quantflow.quant.rules import (
+    ACTIVATION_LAYERS,
+    ACTIVATIONS,
+    AFFINE,
+    DROPPED,
+    FUSED_ACTIVATIONS,
+    FUSING_MERGES,
+    MERGES,
+    NON_NEGATIVE_ACTIVATIONS,
+    POOLS,
+    SAME_GRID,
+    SHARED_SCALE_MERGES,
+    SUPPORTED_LAYERS,
+    WEIGHTED,
+    activation_name,
+    fixed_output_range,
+)
+
+
+@dataclass
+class _Tensor:
+    """A tensor of the fake-quant graph: its KerasTensor, whether it is known non-negative,
+    the constant range of its quantizer (None: calibrated) and the ActivationQuant whose grid
+    it lies on (None: not quantized yet, e.g. an ADD output before its fused ReLU)."""
+
+    value: object
+    non_negative: bool
+    fixed: tuple | None = None
+    grid: ActivationQuant | None = None
+
+
+class _Transform:
+    """Builds the fake-quant graph from a flattened float graph (see fake_quant_model)."""
+
+    def __init__(self, graph: Graph, config: QuantConfig, input_names: list[str]):
+        self.graph, self.users = graph, graph.consumers()
+        self.config = config
+        # the layer (name, path) whose settings apply to each tensor's quantizers: model
+        # inputs by their names, a node's outputs by its layer (fused ones: the layer they
+        # are fused into, which is the node being visited when they are quantized)
+        self.owners = {key: (name, name) for key, name in zip(graph.inputs, input_names)}
+        for node in graph.nodes:
+            for key in node.outputs:
+                self.owners[key] = (node.layer.name, node.path)
+        self.spec: LayerQuant = config.default  # of the layer being rewritten
+        self.tensors: dict[int, _Tensor] = {}
+        self.skip: set[int] = set()  # nodes folded or fused into an earlier one
+        self.link_after: dict[int, tuple] = {}  # tensor key -> (QAdd, input grids) to link
+        self.names: set[str] = set()
+
+    def settings(self, owner: tuple[str, str]) -> LayerQuant:
+        """Make the config's settings of layer `owner` (name, path) the current ones."""
+        self.spec = self.config.for_layer(*owner)
+        return self.spec
+
+    # ---- helpers
+    def name(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            i += 1
+            name = f"{base}_{i}"
+        self.names.add(name)
+        return name
+
+    def sole_user(self, key: int) -> int | None:
+        """The index of the only node reading tensor `key` (None if it is a model output or
+        read by several nodes)."""
+        users = self.users.get(key, [])
+        if len(users) != 1 or key in self.graph.outputs:
+            return None
+        return users[0]
+
+    def feeds_shared_scale(self, key: int) -> bool:
+        """Whether tensor `key` only reaches a Concatenate / Maximum / Minimum (possibly
+        through same-grid ops): TFLite quantizes it with that op's output range."""
+        user = self.sole_user(key)
+        while user is not None and type(self.graph.nodes[user].layer) in SAME_GRID:
+            user = self.sole_user(self.graph.nodes[user].outputs[0])
+        return user is not None and type(self.graph.nodes[user].layer) in SHARED_SCALE_MERGES
+
+    def quantizer(self, name: str, non_negative: bool, fixed=None) -> ActivationQuant:
+        return ActivationQuant(
+            bits=self.spec.activation_bits,
+            signed=not non_negative,
+            symmetric=self.spec.symmetric,
+            fixed_range=fixed,
+            quantizer=self.spec.activation_quantizer,
+            name=self.name(f"{name}_quant"),
+        )
+
+    def quantized(self, x, name: str, non_negative: bool, fixed=None) -> _Tensor:
+        """`x` through a new quantizer."""
+        quantizer = self.quantizer(name, non_negative, fixed)
+        return _Tensor(quantizer(x), non_negative, fixed, quantizer)
+
+    def finish(self, key: int, x, name: str, non_negative: bool, fixed=None) -> None:
+        """Set tensor `key` to `x` quantized by its own quantizer, unless TFLite gives it the
+        range of the Concatenate (...) it feeds, whose quantizer then rounds it once."""
+        if fixed is None and self.feeds_shared_scale(key):
+            self.tensors[key] = _Tensor(x, non_negative)
+        else:
+            self.tensors[key] = self.quantized(x, name, non_negative, fixed)
+        if key in self.link_after:  # a QAdd whose fused ReLU this quantizer follows
+            add, inputs = self.link_after.pop(key)
+            add.link(inputs, self.tensors[key].grid)
+
+    def fill(self, value):
+        return keras.tree.map_structure(
+            lambda v: self.tensors[v.key].value if isinstance(v, Ref) else v, value
+        )
+
+    def clone_call(self, node: Node):
+        layer = node.layer
+        config = layer.get_config()
+        config["name"] = self.name(layer.name)
+        clone = type(layer).from_config(config)
+        kwargs = {k: v for k, v in self.fill(node.kwargs).items() if k != "training"}
+        out = clone(*self.fill(node.args), **kwargs)
+        if layer.weights:
+            clone.set_weights(layer.get_weights())
+        return out
+
+    def unsupported(self, node: Node, reason: str = "") -> QuantflowError:
+        return QuantflowError(
+            f"layer {node.path!r} ({type(node.layer).__name__}) cannot be fake-quantized"
+            f"{': ' + reason if reason else ''}; supported layers: {', '.join(SUPPORTED_LAYERS)}"
+            " (a nested functional model is flattened). Replace it or leave the model float."
+        )
+
+    # ---- main
+    def run(self, model, input_range) -> keras.Model:
+        inputs = []
+        for key, tensor in zip(self.graph.inputs, model.inputs):
+            x = keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=self.name(tensor.name))
+            inputs.append(x)
+            nonneg = input_range is not None and input_range[0] >= 0
+            self.settings(self.owners[key])
+            self.tensors[key] = self.quantized(x, x.name, nonneg, input_range)
+        for i, node in enumerate(self.graph.nodes):
+            if i not in self.skip:
+                self.settings((node.layer.name, node.path))
+                self.visit(node)
+        outputs = []
+        for key in self.graph.outputs:
+            t = self.tensors[key]
+            self.settings(self.owners[key])
+            outputs.append(
+                t.value
+                if t.grid is not None
+                else self.quantized(t.value, f"output_{len(outputs)}", t.non_negative).value
+            )
+        return keras.Model(
+            inputs if len(inputs) > 1 else inputs[0],
+            outputs if len(outputs) > 1 else outputs[0],
+            name=f"{model.name}_fakequant",
+        )
+
+    def visit(self, node: Node) -> None:
+        layer, kind = node.layer, type(node.layer)
+        if kind in WEIGHTED:
+            return self.weighted(node)
+        if len(node.outputs) != 1:
+            raise self.unsupported(node, "it has several outputs")
+        key, ins = node.outputs[0], [self.tensors[k] for k in node.inputs]
+        nonneg_in = all(t.non_negative for t in ins)
+        if kind in DROPPED:
+            self.tensors[key] = ins[0]
+        elif kind in SAME_GRID:
+            self.tensors[key] = _Tensor(self.clone_call(node), nonneg_in, ins[0].fixed, ins[0].grid)
+        elif kind in ACTIVATION_LAYERS:
+            self.activation(node, ins[0])
+        elif kind in MERGES:
+            self.merge(node, ins)
+        elif kind is layers.AveragePooling2D and ins[0].grid is not None:
+            # AVERAGE_POOL_2D keeps its input's scale: round back onto the input's grid
+            out = ins[0].grid(self.clone_call(node))
+            self.tensors[key] = _Tensor(out, nonneg_in, ins[0].fixed, ins[0].grid)
+        elif kind in POOLS:
+            self.finish(key, self.clone_call(node), layer.name, nonneg_in)
+        elif kind in AFFINE:
+            self.affine(node, ins[0])
+        else:
+            raise self.unsupported(node)
+
+    def merge(self, node: Node, ins: list[_Tensor]) -> None:
+        layer, key = node.layer, node.outputs[0]
+        grids = [t.grid for t in ins]
+        exact_add = type(layer) is layers.Add and len(ins) == 2 and None not in grids
+        if exact_add:
+            add = QAdd(name=self.name(layer.name))
+            out = add([t.value for t in ins])
+        else:
+            out = self.clone_call(node)
+        nonneg = all(t.non_negative for t in ins) and type(layer) is not layers.Subtract
+        fixed = ins[0].fixed
+        if type(layer) in SHARED_SCALE_MERGES and fixed and all(t.fixed == fixed for t in ins):
+            self.tensors[key] = _Tensor(out, nonneg, fixed, ins[0].grid)  # e.g. gray -> RGB
+        elif type(layer) in FUSING_MERGES and self.fusable_activation(key):
+            self.tensors[key] = _Tensor(out, nonneg)  # quantized after the fused ReLU
+            if exact_add:
+                self.link_after[self.graph.nodes[self.sole_user(key)].outputs[0]] = (add, grids)
+        else:
+            self.finish(key, out, layer.name, nonneg)
+            if exact_add:
+                add.link(grids, self.tensors[key].grid)
+
+    def fusable_activation(self, key: int) -> str | None:
+        """relu / relu6 when the only reader of `key` is such an activation layer."""
+        user = self.sole_user(key)
+        if user is None or user in self.skip:
+            return None
+        layer = self.graph.nodes[user].layer
+        if type(layer) not in (layers.ReLU, layers.Activation):
+            return None
+        name = activation_name(layer)
+        return name if name in ("relu", "relu6") else None
+
+    def activation(self, node: Node, x: _Tensor) -> None:
+        layer, key = node.layer, node.outputs[0]
+        name = activation_name(layer)
+        if type(layer) is layers.Activation and name is None:
+            what = getattr(layer.activation, "__name__", layer.activation)
+            raise self.unsupported(
+                node, f"activation {what!r} (supported: {', '.join(ACTIVATIONS)})"
+            )
+        if name == "linear":
+            self.tensors[key] = x
+        elif type(layer) is layers.Activation:
+            self.emit_activation(key, x.value, name, layer.name)
+        elif type(layer) is layers.Softmax:
+            fixed = fixed_output_range("softmax", self.spec.activation_bits)
+            self.finish(key, self.clone_call(node), layer.name, True, fixed)
+        else:
+            nonneg = type(layer) is layers.ReLU and float(layer.negative_slope) == 0.0
+            self.finish(key, self.clone_call(node), layer.name, nonneg)
+
+    def emit_activation(self, key: int, x, activation: str, name: str) -> None:
+        """A standalone activation on a quantized tensor as TFLite runs it. Sigmoid, softmax
+        and tanh get TFLite's fixed output range; swish (silu) is LOGISTIC then MUL, with the
+        sigmoid quantized in between."""
+        bits = self.spec.activation_bits
+        if activation == "silu":
+            s = layers.Activation("sigmoid", name=self.name(f"{name}_sigmoid"))(x)
+            s = self.quantized(s, f"{name}_sigmoid", True, fixed_output_range("sigmoid", bits))
+            y = layers.Multiply(name=self.name(name))([x, s.value])
+            return self.finish(key, y, name, False)
+        y = layers.Activation(activation, name=self.name(name))(x)
+        fixed = fixed_output_range(activation, bits)
+        self.finish(key, y, name, activation in NON_NEGATIVE_ACTIVATIONS, fixed)
+
+    def affine(self, node: Node, x: _Tensor) -> None:
+        """Rescaling, Normalization, standalone BatchNormalization: per-channel MUL and ADD
+        steps (`QAffine`) in TensorFlow's order, each an int8 op with its own quantizer. On a
+        fixed-range input the output ranges are fixed too: the image of the input range
+        (exact for a scalar scale), widened by TIE_MARGIN after an offset that is not a
+        whole number of input steps (else every value would sit on a rounding tie)."""
+        layer, key = node.layer, node.outputs[0]
+        steps = affine_steps(layer, node)
+        if not steps:
+            self.tensors[key] = x
+        for i, (mode, values) in enumerate(steps):
+            name = layer.name if i == len(steps) - 1 else f"{layer.name}_{mode}"
+            op = QAffine(mode, values, bits=self.spec.activation_bits, name=self.name(name))
+            value = op(x.value)
+            c = np.asarray(op.constant(), dtype=np.float64)
+            if x.fixed is not None:
+                fixed = affine_range(x.fixed, mode, c, self.spec.activation_bits)
+                nonneg = fixed[0] >= 0
+            else:
+                fixed, nonneg = None, x.non_negative and bool(np.all(c >= 0))
+            if i == len(steps) - 1:
+                self.finish(key, value, name, nonneg, fixed)
+            else:
+                x = self.quantized(value, name, nonneg, fixed)
+
+    def weighted(self, node: Node) -> None:
+        """Conv2D / DepthwiseConv2D / Dense (+ folded BN, + fused ReLU/ReLU6) -> Q layer."""
+        layer = node.layer
+        kernel, bias = float_kernel(layer, node)
+        activation = activation_name(layer)
+        if activation is None:
+            what = getattr(layer.activation, "__name__", layer.activation)
+            raise self.unsupported(
+                node, f"activation {what!r} (supported: {', '.join(ACTIVATIONS)})"
+            )
+        key = node.outputs[0]
+        if activation == "linear":
+            user = self.sole_user(key)
+            if user is not None and foldable_bn(self.graph.nodes[user].layer, node.ranks[0]):
+                kernel, bias = fold_batch_norm(layer, kernel, bias, self.graph.nodes[user].layer)
+                self.skip.add(user)
+                key = self.graph.nodes[user].outputs[0]
+            fused = self.fusable_activation(key)
+            if fused:
+                user = self.sole_user(key)
+                self.skip.add(user)
+                key, activation = self.graph.nodes[user].outputs[0], fused
+        split = activation not in FUSED_ACTIVATIONS
+        q = _quantized_layer(
+            layer, "linear" if split else activation, self.spec, self.name(layer.name)
+        )
+        q.link_input(self.tensors[node.inputs[0]].grid)
+        out = q(self.fill(node.args)[0])
+        q.set_kernel(kernel, bias)
+        if split:  # TFLite runs it as its own int8 op: quantize before and after
+            linear = self.quantized(out, layer.name + "_linear", False)
+            q.link_output(linear.grid)
+            self.emit_activation(key, linear.value, activation, f"{layer.name}_{activation}")
+        else:
+            self.finish(key, out, layer.name, activation != "linear")
+            q.link_output(self.tensors[key].grid)
+
+
+def _quantized_layer(layer, activation: str, spec: LayerQuant, name: str):
+    common = {
+        "activation": activation,
+        "bits": spec.weight_bits,
+        "per_channel": spec.per_channel,
+        "weight_quantizer": spec.weight_quantizer,
+        "name": name,
+    }
+    if type(layer) is layers.Dense:
+        return QDense(layer.units, **common)
+    conv = {
+        "kernel_size": layer.kernel_size,
+        "strides": layer.strides,
+        "padding": layer.padding,
+        "dilation_rate": layer.dilation_rate,
+    }
+    if type(layer) is layers.DepthwiseConv2D:
+        return QDepthwiseConv2D(depth_multiplier=layer.depth_multiplier, **conv, **common)
+    return QConv2D(layer.filters, **conv, **common)
+
+
+def fake_quant_model(
+    model,
+    *,
+    weight_bits: int = 8,
+    activation_bits: int = 8,
+    per_channel: bool = True,
+    symmetric: bool = True,
+    input_range: tuple[float, float] | None = (0.0, 255.0),
+    overrides: dict | None = None,
+    config: QuantConfig | dict | None = None,
+) -> keras.Model:
+    """The fake-quantized twin of a float functional Keras model (see `quantflow.fakequant`),
+    or of the model a weights pickle describes (`quantflow.weights.extract_weights` /
+    `load_weights`: its arrays plus architecture). The scheme: `weight_bits` and
+    `activation_bits` from 2 to 16; `per_channel` weight thresholds; `symmetric` activation
+    ranges (weights are always symmetric); `overrides` {layer-name glob: settings} for some
+    layers (see `quantflow.quant.config`), or the whole per-layer `config` instead of all
+    of those (a QuantConfig or its `to_dict()`); `input_range` the fixed range of the model
+    input (None: calibrated). Call `calibrate` before using it."""
+    scheme = {
+        "weight_bits": weight_bits,
+        "activation_bits": activation_bits,
+        "per_channel": per_channel,
+        "symmetric": symmetric,
+    }
+    if config is None:
+        for what in ("weight_bits", "activation_bits"):  # the message users know
+            bits = scheme[what]
+            if (
+                isinstance(bits, bool)
+                or not isinstance(bits, (int, np.integer))
+                or not 2 <= bits <= 16
+            ):
+                raise QuantflowError(f"{what} must be a whole number from 2 to 16, got {bits!r}")
+        scheme = {k: (int(v) if k.endswith("_bits") else bool(v)) for k, v in scheme.items()}
+        config = QuantConfig(scheme, overrides)
+    else:
+        if overrides is not None or any(scheme[k] != getattr(LayerQuant(), k) for k in scheme):
+            raise QuantflowError(
+                "fake_quant_model: give either `config` or the scheme (weight_bits, "
+                "activation_bits, per_channel, symmetric, overrides), not both"
+            )
+        if isinstance(config, dict):
+            config = QuantConfig.from_dict(config)
+    if input_range is not None:
+        input_range = (float(input_range[0]), float(input_range[1]))
+        if not input_range[0] <= 0.0 <= input_range[1] or input_range[0] == input_range[1]:
+            raise QuantflowError(f"input_range {input_range} must contain 0 and not be empty")
+    if isinstance(model, dict):
+        from quantflow.weights import check_weights, rebuild_model
+
+        model = rebuild_model(check_weights(model))
+    if not isinstance(model, keras.Model):
+        raise QuantflowError(
+            f"fake_quant_model needs a Keras model or a weights pickle's contents, got "
+            f"{type(model).__name__}"
+        )
+    graph = flatten_graph(model)
+    names = [t.name for t in model.inputs]
+    unmatched = config.unmatched(
+        [(n, n) for n in names] + [(node.layer.name, node.path) for node in graph.nodes]
+    )
+    if unmatched:
+        raise QuantflowError(
+            f"quantization overrides {unmatched} match no layer of model {model.name!r}"
+        )
+    return _Transform(graph, config, names).run(model, input_range)
