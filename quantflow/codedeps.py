@@ -7,6 +7,10 @@ modules (found by reading their ``import`` statements, at any depth and inside f
 too). Editing a module changes the digest of exactly the rules that can run it, and
 Snakemake reruns their jobs ("Params have changed"); other jobs stay as they are.
 
+The reading is conservative (an import inside a function that a job may never call still
+counts) and static: a module loaded only through importlib with a computed name is not
+seen, so library code imports library modules with import statements.
+
 Pure Python (ast, hashlib): planning a workflow imports no TensorFlow.
 """
 
