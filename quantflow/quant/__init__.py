@@ -2,6 +2,7 @@
 
     config      WHAT each layer gets: scheme defaults + overrides by layer-name glob (no TF)
     quantizers  HOW a tensor is quantized: the Quantizer interface, FAT's implementations
+    adjustable  the adjustable mixed-precision quantizers (per-channel trainable bits)
     ops         pure tensor math: fake quant with FAT/STE gradients, TFLite integer arithmetic
     layers      the Keras layers ("quantflow>ClassName"): ActivationQuant, QConv2D, ...
     rules       what TFLite does with each layer / activation (fusing, fixed ranges, grids)
@@ -23,6 +24,8 @@ _EXPORTS = {
     "Quantizer": "quantizers",
     "FatActivationQuantizer": "quantizers",
     "FatWeightQuantizer": "quantizers",
+    "AdjustableActivationQuantizer": "adjustable",
+    "AdjustableWeightQuantizer": "adjustable",
     "register_quantizer": "quantizers",
     "quantizer_class": "quantizers",
     "export_mode": "ops",

@@ -16,6 +16,11 @@ from quantflow.quant.layers import ActivationQuant, QuantizedOp
 CALIBRATION_METHODS = ("max", "percentile")
 
 
+def _per_channel(q: ActivationQuant) -> bool:
+    """Whether the activation quantizer takes statistics per channel (the adjustable one)."""
+    return bool(getattr(q.quantizer, "per_channel", False))
+
+
 def activation_quantizers(qmodel) -> list[ActivationQuant]:
     return [layer for layer in qmodel.layers if isinstance(layer, ActivationQuant)]
 
@@ -65,7 +70,8 @@ def calibrate(
     """Initial thresholds: each calibrated activation quantizer gets the statistics of its
     tensor in the FLOAT model (quantizers off) over `batches` batches of `images`: "max"
     (max |x|, or min and max when asymmetric) or "percentile" (that percentile of |x|, or
-    the lower and upper percentiles, averaged over batches); weight thresholds max|W|.
+    the lower and upper percentiles, averaged over batches), per channel for a per-channel
+    activation quantizer (the adjustable one); weight thresholds max|W|.
     Every alpha is reset to its neutral value. Returns `thresholds(qmodel)`."""
     if method not in CALIBRATION_METHODS:
         raise QuantflowError(
@@ -84,7 +90,12 @@ def calibrate(
             outs = outs if isinstance(outs, (list, tuple)) else [outs]
             for q, out, lo, hi in zip(quantizers, outs, lows, highs):
                 x = np.asarray(out, dtype=np.float32)
-                if q.symmetric:
+                if q.symmetric and _per_channel(q):  # statistics of each (last-axis) channel
+                    x = np.abs(x) if q.signed else np.maximum(x, 0.0)
+                    x = x.reshape(-1, x.shape[-1])
+                    lo.append(np.zeros(x.shape[-1], np.float32))
+                    hi.append(x.max(axis=0) if method == "max" else np.percentile(x, percentile, axis=0))
+                elif q.symmetric:
                     x = np.abs(x) if q.signed else np.maximum(x, 0.0)
                     lo.append(0.0)
                     hi.append(x.max() if method == "max" else np.percentile(x, percentile))
@@ -98,7 +109,10 @@ def calibrate(
         raise QuantflowError("calibration needs at least one batch of images")
     reduce_lo, reduce_hi = (np.min, np.max) if method == "max" else (np.mean, np.mean)
     for q, lo, hi in zip(quantizers, lows, highs):
-        q.set_statistics(float(reduce_lo(lo)), float(reduce_hi(hi)))
+        if _per_channel(q):
+            q.set_statistics(reduce_lo(np.stack(lo), axis=0), reduce_hi(np.stack(hi), axis=0))
+        else:
+            q.set_statistics(float(reduce_lo(lo)), float(reduce_hi(hi)))
     for layer in weight_quantizers(qmodel):
         layer.reset_thresholds()
     return thresholds(qmodel)

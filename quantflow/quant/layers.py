@@ -59,7 +59,8 @@ class ActivationQuant(layers.Layer):
         self.enabled = True  # False: identity (float statistics for calibration)
 
     def build(self, input_shape):
-        self.quantizer.build(self)
+        channels = input_shape[-1] if input_shape else None
+        self.quantizer.build(self, None if channels is None else int(channels))
 
     def quant_range(self):
         """The range (lo, hi) the tensor is quantized to, as scalar tensors."""
@@ -96,6 +97,11 @@ class ActivationQuant(layers.Layer):
         if self.quantizer_name != DEFAULT_QUANTIZER:
             config["quantizer"] = self.quantizer_name
         return config
+
+
+def _int8_exact(*hosts) -> bool:
+    """Whether every host's quantizer has a TFLite int8 grid (see `Quantizer.int8_exact`)."""
+    return all(getattr(host.quantizer, "int8_exact", True) for host in hosts)
 
 
 class QuantizedOp(layers.Layer):
@@ -153,7 +159,9 @@ class QuantizedOp(layers.Layer):
         """Take the input's scale from `quantizer` (the ActivationQuant whose grid the input
         lies on), live, so trained thresholds move the bias grid with them. Only for at most
         8-bit activations and weights (what TFLite runs); otherwise float arithmetic."""
-        if quantizer is None or quantizer.bits > 8 or self.bits > 8:
+        if quantizer is None or quantizer.bits > 8 or self.bits > 8 or not _int8_exact(
+            quantizer, self
+        ):
             self._input_range, self.input_scale = None, None
         else:
             self._input_range = (quantizer.quant_range, 2**quantizer.bits - 1)
@@ -161,7 +169,12 @@ class QuantizedOp(layers.Layer):
     def link_output(self, quantizer: ActivationQuant | None) -> None:
         """Requantize onto `quantizer`'s grid (the output's, after the fused activation) as
         LiteRT does; see the class doc. None, or more than 8 bits: left to the quantizer."""
-        if quantizer is None or quantizer.bits > 8 or self._input_range is None:
+        if (
+            quantizer is None
+            or quantizer.bits > 8
+            or self._input_range is None
+            or not _int8_exact(quantizer)
+        ):
             self._output_range, self.output_scale = None, None
         else:
             self._output_range = (quantizer.quant_range, 2**quantizer.bits - 1)

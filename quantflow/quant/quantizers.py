@@ -89,6 +89,9 @@ class Quantizer:
     kind: str = ""
     registered_name: str = ""
     per_channel: bool = False
+    # the grid is one TFLite int8 tensor's (fixed bits, one scale per tensor for
+    # activations): the layers next to it then simulate TFLite's integer arithmetic
+    int8_exact: bool = True
 
     def __init__(self, bits: int):
         self.bits = int(bits)
@@ -285,3 +288,7 @@ class FatWeightQuantizer(Quantizer):
             "alpha": alpha.tolist(),
             "threshold": t.tolist(),
         }
+
+
+# the adjustable mixed-precision quantizers register themselves ("adjustable")
+from quantflow.quant import adjustable as _adjustable  # noqa: E402,F401
