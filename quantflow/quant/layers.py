@@ -454,7 +454,11 @@ class QAdd(layers.Layer):
 
     def link(self, inputs, output) -> None:
         grids = [*inputs, output]
-        if any(q is None or q.bits > 8 for q in grids) or len(inputs) != 2:
+        if (
+            any(q is None or q.bits > 8 for q in grids)
+            or len(inputs) != 2
+            or not _int8_exact(*grids)
+        ):
             self._links, self.input_scales, self.output_scale = None, None, None
         else:
             self._links = [(q.quant_range, 2**q.bits - 1) for q in grids]
