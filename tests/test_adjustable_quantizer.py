@@ -134,7 +134,9 @@ def tiny_model():
     model = keras.Model(inputs, layers.Dense(5, name="logits")(x), name="tiny")
     # BatchNorm statistics that are not the identity, so folding matters
     bn = model.get_layer("stem_bn")
-    bn.set_weights([w + np.random.default_rng(0).uniform(0.1, 0.5, w.shape) for w in bn.get_weights()])
+    bn.set_weights(
+        [w + np.random.default_rng(0).uniform(0.1, 0.5, w.shape) for w in bn.get_weights()]
+    )
     return model
 
 
@@ -183,9 +185,13 @@ def test_calibration_sets_per_channel_activation_maxima(adjusted):
     layer = next(l for l in fq.activation_quantizers(qmodel) if l.name.startswith("stem"))
     probe = keras.Model(qmodel.input, layer._inbound_nodes[0].input_tensors[0])
     with cal.float_mode(qmodel):
-        values = np.concatenate([np.asarray(probe(b)) for b in (images(64, 1)[:32], images(64, 1)[32:])])
+        values = np.concatenate(
+            [np.asarray(probe(b)) for b in (images(64, 1)[:32], images(64, 1)[32:])]
+        )
     expected = np.maximum(values, 0).reshape(-1, values.shape[-1]).max(axis=0)
-    np.testing.assert_allclose(np.asarray(layer.quantizer.t_max), np.maximum(expected, 1e-6), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(layer.quantizer.t_max), np.maximum(expected, 1e-6), rtol=1e-5
+    )
 
 
 def test_save_load_round_trip_after_training(adjusted, tmp_path):
@@ -220,7 +226,9 @@ def test_gradients_from_the_output_reach_every_alpha_and_beta(adjusted):
 
 def test_a_config_default_selects_it_too(adjusted):
     model, qmodel = adjusted
-    config = fq.QuantConfig({"weight_quantizer": "adjustable", "activation_quantizer": "adjustable"})
+    config = fq.QuantConfig(
+        {"weight_quantizer": "adjustable", "activation_quantizer": "adjustable"}
+    )
     other = fq.fake_quant_model(model, config=config)
     assert [l.get_config() for l in other.layers] == [l.get_config() for l in qmodel.layers]
 

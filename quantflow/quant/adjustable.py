@@ -59,8 +59,13 @@ class AdjustableQuantizer(Quantizer):
     int8_exact = False
     signed = True
 
-    def __init__(self, bits: int = 8, min_bits: int = MIN_BITS, max_bits: int | None = None,
-                 alpha_range: tuple[float, float] = ALPHA_RANGE):
+    def __init__(
+        self,
+        bits: int = 8,
+        min_bits: int = MIN_BITS,
+        max_bits: int | None = None,
+        alpha_range: tuple[float, float] = ALPHA_RANGE,
+    ):
         super().__init__(bits)
         self.min_bits = int(min_bits)
         self.max_bits = int(self.bits if max_bits is None else max_bits)
@@ -182,8 +187,14 @@ class AdjustableActivationQuantizer(AdjustableQuantizer):
     `fixed_range` (the model input's pixel range): FAT's fixed 8-bit-style fake quant to
     that range per tensor, no variables."""
 
-    def __init__(self, bits: int = 8, signed: bool = True, symmetric: bool = True,
-                 fixed_range=None, **options):
+    def __init__(
+        self,
+        bits: int = 8,
+        signed: bool = True,
+        symmetric: bool = True,
+        fixed_range=None,
+        **options,
+    ):
         super().__init__(bits, **options)
         self.signed = bool(signed)
         self.symmetric = bool(symmetric)

@@ -94,7 +94,9 @@ def calibrate(
                     x = np.abs(x) if q.signed else np.maximum(x, 0.0)
                     x = x.reshape(-1, x.shape[-1])
                     lo.append(np.zeros(x.shape[-1], np.float32))
-                    hi.append(x.max(axis=0) if method == "max" else np.percentile(x, percentile, axis=0))
+                    hi.append(
+                        x.max(axis=0) if method == "max" else np.percentile(x, percentile, axis=0)
+                    )
                 elif q.symmetric:
                     x = np.abs(x) if q.signed else np.maximum(x, 0.0)
                     lo.append(0.0)

@@ -159,8 +159,11 @@ class QuantizedOp(layers.Layer):
         """Take the input's scale from `quantizer` (the ActivationQuant whose grid the input
         lies on), live, so trained thresholds move the bias grid with them. Only for at most
         8-bit activations and weights (what TFLite runs); otherwise float arithmetic."""
-        if quantizer is None or quantizer.bits > 8 or self.bits > 8 or not _int8_exact(
-            quantizer, self
+        if (
+            quantizer is None
+            or quantizer.bits > 8
+            or self.bits > 8
+            or not _int8_exact(quantizer, self)
         ):
             self._input_range, self.input_scale = None, None
         else:
