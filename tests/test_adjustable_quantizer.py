@@ -144,7 +144,7 @@ def images(n, seed):
     return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # fresh per test: some tests move its alphas and betas
 def adjusted():
     model = tiny_model()
     qmodel = fq.fake_quant_model(model, overrides=ADJ)
