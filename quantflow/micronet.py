@@ -222,12 +222,9 @@ class _Counter:
     # ---- helpers
     def derived(self, name: str) -> str:
         """A new name (a derived tensor / record name that no layer has)."""
-        base, i = name, 1
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
+        from quantflow.quant.graph import unique_name  # keras: not at import time
+
+        return unique_name(self.names, name)
 
     def unsupported(self, node, reason: str = "") -> QuantflowError:
         return QuantflowError(

@@ -53,6 +53,16 @@ class Graph:
         return users
 
 
+def unique_name(names: set, base: str) -> str:
+    """`base`, or `base_2`, `base_3`, ... : the first not in `names` (which it joins)."""
+    name, i = base, 1
+    while name in names:
+        i += 1
+        name = f"{base}_{i}"
+    names.add(name)
+    return name
+
+
 def _graph_nodes(model, path: str) -> list:
     """The Keras nodes of a functional model between its inputs and outputs, in
     topological order (iterative depth-first search from the outputs)."""

@@ -24,7 +24,7 @@ from quantflow.quant.folding import (
     fold_batch_norm,
     foldable_bn,
 )
-from quantflow.quant.graph import Graph, Node, Ref, flatten_graph
+from quantflow.quant.graph import Graph, Node, Ref, flatten_graph, unique_name
 from quantflow.quant.layers import ActivationQuant, QAdd, QAffine, QConv2D, QDense, QDepthwiseConv2D
 from quantflow.quant.rules import (
     ACTIVATION_LAYERS,
@@ -83,12 +83,7 @@ class _Transform:
 
     # ---- helpers
     def name(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
+        return unique_name(self.names, base)
 
     def sole_user(self, key: int) -> int | None:
         """The index of the only node reading tensor `key` (None if it is a model output or
