@@ -17,6 +17,7 @@ include: "rules/train.smk"
 include: "rules/tflite.smk"
 include: "rules/weightquant.smk"
 include: "rules/fat.smk"
+include: "rules/adjustable.smk"
 include: "rules/evaluate.smk"
 include: "rules/summary.smk"
 

@@ -309,10 +309,17 @@ def alpha_values(info: dict) -> dict[str, np.ndarray]:
 
 def packed_size_bytes(qmodel) -> int:
     """Bytes of the quantized layers' parameters packed at their bit width: kernels at
-    `bits` per value, biases and per-channel scales at 32 bits."""
+    `bits` per value (an adjustable quantizer's channels each at their own bits), biases
+    and per-channel scales at 32 bits."""
     bits = 0
     for layer in weight_quantizers(qmodel):
         kernel = int(np.prod(layer.kernel.shape))
+        channels = int(np.prod(layer.bias.shape))
         scales = int(np.prod(layer.t_max.shape)) or 1
-        bits += kernel * layer.bits + 32 * (int(np.prod(layer.bias.shape)) + scales)
+        if hasattr(layer.quantizer, "channel_bits"):  # adjustable: bits per output channel
+            per_channel = np.broadcast_to(layer.quantizer.channel_bits(), (channels,))
+            bits += kernel // channels * int(np.sum(per_channel))
+        else:
+            bits += kernel * layer.bits
+        bits += 32 * (channels + scales)
     return (bits + 7) // 8

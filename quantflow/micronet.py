@@ -877,3 +877,24 @@ def score(counts, weight_bits, activation_bits, *, bias_bits=FULL_BITS, p_ref=No
         ),
         "layers": layers,
     }
+
+
+def model_inputs(counts) -> list[str]:
+    """The tensors operations read that no counted operation writes: the model inputs."""
+    counts = _as_counts(counts)
+    written = {c.output for c in counts}
+    return [name for name in activation_tensors(counts) if name not in written]
+
+
+def uniform_score(counts, weight_bits, activation_bits, *, bias_bits=FULL_BITS,
+                  input_bits=None, p_ref=None, f_ref=None) -> dict:
+    """`score` with one bit width for all weights, one for all activations but the model
+    inputs (`input_bits`, default `activation_bits`: 8 for an int8 model fed 8-bit
+    pixels), one for biases."""
+    tensors = activation_tensors(counts)
+    inputs = set(model_inputs(counts))
+    act = {
+        name: (activation_bits if input_bits is None or name not in inputs else input_bits)
+        for name in tensors
+    }
+    return score(counts, weight_bits, act, bias_bits=bias_bits, p_ref=p_ref, f_ref=f_ref)

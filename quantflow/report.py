@@ -200,3 +200,247 @@ def plot_fat_alphas(alphas: dict, path: str | Path) -> None:
                      transform=axes[0].transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
+
+
+def _delta_pp(record: dict | None, ref: dict | None) -> float | None:
+    """The record's top-1 change against the reference in percentage points: the
+    `delta_accuracy_pp` that `add_comparisons` added when it is there, else computed."""
+    if record is None:
+        return None
+    if "delta_accuracy_pp" in record:
+        return record["delta_accuracy_pp"]
+    if ref is None or record.get("accuracy") is None or ref.get("accuracy") is None:
+        return None
+    return 100.0 * (record["accuracy"] - ref["accuracy"])
+
+
+def adjustable_rows(records: list[dict], summaries: list[dict], checks: list[dict]) -> list[dict]:
+    """One row per adjustable target of each (dataset, model), in the order of `summaries`:
+    the training summary (adjustable.json with "dataset", "model" and "target" added), the
+    metrics of adjq-<target> (the simulated mixed-precision Keras model) and
+    adjq-<target>-int8 (the int8 TFLite model), their top-1 change against the reference
+    variant in percentage points, and the int8 TFLite check (tflite.json). Anything missing
+    is None."""
+    by_variant = {(r["dataset"], r["model"], r["variant"]): r for r in records}
+    by_check = {(c["dataset"], c["model"], c["target"]): c for c in checks}
+    rows = []
+    for s in summaries:
+        key = (s["dataset"], s["model"])
+        target = s["target"]
+        ref = by_variant.get((*key, REFERENCE_VARIANT))
+        sim = by_variant.get((*key, f"adjq-{target}"))
+        int8 = by_variant.get((*key, f"adjq-{target}-int8"))
+        check = by_check.get((*key, target)) or {}
+        settings = s.get("settings") or {}
+        score = s.get("score") or (sim or {})
+        packed = s.get("packed") or {}
+        swa = s.get("swa") or {}
+        min_bits, max_bits = settings.get("min_bits"), settings.get("max_bits")
+        int8_bytes = int8["size_bytes"] if int8 else check.get("size_bytes")
+        packed_bytes = packed.get("file_bytes")
+        rows.append(
+            {
+                "dataset": s["dataset"],
+                "model": s["model"],
+                "target": target,
+                "metric_weight": settings.get("metric_weight"),
+                "target_score": settings.get("target_score"),
+                "bounds": (
+                    f"{min_bits}..{max_bits}"
+                    if min_bits is not None and max_bits is not None
+                    else None
+                ),
+                "num_samples": next(
+                    (r["num_samples"] for r in (sim, int8, ref) if r and "num_samples" in r),
+                    None,
+                ),
+                "sim_accuracy": sim["accuracy"] if sim else None,
+                "sim_delta_pp": _delta_pp(sim, ref),
+                "int8_accuracy": int8["accuracy"] if int8 else None,
+                "int8_delta_pp": _delta_pp(int8, ref),
+                "score": score.get("score"),
+                "parameter_score": score.get("parameter_score"),
+                "operation_score": score.get("operation_score"),
+                "mean_weight_bits": score.get("mean_weight_bits"),
+                "mean_activation_bits": score.get("mean_activation_bits"),
+                "packed_kib": packed_bytes / 1024 if packed_bytes is not None else None,
+                "int8_kib": int8_bytes / 1024 if int8_bytes is not None else None,
+                "int8_agreement": check.get("top1_agreement"),
+                "swa_used": swa.get("used"),
+                "seconds": s.get("seconds"),
+            }
+        )
+    return rows
+
+
+BIT_WIDTHS = range(1, 17)
+
+
+def _bit_colour(bits: int):
+    """One colour per bit width 1..16, the same in every figure."""
+    from matplotlib import colormaps
+
+    return colormaps["viridis"]((bits - 1) / 15)
+
+
+def plot_bits_per_layer(quant_infos: dict, kind: str, path: str | Path) -> None:
+    """For each label ("<model> <target>") of `quant_infos` (quant_info.json dicts), one
+    horizontal stacked bar per layer ("weights") or activation tensor ("activations") in
+    network order: the share of its channels at each bit width, with its mean bits."""
+    import numpy as np
+
+    if kind not in ("weights", "activations"):
+        raise ValueError(f"kind must be 'weights' or 'activations', not {kind!r}")
+    what = "weight" if kind == "weights" else "activation"
+    tensors = {label: info.get(kind) or {} for label, info in quant_infos.items()}
+    heights = [max(len(t), 1) for t in tensors.values()]
+    fig = _figure((8, min(1.5 + sum(0.22 * h + 0.8 for h in heights), 60)))
+    if not quant_infos:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no adjustable targets", ha="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        ax.set_title(f"Adjustable quantization: {what} bits per channel")
+        fig.savefig(path, dpi=120, format="png")
+        return
+    fig.set_layout_engine("constrained")
+    axes = fig.subplots(len(tensors), 1, squeeze=False, height_ratios=heights)[:, 0]
+    used = set()
+    for ax, (label, layers) in zip(axes, tensors.items()):
+        names = list(layers)
+        for y, name in enumerate(names):
+            bits = np.asarray(layers[name]["bits"], dtype=int)
+            if not bits.size:
+                continue
+            left = 0.0
+            for b in BIT_WIDTHS:
+                share = float(np.mean(bits == b))
+                if share:
+                    ax.barh(y, share, left=left, color=_bit_colour(b), height=0.8)
+                    left += share
+                    used.add(b)
+            ax.text(1.01, y, f"{bits.mean():.2f}", va="center", fontsize=6)
+        if not names:
+            ax.text(0.5, 0.5, f"no {what} tensors", ha="center", transform=ax.transAxes)
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels([n if len(n) <= 40 else "…" + n[-39:] for n in names], fontsize=6)
+        if names:
+            ax.set_ylim(len(names) - 0.5, -0.5)  # network order from the top
+        ax.set_xlim(0, 1.08)
+        ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+        ax.set_title(f"{label} (right: mean bits)", fontsize=9)
+    axes[-1].set_xlabel("share of channels")
+    if used:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=_bit_colour(b), label=f"{b} bit") for b in sorted(used)]
+        fig.legend(handles=handles, loc="outside lower center", fontsize=7, ncols=8)
+    fig.suptitle(f"Adjustable quantization: {what} bits per channel")
+    fig.savefig(path, dpi=120, format="png")
+
+
+def pareto_front(points) -> list[int]:
+    """Indices (ascending) of the (score, accuracy) pairs that no other pair dominates:
+    lower score and higher accuracy are better; a pair is dominated by one at least as good
+    in both and better in one, so identical pairs are both on the front."""
+    points = [(float(s), float(a)) for s, a in points]
+    return [
+        i
+        for i, (s, a) in enumerate(points)
+        if not any(t <= s and b >= a and (t < s or b > a) for t, b in points)
+    ]
+
+
+METHOD_FAMILIES = {  # family: (marker, colour)
+    "float & PTQ": ("s", "tab:grey"),
+    "weight-only": ("^", "tab:blue"),
+    "FAT": ("D", "tab:orange"),
+    "adjustable": ("o", "tab:green"),
+    "other": ("x", "tab:purple"),
+}
+
+
+def method_family(variant: str) -> str:
+    """The method family of a variant name, for the figures' markers and colours."""
+    if variant in ("keras-float", "tflite-fp32", "tflite-int8"):
+        return "float & PTQ"
+    if variant.startswith(("bin-", "fixed-")):
+        return "weight-only"
+    if variant.startswith("fat-"):
+        return "FAT"
+    if variant.startswith("adjq-"):
+        return "adjustable"
+    return "other"
+
+
+def _is_number(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def plot_pareto(records: list[dict], path: str | Path, x: str = "score") -> None:
+    """Top-1 accuracy against the MicroNet score (or another numeric field `x`) of every
+    record that has one, one subplot per (dataset, model), markers by method family, the
+    Pareto front (lower x and higher accuracy are better) as a step line."""
+    scored = [r for r in records if _is_number(r.get(x)) and _is_number(r.get("accuracy"))]
+    groups = {}
+    for r in scored:
+        groups.setdefault((r["dataset"], r["model"]), []).append(r)
+    xlabel = "MicroNet score (lower is smaller)" if x == "score" else x
+    fig = _figure((6.5 * max(len(groups), 1), 5))
+    if not groups:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, f"no variant with a {x}", ha="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        fig.savefig(path, dpi=120, format="png")
+        return
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, ((dataset, model), rows) in zip(axes, groups.items()):
+        xs = [r[x] for r in rows]
+        ys = [100.0 * r["accuracy"] for r in rows]
+        families = [method_family(r["variant"]) for r in rows]
+        for family, (marker, colour) in METHOD_FAMILIES.items():
+            idx = [i for i, f in enumerate(families) if f == family]
+            if idx:
+                ax.scatter(
+                    [xs[i] for i in idx],
+                    [ys[i] for i in idx],
+                    marker=marker,
+                    color=colour,
+                    label=family,
+                    zorder=3,
+                )
+        front = sorted(pareto_front(zip(xs, ys)), key=lambda i: (xs[i], ys[i]))
+        ax.step(
+            [xs[i] for i in front],
+            [ys[i] for i in front],
+            where="post",
+            color="black",
+            linewidth=1,
+            label="Pareto front",
+            zorder=2,
+        )
+        ax.scatter(
+            [xs[i] for i in front],
+            [ys[i] for i in front],
+            s=140,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.2,
+            zorder=4,
+        )
+        names = {}  # one label for the variants at the same point
+        for xi, yi, r in zip(xs, ys, rows):
+            names.setdefault((xi, yi), []).append(r["variant"])
+        for xy, variants in names.items():
+            ax.annotate(
+                ", ".join(variants), xy, xytext=(3, 3), textcoords="offset points", fontsize=6
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"{dataset} / {model}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Accuracy against {xlabel}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")

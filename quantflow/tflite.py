@@ -281,3 +281,77 @@ def _shared_grid(index: int, ops: list, readers: dict) -> int | None:
             return None
         index = op["outputs"][0]
     return None
+
+
+def int8_weight_levels(path) -> int:
+    """The largest number of distinct values in one int8 constant tensor of rank >= 2
+    (the weights) of a TFLite model: at most 2^bits - 1 for a `bits`-bit grid."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    levels = 0
+    for detail in interp.get_tensor_details():
+        if detail["dtype"] == np.int8 and len(detail["shape"]) >= 2:
+            if _is_constant(interp, detail["index"]):
+                levels = max(levels, np.unique(interp.get_tensor(detail["index"])).size)
+    return levels
+
+
+def convert_checked(qmodel, path: str | Path, calibration: np.ndarray, images: np.ndarray,
+                    threads: int = 1, batch_size: int = 250) -> dict:
+    """Convert a fake-quant model (int8-exact layers: FAT's, or the adjustable model's
+    int8 export) to a fully int8 TFLite model at `path`, and check it against the
+    fake-quant model on `images`: `agreement` of the logits, the activation tensors whose
+    scale is not the fake-quant range (`check_activation_grids`: the converter calibrated
+    them instead; should be none) and the most distinct values of a weight tensor.
+    Returns the check record (its "activation_grid_mismatches" for the caller to judge)."""
+    from quantflow.evaluate import TFLiteRunner
+    from quantflow.fakequant import image_batches
+
+    flatbuffer = convert(qmodel, "int8", calibration)
+    types = save(flatbuffer, path)
+    runner = TFLiteRunner(path, threads)
+    tflite_scores = np.concatenate([runner.scores(runner.run(runner.prepare(x)))
+                                    for x in image_batches(images, batch_size=batch_size)])
+    fake_scores = np.concatenate([np.asarray(qmodel(x, training=False))
+                                  for x in image_batches(images, batch_size=batch_size)])
+    output_scale = float(runner.output["quantization"][0])
+    return {
+        "size_bytes": len(flatbuffer), **types, "check_images": len(images),
+        **agreement(fake_scores, tflite_scores, output_scale),
+        "max_abs_logit_difference": float(np.abs(tflite_scores - fake_scores).max()),
+        "output_scale": output_scale,
+        "weight_storage": "int8", "max_weight_levels": int8_weight_levels(path),
+        "activation_grid_mismatches": check_activation_grids(qmodel, str(path)),
+    }
+
+
+def describe_check(check: dict) -> str:
+    """One sentence on a `convert_checked` record, for the job's log."""
+    clear = check["top1_agreement_clear_margin"]
+    return (
+        f"int8 TFLite vs fake-quant model on {check['images']} held-out images: top-1 "
+        f"agreement {100 * check['top1_agreement']:.2f}%, "
+        f"{'n/a' if clear is None else f'{100 * clear:.2f}%'} on the "
+        f"{check['clear_margin_images']} images whose top-2 margin exceeds "
+        f"{check['clear_margin_steps']:g} output steps; logit difference mean "
+        f"{check['mean_abs_logit_difference_steps']:.3f}, largest "
+        f"{check['max_abs_logit_difference_steps']:.0f} output steps (step "
+        f"{check['output_scale']:.4g}); weights stored as int8 with at most "
+        f"{check['max_weight_levels']} distinct values per tensor"
+    )
+
+
+def grid_mismatch_error(path, check_path, mismatches: list, what: str) -> QuantflowError:
+    """The error for activation tensors that did not keep their fake-quant ranges."""
+    shown = "; ".join(
+        f"{m['tensor']} ({m['op']}): scale {m['scale']:.6g}, zero point {m['zero_point']}; "
+        f"expected {m['expected_scale']}, {m['expected_zero_point']} "
+        f"({m['quantizer'] or m.get('reason')})" for m in mismatches[:5])
+    return QuantflowError(
+        f"{path}: {len(mismatches)} activation tensor(s) of the int8 TFLite model do not "
+        f"carry the {what} ranges of the fake-quant model (the converter calibrated them "
+        f"instead): {shown}. All are listed in {check_path} (activation_grid_mismatches); a "
+        "layer the fake-quant transform does not model is the usual cause: report it with "
+        "the model"
+    )

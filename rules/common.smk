@@ -13,15 +13,24 @@ from quantflow.codedeps import code_digest as _code_digest
 from quantflow.schemes import parse_scheme, tflite_exportable
 
 
-def replace_models_from_configfiles():
-    """`models:` in a --configfile replaces config.yaml's models instead of being merged
-    into them (Snakemake merges mappings key by key): your file names the models that run.
-    The last file that has `models:` wins."""
+# mappings a --configfile replaces instead of merging into (Snakemake merges key by key)
+REPLACED_SECTIONS = (("models",), ("adjustable", "targets"))
+
+
+def replace_sections_from_configfiles():
+    """`models:` (and `adjustable: targets:`) in a --configfile replace config.yaml's
+    instead of being merged into them: your file names the models (targets) that run.
+    The last file that has the section wins."""
     for path in workflow.overwrite_configfiles or []:
         with open(path) as f:
             user = yaml.safe_load(f) or {}
-        if isinstance(user, dict) and "models" in user:
-            config["models"] = user["models"]
+        for keys in REPLACED_SECTIONS:
+            given, target = user, config
+            for key in keys[:-1]:
+                given = given.get(key) if isinstance(given, dict) else None
+                target = target.setdefault(key, {}) if isinstance(target, dict) else None
+            if isinstance(given, dict) and keys[-1] in given and isinstance(target, dict):
+                target[keys[-1]] = given[keys[-1]]
 
 
 def config_error(error):
@@ -49,7 +58,7 @@ def validate_config():
         sys.exit(1)  # the one line above, not the whole schema
 
 
-replace_models_from_configfiles()
+replace_sections_from_configfiles()
 validate_config()
 
 DATASET = config["dataset"]["name"]
@@ -78,7 +87,31 @@ FAT_VARIANTS = [
         + [f"fat-{scheme}-sim"] * (FAT["simulate"] or not fat_exportable(scheme))
     )
 ]
-VARIANTS = config["variants"] + WEIGHTQUANT_VARIANTS + FAT_VARIANTS
+ADJUSTABLE = config["adjustable"]
+ADJUSTABLE_TARGETS = list(ADJUSTABLE.get("targets") or {})
+_ADJUSTABLE_SECTION_ONLY = ("targets", "init_from_fat", "threads", "check_images")
+
+
+def adjustable_settings(target):
+    """A target's settings: the section's, overridden by the target's own (the rest take
+    quantflow.adjustable.Settings' defaults)."""
+    settings = {k: v for k, v in ADJUSTABLE.items() if k not in _ADJUSTABLE_SECTION_ONLY}
+    settings.update(ADJUSTABLE["targets"][target] or {})
+    return settings
+
+
+def adjustable_exportable(target):
+    """The int8 TFLite export holds channels of at most 8 bits."""
+    return adjustable_settings(target).get("max_bits", 8) <= 8
+
+
+# adjq-<target>: the simulated mixed-precision model; adjq-<target>-int8: its int8 TFLite
+ADJUSTABLE_VARIANTS = [
+    variant
+    for target in ADJUSTABLE_TARGETS
+    for variant in [f"adjq-{target}"] + [f"adjq-{target}-int8"] * adjustable_exportable(target)
+]
+VARIANTS = config["variants"] + WEIGHTQUANT_VARIANTS + FAT_VARIANTS + ADJUSTABLE_VARIANTS
 REPO = workflow.basedir
 ENV = "../envs/quantflow.yaml"
 
@@ -91,6 +124,7 @@ wildcard_constraints:
     algorithm=r"bin|fixed",
     bits=r"[0-9]+",
     scheme=r"w[0-9]+a[0-9]+-(sym|asym)-(pc|pt)",
+    target=r"[a-z0-9]+",
 
 
 def image_lists(wildcards):
@@ -117,15 +151,32 @@ def variant_model(wildcards):
     bin-<bits> and fixed-<bits>, a FAT model for fat-<scheme>[-sim], else VARIANT_FILES."""
     weightquant = re.fullmatch(r"(bin|fixed)-([0-9]+)", wildcards.variant)
     fat = re.fullmatch(r"fat-(.+?)(-sim)?", wildcards.variant)
+    adjustable = re.fullmatch(r"adjq-([a-z0-9]+)(-int8)?", wildcards.variant)
     if weightquant:
         algorithm, bits = weightquant.groups()
         path = f"results/{{dataset}}/{{model}}/weightquant/{algorithm}_{bits}bits/weights.pickle"
     elif fat:
         scheme, sim = fat.groups()
         path = f"results/{{dataset}}/{{model}}/fat/{scheme}/model.{'keras' if sim else 'tflite'}"
+    elif adjustable:
+        target, int8 = adjustable.groups()
+        path = f"results/{{dataset}}/{{model}}/adjustable/{target}/model.{'tflite' if int8 else 'keras'}"
     else:
         path = VARIANT_FILES[wildcards.variant]
     return path.format(dataset=wildcards.dataset, model=wildcards.model)
+
+
+def variant_extras(wildcards):
+    """Files an evaluation merges besides the model: the MicroNet score of an adjustable
+    variant (its bits are its own; the summary scores the uniform variants itself)."""
+    adjustable = re.fullmatch(r"adjq-([a-z0-9]+)(-int8)?", wildcards.variant)
+    if not adjustable:
+        return {}
+    target, int8 = adjustable.groups()
+    name = "score_int8.json" if int8 else "score.json"
+    return {
+        "score": f"results/{wildcards.dataset}/{wildcards.model}/adjustable/{target}/{name}"
+    }
 
 
 def model_spec(wildcards):
@@ -205,3 +256,27 @@ def all_fat(name):
 
 
 LATENCY_CORES = latency_cores()
+
+
+def all_adjustable(name):
+    """A per-target adjustable file of every model (tflite.json only for exportable ones)."""
+    targets = ADJUSTABLE_TARGETS
+    if name == "tflite.json":
+        targets = [t for t in targets if adjustable_exportable(t)]
+    return expand(
+        "results/{dataset}/{model}/adjustable/{target}/{name}",
+        dataset=DATASET,
+        model=MODELS,
+        target=targets,
+        name=name,
+    )
+
+
+def adjustable_fat_init(wildcards):
+    """The FAT thresholds the ranges start from (config adjustable.init_from_fat)."""
+    scheme = ADJUSTABLE.get("init_from_fat")
+    if not scheme:
+        return {}
+    return {
+        "fat_thresholds": f"results/{wildcards.dataset}/{wildcards.model}/fat/{scheme}/thresholds.pickle"
+    }

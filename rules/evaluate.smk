@@ -28,8 +28,10 @@ rule latency:
 
 rule evaluate:
     """Accuracy metrics and size of one variant on the test split (may run beside other
-    jobs), with its latency from the exclusive latency job."""
+    jobs), with its latency from the exclusive latency job (and an adjustable variant's
+    MicroNet score)."""
     input:
+        unpack(variant_extras),
         model=variant_model,
         test=split_file("test"),
         info="data/{dataset}/splits/info.json",
@@ -58,3 +60,24 @@ rule evaluate:
         code=code_digest("evaluate"),
     script:
         "../scripts/evaluate.py"
+
+
+rule micronet_counts:
+    """Parameters and operations of the float model per layer (quantflow.micronet's
+    counting convention): every variant's MicroNet score is weighed from these."""
+    input:
+        model="results/{dataset}/{model}/float/model.keras",
+    output:
+        counts="results/{dataset}/{model}/micronet.json",
+    log:
+        "logs/micronet_counts/{dataset}/{model}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_digest("micronet_counts"),
+    script:
+        "../scripts/micronet_counts.py"

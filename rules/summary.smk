@@ -9,6 +9,10 @@ rule summary:
         fat_history=all_fat("history.csv"),
         fat_thresholds=all_fat("thresholds.pickle"),
         fat_checks=all_fat("tflite.json"),
+        counts=expand("results/{dataset}/{model}/micronet.json", dataset=DATASET, model=MODELS),
+        adjustable=all_adjustable("adjustable.json"),
+        adjustable_bits=all_adjustable("quant_info.json"),
+        adjustable_checks=all_adjustable("tflite.json"),
         info=expand("data/{dataset}/splits/info.json", dataset=DATASET),
         template=os.path.join(REPO, "reports/summary.md.j2"),
     output:
@@ -32,6 +36,21 @@ rule summary:
             "results/fat_alphas.png",
             caption="../reports/fat_alphas.rst",
             category="FAT",
+        ),
+        pareto_plot=report(
+            "results/accuracy_vs_score.png",
+            caption="../reports/pareto.rst",
+            category="Summary",
+        ),
+        adjustable_weight_bits_plot=report(
+            "results/adjustable_weight_bits.png",
+            caption="../reports/adjustable_bits.rst",
+            category="Adjustable mixed precision",
+        ),
+        adjustable_activation_bits_plot=report(
+            "results/adjustable_activation_bits.png",
+            caption="../reports/adjustable_bits.rst",
+            category="Adjustable mixed precision",
         ),
     log:
         "logs/summary.log",

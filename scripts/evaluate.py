@@ -32,6 +32,8 @@ def main(inp, out, wildcards, params, threads):
         latency_threads=latency["threads"],
         latency_cores_held=latency["cores_held"],
     )
+    if "score" in inp.keys():  # an adjustable variant: its MicroNet score, bits per channel
+        record.update(json.loads(Path(inp.score).read_text()))
     record["model_path"] = inp.model
     record["confusion_png"] = str(Path(out.confusion).relative_to("results"))
     plot_confusion_matrix(

@@ -12,10 +12,14 @@ from quantflow import report
 from quantflow.data import read_info
 from quantflow.logs import run_logged
 from quantflow.runtime import package_versions
+from quantflow.variants import add_scores
 
 
 def main(inp, out, config):
+    counts = {tuple(Path(p).parts[1:3]): json.loads(Path(p).read_text())["layers"]
+              for p in inp.counts}
     records = report.add_comparisons(report.read_records(inp.metrics))
+    add_scores(records, counts, config["weightquant"])
     Path(out.json).write_text(json.dumps(records, indent=2) + "\n")
     infos = {info["dataset"]: info for info in map(read_info, inp.info)}
     training = {}
@@ -39,11 +43,16 @@ def main(inp, out, config):
     weightquant = report.weightquant_rows(records, errors)
     report.plot_accuracy_vs_bits(weightquant, records, out.weightquant_plot)
     fat = _fat(inp, records, out)
+    adjustable = _adjustable(inp, records, out)
+    report.plot_pareto(records, out.pareto_plot)
     markdown = report.render(
         inp.template, groups=groups, reference=report.REFERENCE_VARIANT,
         weightquant=weightquant, weightquant_plot=Path(out.weightquant_plot).name,
         fat=fat, fat_rmse_plot=Path(out.fat_rmse_plot).name,
         fat_alphas_plot=Path(out.fat_alphas_plot).name,
+        adjustable=adjustable, pareto_plot=Path(out.pareto_plot).name,
+        adjustable_weight_bits_plot=Path(out.adjustable_weight_bits_plot).name,
+        adjustable_activation_bits_plot=Path(out.adjustable_activation_bits_plot).name,
         threads=records[0]["latency_threads"], latency_images=records[0]["latency_images"],
         latency_batches=records[0]["latency_batches"],
         cores_held=records[0]["latency_cores_held"],
@@ -81,3 +90,21 @@ def _fat(inp, records, out):
 
 
 run_logged(snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params.config)
+
+
+def _adjustable(inp, records, out):
+    """Adjustable targets' rows for the report, and the two bit-distribution figures."""
+
+    def located(path):  # results/<dataset>/<model>/adjustable/<target>/<file>
+        dataset, model, _, target = Path(path).parts[1:5]
+        return {"dataset": dataset, "model": model, "target": target}
+
+    summaries = [{**json.loads(Path(p).read_text()), **located(p)} for p in inp.adjustable]
+    checks = [{**json.loads(Path(p).read_text()), **located(p)} for p in inp.adjustable_checks]
+    bits = {}
+    for path in inp.adjustable_bits:
+        where = located(path)
+        bits[f"{where['model']} {where['target']}"] = json.loads(Path(path).read_text())
+    report.plot_bits_per_layer(bits, "weights", out.adjustable_weight_bits_plot)
+    report.plot_bits_per_layer(bits, "activations", out.adjustable_activation_bits_plot)
+    return report.adjustable_rows(records, summaries, checks)

@@ -37,6 +37,7 @@ MICRO = {
     "fat": {"schemes": ["w8a8-sym-pc"], "simulate": True, "images": 100,
             "validation_images": 50, "batch_size": 50, "epochs": 1, "reset_every": 10,
             "check_images": 50, "calibration": {"batches": 1}},
+    "adjustable": {"targets": None},
     "variants": ["tflite-fp32"],
 }
 

@@ -24,8 +24,14 @@ TINY = {
     "fat": {"schemes": ["w8a8-sym-pc", "w4a4-asym-pt"], "images": 500, "validation_images": 200,
             "batch_size": 50, "epochs": 2, "reset_every": 20, "check_images": 200,
             "calibration": {"batches": 4}},
+    # one adjustable target (replaces config.yaml's targets), started from FAT w8a8
+    "adjustable": {"targets": {"t1": {"target_score": 0.3}}, "images": 500,
+                   "validation_images": 200, "batch_size": 50, "epochs": 1, "mini_epochs": 4,
+                   "bits_learning_rate": 0.05, "swa_epochs": 1, "check_images": 200,
+                   "calibration_batches": 2, "threads": 2},
 }
 FAT_VARIANTS = ["fat-w8a8-sym-pc", "fat-w8a8-sym-pc-sim", "fat-w4a4-asym-pt-sim"]
+ADJUSTABLE_VARIANTS = ["adjq-t1", "adjq-t1-int8"]
 FIELDS = ["dataset", "model", "variant", "accuracy", "top5", "precision", "sensitivity",
           "g_mean", "size_bytes", "ms_per_image_b1", "ms_per_image_batched"]
 
@@ -50,7 +56,7 @@ def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
     records = json.loads((work / "results/summary.json").read_text())
     assert [r["variant"] for r in records] == [
         "keras-float", "tflite-fp32", "tflite-int8", "bin-2", "bin-8", "fixed-2", "fixed-8",
-        *FAT_VARIANTS]
+        *FAT_VARIANTS, *ADJUSTABLE_VARIANTS]
     by = {r["variant"]: r for r in records}
     for r in records:
         assert all(k in r for k in FIELDS), r.keys()
@@ -223,3 +229,49 @@ def test_no_working_mirror_lists_each_and_says_how_to_get_the_data(tmp_path):
     assert "http://127.0.0.1:9/fmnist/train-images-idx3-ubyte.gz" in log
     assert "apt-get install dataset-fashion-mnist" in log
     assert not (tmp_path / "data/fashion_mnist/raw/manifest.json").exists()
+
+
+def test_adjustable_target_files_score_and_report(tiny_run):
+    from quantflow import adjustable, bitpack
+
+    work, _ = tiny_run
+    base = work / "results/fashion_mnist/tiny/adjustable/t1"
+    for name in ("ckpt/model.weights.h5", "ckpt/state.json", "best_ckpt/model.weights.h5",
+                 "best_ckpt/state.json", "initial_thresholds.json", "model_info.json",
+                 "quant_info.json", "history.csv", "model.keras", "weights.packed",
+                 "adjustable.json", "model.tflite", "tflite.json"):
+        assert (base / name).stat().st_size > 0, name
+    summary = json.loads((base / "adjustable.json").read_text())
+    info = json.loads((base / "quant_info.json").read_text())
+    counts = json.loads((base / "model_info.json").read_text())["layers"]
+    # quant_info.json alone reproduces the score
+    again = adjustable.score_from_quant_info(info, counts)
+    assert again["score"] == pytest.approx(summary["score"]["score"], rel=1e-12)
+    assert summary["init"]["from"] == "fat w8a8-sym-pc"
+    # best_ckpt holds the chosen state with its score
+    best = json.loads((base / "best_ckpt/state.json").read_text())
+    assert best["score"] == pytest.approx(summary["best"]["score"])
+    # bits moved below 8 (target 0.3 < uniform int8's 0.5) and stayed within bounds
+    bits = [b for kind in ("weights", "activations") for row in info[kind].values()
+            for b in row["bits"]]
+    assert min(bits) >= 2 and max(bits) <= 8 and summary["score"]["score"] < 0.5
+    # the packed file: its payload is the kernels' storage the score counts
+    packed = bitpack.load_packed(base / "weights.packed")
+    assert packed.payload_bits == summary["packed"]["score_kernel_bits"]
+    # the deployable int8 model agrees with its simulation
+    check = json.loads((base / "tflite.json").read_text())
+    assert check["top1_agreement"] >= 0.99 and check["activation_grid_mismatches"] == []
+    assert check["max_weight_levels"] <= 255
+    by = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
+    sim, int8 = by["adjq-t1"], by["adjq-t1-int8"]
+    assert sim["score"] == pytest.approx(summary["score"]["score"])
+    assert int8["score"] >= sim["score"] - 1e-12  # 8-bit activations
+    assert int8["input_dtype"] == "int8" and sim["size_kind"] == "packed"
+    # every variant has a score: fp32 2.0, uniform int8 about 0.5
+    assert by["tflite-fp32"]["score"] == pytest.approx(2.0)
+    assert 0.5 <= by["tflite-int8"]["score"] < 0.52
+    md = (work / "results/summary.md").read_text()
+    assert "## Adjustable mixed-precision quantization" in md
+    for png in ("accuracy_vs_score.png", "adjustable_weight_bits.png",
+                "adjustable_activation_bits.png"):
+        assert f"]({png})" in md and (work / "results" / png).read_bytes()[:4] == b"\x89PNG"

@@ -30,6 +30,17 @@ class LayerQuant:
     symmetric: bool = True  # activation ranges (weights are always symmetric)
     weight_quantizer: str = "fat"  # a name registered in quantflow.quant.quantizers
     activation_quantizer: str = "fat"
+    # bounds of trainable bit widths (the adjustable quantizer only; None: its defaults,
+    # 2 and the bits above): the initial width is weight_bits / activation_bits
+    min_bits: int | None = None
+    max_bits: int | None = None
+
+    def quantizer_options(self, kind: str) -> dict:
+        """Keyword options for the `kind` quantizer besides bits (only those set)."""
+        name = self.weight_quantizer if kind == "weight" else self.activation_quantizer
+        options = {k: getattr(self, k) for k in ("min_bits", "max_bits")}
+        options = {k: v for k, v in options.items() if v is not None}
+        return options if name == "adjustable" else {}
 
 
 SETTINGS = tuple(f.name for f in fields(LayerQuant))
@@ -42,18 +53,23 @@ def _check(settings: dict, where: str) -> dict:
     for key, value in settings.items():
         if key not in SETTINGS:
             raise QuantflowError(f"{where}unknown setting {key!r}; known: {', '.join(SETTINGS)}")
+        if key in ("min_bits", "max_bits") and value is None:
+            continue
         if key.endswith("_bits"):
             whole = hasattr(value, "__index__") and not isinstance(value, bool)
-            if not whole or not 2 <= int(value) <= 16:
+            low = 1 if key in ("min_bits", "max_bits") else 2
+            if not whole or not low <= int(value) <= 16:
                 raise QuantflowError(
-                    f"{where}{key} must be a whole number from 2 to 16, got {value!r}"
+                    f"{where}{key} must be a whole number from {low} to 16, got {value!r}"
                 )
         elif key in ("per_channel", "symmetric"):
             if not isinstance(value, bool):
                 raise QuantflowError(f"{where}{key} must be true or false, got {value!r}")
         elif not isinstance(value, str) or not value:
             raise QuantflowError(f"{where}{key} must be a quantizer name, got {value!r}")
-    return {k: (int(v) if k.endswith("_bits") else v) for k, v in settings.items()}
+    return {
+        k: (int(v) if k.endswith("_bits") and v is not None else v) for k, v in settings.items()
+    }
 
 
 class QuantConfig:

@@ -50,12 +50,20 @@ class ActivationQuant(layers.Layer):
         symmetric: bool = True,
         fixed_range=None,
         quantizer: str = DEFAULT_QUANTIZER,
+        quantizer_options: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.quantizer_name = str(quantizer)
+        self.quantizer_options = dict(quantizer_options or {})
         cls = quantizer_class("activation", self.quantizer_name)
-        self.quantizer = cls(bits=bits, signed=signed, symmetric=symmetric, fixed_range=fixed_range)
+        self.quantizer = cls(
+            bits=bits,
+            signed=signed,
+            symmetric=symmetric,
+            fixed_range=fixed_range,
+            **self.quantizer_options,
+        )
         self.enabled = True  # False: identity (float statistics for calibration)
 
     def build(self, input_shape):
@@ -96,6 +104,8 @@ class ActivationQuant(layers.Layer):
         }
         if self.quantizer_name != DEFAULT_QUANTIZER:
             config["quantizer"] = self.quantizer_name
+        if self.quantizer_options:
+            config["quantizer_options"] = dict(self.quantizer_options)
         return config
 
 
@@ -139,6 +149,7 @@ class QuantizedOp(layers.Layer):
         input_scale: float | None = None,
         output_scale: float | None = None,
         weight_quantizer: str = DEFAULT_QUANTIZER,
+        quantizer_options: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -146,8 +157,15 @@ class QuantizedOp(layers.Layer):
             raise QuantflowError(f"{type(self).__name__}: unsupported activation {activation!r}")
         self.activation = activation
         self.quantizer_name = str(weight_quantizer)
+        self.quantizer_options = dict(quantizer_options or {})
         cls = quantizer_class("weight", self.quantizer_name)
-        self.quantizer = cls(bits=bits, per_channel=per_channel, folded=self.folded_per_channel)
+        self.quantizer = cls(
+            bits=bits,
+            per_channel=per_channel,
+            folded=self.folded_per_channel,
+            **self.quantizer_options,
+        )
+        self.input_quantizer = None  # the ActivationQuant of the input (set by the transform)
         self.enabled = True  # False: the float kernel (float statistics for calibration)
         # the input's grid: a live link to its quantizer (set by the transform), else the
         # scale saved with the model (None: unknown, float bias and float arithmetic)
@@ -159,6 +177,7 @@ class QuantizedOp(layers.Layer):
         """Take the input's scale from `quantizer` (the ActivationQuant whose grid the input
         lies on), live, so trained thresholds move the bias grid with them. Only for at most
         8-bit activations and weights (what TFLite runs); otherwise float arithmetic."""
+        self.input_quantizer = quantizer
         if (
             quantizer is None
             or quantizer.bits > 8
@@ -288,6 +307,8 @@ class QuantizedOp(layers.Layer):
         }
         if self.quantizer_name != DEFAULT_QUANTIZER:
             config["weight_quantizer"] = self.quantizer_name
+        if self.quantizer_options:
+            config["quantizer_options"] = dict(self.quantizer_options)
         return config
 
 

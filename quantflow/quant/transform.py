@@ -108,6 +108,7 @@ class _Transform:
             symmetric=self.spec.symmetric,
             fixed_range=fixed,
             quantizer=self.spec.activation_quantizer,
+            quantizer_options=self.spec.quantizer_options("activation"),
             name=self.name(f"{name}_quant"),
         )
 
@@ -340,6 +341,7 @@ def _quantized_layer(layer, activation: str, spec: LayerQuant, name: str):
         "bits": spec.weight_bits,
         "per_channel": spec.per_channel,
         "weight_quantizer": spec.weight_quantizer,
+        "quantizer_options": spec.quantizer_options("weight"),
         "name": name,
     }
     if type(layer) is layers.Dense:
