@@ -89,9 +89,6 @@ def _fat(inp, records, out):
     return rows
 
 
-run_logged(snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params.config)
-
-
 def _adjustable(inp, records, out):
     """Adjustable targets' rows for the report, and the two bit-distribution figures."""
 
@@ -108,3 +105,6 @@ def _adjustable(inp, records, out):
     report.plot_bits_per_layer(bits, "weights", out.adjustable_weight_bits_plot)
     report.plot_bits_per_layer(bits, "activations", out.adjustable_activation_bits_plot)
     return report.adjustable_rows(records, summaries, checks)
+
+
+run_logged(snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params.config)

@@ -178,3 +178,21 @@ def test_int8_export_agrees_with_its_simulation(setup, tmp_path):
     for layer in adj._ops(q8):
         np.testing.assert_allclose(np.asarray(layer.quantized_kernel()),
                                    kernels[layer.name][0], rtol=0, atol=1e-7)
+
+
+def test_saved_model_keeps_bit_bounds_and_outputs(setup, tmp_path):
+    import quantflow.fakequant  # noqa: F401 (registers the layers)
+
+    model, _, _, images, _, _ = setup
+    settings = adj.Settings(min_bits=3, max_bits=6, calibration_batches=2)
+    qmodel = adj.build_model(model, settings)
+    adj.calibrate(qmodel, images, settings)
+    layer = adj._ops(qmodel)[0]
+    layer.quantizer.beta.assign(np.full(layer.quantizer.channels, 0.1, np.float32))
+    assert set(layer.quantizer.channel_bits().tolist()) == {3}  # clipped at min_bits
+    path = tmp_path / "adj.keras"
+    qmodel.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    q = adj._ops(loaded)[0].quantizer
+    assert (q.min_bits, q.max_bits) == (3, 6)
+    np.testing.assert_array_equal(np.asarray(loaded(images[:8])), np.asarray(qmodel(images[:8])))
