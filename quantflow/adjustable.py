@@ -485,6 +485,16 @@ def train(
         return step
 
     steps_fn = {True: make_step(True, opt_w), False: make_step(False, opt_w)}
+
+    def run_steps(step, order, first: int, stop: int):
+        """Steps first..stop-1 of an epoch in `order`; yields each step's loss terms."""
+        for s in range(first, stop):
+            idx = np.sort(order[s * batch : (s + 1) * batch])
+            values = step(tf.constant(images[idx]), tf.constant(labels[idx]),
+                          tf.constant(targets[idx]))
+            clip_alphas(model)
+            yield values
+
     rng = np.random.default_rng(seed)
     steps_per_epoch = max(1, len(images) // batch)
     bounds = np.linspace(0, steps_per_epoch, settings.mini_epochs + 1).round().astype(int)
@@ -544,18 +554,12 @@ def train(
             mini += 1
             train_bits = mini % 2 == 1
             sums = {"loss": 0.0, "cls": 0.0, "kd": 0.0, "score": 0.0}
-            n = 0
-            for s in range(bounds[m], bounds[m + 1]):
-                idx = np.sort(order[s * batch : (s + 1) * batch])
-                total, cls, kd, score = steps_fn[train_bits](
-                    tf.constant(images[idx]), tf.constant(labels[idx]), tf.constant(targets[idx])
-                )
-                clip_alphas(model)
-                for k, v in zip(sums, (total, cls, kd, score)):
+            for values in run_steps(steps_fn[train_bits], order, bounds[m], bounds[m + 1]):
+                for k, v in zip(sums, values):
                     sums[k] += float(v)
-                n += 1
-                step_count += 1
-            means = {k: v / max(n, 1) for k, v in sums.items()}
+            n = max(int(bounds[m + 1] - bounds[m]), 1)
+            step_count += int(bounds[m + 1] - bounds[m])
+            means = {k: v / n for k, v in sums.items()}
             row = finish_row(evaluate_state(mini, train_bits, means))
             row["epoch"] = epoch + 1
             history.append(row)
@@ -586,12 +590,7 @@ def train(
         delay = int(round(settings.swa_delay * steps_per_epoch))
         count = 0
         for _ in range(settings.swa_epochs):
-            order = rng.permutation(len(images))
-            for s in range(steps_per_epoch):
-                idx = np.sort(order[s * batch : (s + 1) * batch])
-                fine(tf.constant(images[idx]), tf.constant(labels[idx]),
-                     tf.constant(targets[idx]))
-                clip_alphas(model)
+            for _ in run_steps(fine, rng.permutation(len(images)), 0, steps_per_epoch):
                 count += 1
                 step_count += 1
                 if count >= delay and (count - delay) % every == 0:
@@ -615,8 +614,7 @@ def train(
         "history": history,
         "best": best,
         "float_accuracy": float_acc,
-        "final_accuracy": max(best["val_accuracy"], swa.get("after", -1.0))
-        if swa["used"] else best["val_accuracy"],
+        "final_accuracy": swa["after"] if swa["used"] else best["val_accuracy"],
         "final_score": final["score"],
         "swa": swa,
         "steps": step_count,
