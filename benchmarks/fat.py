@@ -27,9 +27,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pipeline import rule_benchmarks  # noqa: E402
-from quantflow.report import machine_description  # noqa: E402
-from quantflow.runtime import package_versions  # noqa: E402
+from benchmarks.pipeline import rule_benchmarks, write_result  # noqa: E402
 
 TARGETS = {
     "w8a8_vs_fp32_pp_max_abs": 0.1,  # FAT w8a8 (int8 TFLite) within 0.1 pp of fp32 TFLite
@@ -138,21 +136,12 @@ def main() -> int:
         details[model] = {"wall_seconds": round(wall, 1), "config": config,
                           "command": " ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
                           "rules": rule_benchmarks(work / model / "results")}
-    result = {
-        "benchmark": "FAT vs int8 PTQ vs fp32 TFLite, side by side per run: the default config "
-                     "(weight-only grid off); MobileNetV2 alpha 0.35 from scratch at 32x32",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine_description(),
-        "versions": package_versions(),
-        "targets": TARGETS,
-        "targets_apply_to": DEFAULT_MODEL,
-        "figures": figures,
-        "targets_met": met,
-        "runs": details,
-    }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"figures": figures, "targets_met": met}, indent=2))
+    write_result(
+        out_path,
+        "FAT vs int8 PTQ vs fp32 TFLite, side by side per run: the default config "
+        "(weight-only grid off); MobileNetV2 alpha 0.35 from scratch at 32x32",
+        figures, met, targets=TARGETS, targets_apply_to=DEFAULT_MODEL, runs=details,
+    )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -46,6 +46,21 @@ def rule_benchmarks(results: Path) -> list[dict]:
     return rows
 
 
+def write_result(path, benchmark: str, figures: dict, met: dict, **fields) -> dict:
+    """Record a benchmark's figures with the machine and package versions in `path`
+    (JSON), and print the figures and targets met."""
+    result = {"benchmark": benchmark, **{k: v for k, v in fields.items() if k == "command"},
+              "date": time.strftime("%Y-%m-%d"), "machine": machine_description(),
+              "versions": package_versions(),
+              **{k: v for k, v in fields.items() if k != "command"},
+              "figures": figures, "targets_met": met}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"figures": figures, "targets_met": met}, indent=2))
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="2")
@@ -107,22 +122,13 @@ def main() -> int:
         "int8_speed_ratio_batched_min":
             int8["speed_ratio_batched"] >= TARGETS["int8_speed_ratio_batched_min"],
     }
-    result = {
-        "benchmark": "default pipeline from empty results/ (data copied from its mirror)"
-                     + (", without the weight-only grid" if args.backbone else ""),
-        "command": " ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine_description(),
-        "versions": package_versions(),
-        "targets": TARGETS,
-        "figures": figures,
-        "targets_met": met,
-        "rules": rule_benchmarks(work / "results"),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"figures": figures, "targets_met": met}, indent=2))
+    write_result(
+        args.out,
+        "default pipeline from empty results/ (data copied from its mirror)"
+        + (", without the weight-only grid" if args.backbone else ""),
+        figures, met, command=" ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
+        targets=TARGETS, rules=rule_benchmarks(work / "results"),
+    )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -2,7 +2,7 @@
 
 A micro pipeline runs once from a copy of the workflow (so its library code can be
 edited); then each kind of change is made and `snakemake -n` must plan exactly the jobs
-it affects: a new FAT scheme, a thread count, a library module, a module touched but not
+it affects: a new FAT scheme, a new adjustable target, a thread count, a library module, a module touched but not
 changed, a file named in config, a user config that replaces the models.
 """
 
@@ -126,6 +126,23 @@ def test_a_new_fat_scheme_plans_only_its_own_jobs(micro):
     assert planned(repo, work, more) == {
         job("fat", **scheme), job("fat_tflite", **scheme),
         *variant_jobs("fat-w4a8-sym-pc", "fat-w4a8-sym-pc-sim"), *SUMMARY}
+
+
+def test_a_new_adjustable_target_plans_only_its_own_jobs(micro):
+    repo, work, cfg, config = micro
+    more = with_config(cfg.parent, "target.yaml", config,
+                       **{"adjustable.targets": {"m1": {"target_score": 0.3}}})
+    target = dict(dataset="fashion_mnist", model="micro", target="m1")
+    # its ranges start from the FAT w8a8 thresholds the run already has
+    assert planned(repo, work, more) == {
+        job("adjustable", **target), job("adjustable_tflite", **target),
+        *variant_jobs("adjq-m1", "adjq-m1-int8"), *SUMMARY}
+    # a target that may use more than 8 bits has no int8 TFLite model
+    wide = with_config(cfg.parent, "wide.yaml", config,
+                       **{"adjustable.targets": {"m2": {"max_bits": 10}}})
+    assert planned(repo, work, wide) == {
+        job("adjustable", dataset="fashion_mnist", model="micro", target="m2"),
+        *variant_jobs("adjq-m2"), *SUMMARY}
 
 
 def test_thread_counts_and_mirrors_rerun_nothing_but_the_summary(micro):
