@@ -52,9 +52,11 @@ def main(inp, out, target, params, threads):
     graph = adj.ScoreGraph(model, counts, reference=settings.reference)
     if graph.unmatched:
         print(f"kept at a constant width (no adjustable quantizer found): {graph.unmatched}")
+    own = micronet.reference_counts(counts)  # the float model's 32-bit totals
     _write_json(out.model_info, {
-        "model": float_model.name, "p_ref": graph.p_ref, "f_ref": graph.f_ref,
-        "reference": settings.reference, **micronet.reference_counts(counts),
+        "model": float_model.name, "reference": settings.reference,
+        "p_ref": graph.p_ref, "f_ref": graph.f_ref,
+        "parameter_count": int(own["p_ref"]), "operation_count": int(own["f_ref"]),
         "layers": [c.to_dict() for c in counts],
     })
 

@@ -165,7 +165,6 @@ class QuantizedOp(layers.Layer):
             folded=self.folded_per_channel,
             **self.quantizer_options,
         )
-        self.input_quantizer = None  # the ActivationQuant of the input (set by the transform)
         self.enabled = True  # False: the float kernel (float statistics for calibration)
         # the input's grid: a live link to its quantizer (set by the transform), else the
         # scale saved with the model (None: unknown, float bias and float arithmetic)
@@ -177,7 +176,6 @@ class QuantizedOp(layers.Layer):
         """Take the input's scale from `quantizer` (the ActivationQuant whose grid the input
         lies on), live, so trained thresholds move the bias grid with them. Only for at most
         8-bit activations and weights (what TFLite runs); otherwise float arithmetic."""
-        self.input_quantizer = quantizer
         if (
             quantizer is None
             or quantizer.bits > 8
