@@ -196,3 +196,17 @@ def test_saved_model_keeps_bit_bounds_and_outputs(setup, tmp_path):
     q = adj._ops(loaded)[0].quantizer
     assert (q.min_bits, q.max_bits) == (3, 6)
     np.testing.assert_array_equal(np.asarray(loaded(images[:8])), np.asarray(qmodel(images[:8])))
+
+
+def test_micronet_imagenet_references(setup):
+    model, qmodel, _, *_ = setup
+    graph = adj.ScoreGraph(qmodel, micronet.count_model(model), reference="micronet_imagenet")
+    assert (graph.p_ref, graph.f_ref) == (6.9e6, 1170e6)
+    info = graph.quant_info()
+    exact = graph.exact()
+    assert adj.score_from_quant_info(info, graph.counts)["score"] == exact["score"]
+    own = micronet.uniform_score(graph.counts, 8, 8, input_bits=8)
+    # the same storage and operations over other references
+    assert exact["parameter_storage"] == pytest.approx(own["parameter_storage"])
+    assert exact["score"] == pytest.approx(
+        own["parameter_storage"] / 6.9e6 + own["operations"] / 1170e6)
