@@ -172,8 +172,21 @@ def evaluate_model(path: str | Path, split, num_classes: int, *, batch_size: int
     record.update(size_bytes=runner.size_bytes, size_kind=runner.size_kind,
                   format=runner.kind, batch_size=batch_size, threads=threads)
     if runner.kind == "tflite":
-        record["input_dtype"] = np.dtype(runner.input["dtype"]).name
+        record.update(io_quantization(runner))
     return record
+
+
+def io_quantization(runner) -> dict:
+    """A TFLite model's input and output types, with the scale and zero point the
+    evaluator quantizes inputs and dequantizes outputs with (None for float tensors)."""
+    out = {}
+    for side, detail in (("input", runner.input), ("output", runner.output)):
+        dtype = np.dtype(detail["dtype"])
+        scale, zero = detail["quantization"] if dtype.kind in "iu" else (None, None)
+        out.update({f"{side}_dtype": dtype.name,
+                    f"{side}_scale": None if scale is None else float(scale),
+                    f"{side}_zero_point": None if zero is None else int(zero)})
+    return out
 
 
 def measure_latency(path: str | Path, split, *, batch_size: int, latency_images: int,

@@ -1,14 +1,72 @@
-"""Conversion of Keras models to TFLite flatbuffers (fp32 and post-training int8)."""
+"""Conversion of Keras models to TFLite flatbuffers (fp32, fp16, dynamic range, full-integer
+int8 with int8 or uint8 I/O and its calibration studies, 16x8) and checks of converted
+fake-quant models."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from quantflow.errors import QuantflowError
 
-FORMATS = ("fp32", "int8")
+FORMATS = ("fp32", "fp16", "dynamic", "int8", "int16x8")
+IO_TYPES = ("int8", "uint8")  # input / output types of full-integer models
+# a format name: a base format, for int8 with the calibration set in a suffix:
+# int8-cal<N> (N seeded training images), int8-cal<P>pct (P percent of the training set),
+# int8-class<k> (calibration_images training images of class k only)
+FORMAT_PATTERN = re.compile(r"(fp32|fp16|dynamic|int16x8|int8)(?:-cal([0-9]+)(pct)?|-class([0-9]+))?")
+
+
+def parse_format(name: str) -> dict:
+    """A TFLite format name as {"base", "calibration": None | {"count": N} |
+    {"percent": P} | {"class": k}} (see FORMAT_PATTERN); a calibration suffix only on int8."""
+    match = FORMAT_PATTERN.fullmatch(name)
+    if not match or (match.group(1) != "int8" and match.group(0) != match.group(1)):
+        raise QuantflowError(
+            f"unknown TFLite format {name!r}: one of {', '.join(FORMATS)}, or int8-cal<N>, "
+            "int8-cal<P>pct, int8-class<k>"
+        )
+    base, number, pct, klass = match.groups()
+    calibration = None
+    if number is not None:
+        calibration = {"percent": int(number)} if pct else {"count": int(number)}
+        if calibration.get("count") == 0 or not 0 < calibration.get("percent", 1) <= 100:
+            raise QuantflowError(f"TFLite format {name!r}: calibrate on 1 or more images, "
+                                 "or 1 to 100 percent of the training set")
+    elif klass is not None:
+        calibration = {"class": int(klass)}
+    return {"base": base, "calibration": calibration}
+
+
+# Formats ai-edge-quantizer makes from the fp32 TFLite model (the converter has no int4):
+# format -> its recipe (ai_edge_quantizer.recipe)
+AEQ_FORMATS = {
+    "int4-weights": "weight_only_wi4_afp32",  # int4 weights per channel, float compute
+    "dynamic-int4": "dynamic_wi4_afp32",  # int4 weights, activations quantized on the fly
+}
+
+
+def quantize_with_aeq(fp32_model: str | Path, fmt: str) -> bytes:
+    """An `AEQ_FORMATS` model: ai-edge-quantizer's recipe applied to an fp32 TFLite model
+    (no calibration: both recipes quantize weights only ahead of time)."""
+    if fmt not in AEQ_FORMATS:
+        raise QuantflowError(
+            f"unknown ai-edge-quantizer format {fmt!r}; one of {', '.join(AEQ_FORMATS)}"
+        )
+    from ai_edge_quantizer import quantizer, recipe
+
+    recipe_fn = getattr(recipe, AEQ_FORMATS[fmt])
+    result = quantizer.Quantizer(str(fp32_model), recipe_fn()).quantize(
+        enable_progress_report=False
+    )
+    return bytes(result.quantized_model)
+
+
+def needs_calibration(name: str) -> bool:
+    """Full-integer formats take a representative dataset."""
+    return parse_format(name)["base"] in ("int8", "int16x8")
 
 
 def calibration_indices(size: int, count: int, seed: int) -> np.ndarray:
@@ -18,41 +76,78 @@ def calibration_indices(size: int, count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(size)[: min(count, size)])
 
 
-def convert(model, fmt: str, calibration: np.ndarray | None = None) -> bytes:
-    """Convert a float Keras model to TFLite.
+def select_calibration(labels, fmt: str, count: int, seed: int) -> np.ndarray:
+    """The training images (indices, sorted) a format is calibrated on: `count`
+    (tflite.calibration_images) seeded ones, N or P percent of them for int8-cal<N> /
+    int8-cal<P>pct, or `count` seeded images of class k for int8-class<k>. A sweep's
+    samples are nested: N images are the first N of one seeded permutation."""
+    labels = np.asarray(labels)
+    calibration = parse_format(fmt)["calibration"] or {}
+    if "class" in calibration:
+        k = calibration["class"]
+        members = np.flatnonzero(labels == k)
+        if members.size == 0:
+            raise QuantflowError(
+                f"TFLite format {fmt!r}: the training split has no image of class {k} "
+                f"(classes 0..{int(labels.max())})"
+            )
+        return np.sort(members[calibration_indices(members.size, count, seed)])
+    if "percent" in calibration:
+        count = max(1, int(round(labels.size * calibration["percent"] / 100)))
+    elif "count" in calibration:
+        count = calibration["count"]
+    return calibration_indices(labels.size, count, seed)
 
-    fp32: a plain float model. int8: full-integer post-training quantization with int8
-    input and output; activation ranges from `calibration` (preprocessed float images,
-    fed one at a time), weights per-channel symmetric as the converter does by default.
+
+def convert(model, fmt: str, calibration: np.ndarray | None = None, io: str = "int8") -> bytes:
+    """Convert a Keras model to TFLite with the TFLite converter (`parse_format`).
+
+    fp32: a plain float model. fp16: float16 weights (dequantized at load), float
+    compute. dynamic: int8 weights, float activations quantized on the fly (dynamic
+    range). int8: full-integer post-training quantization, `io` ("int8" or "uint8") input
+    and output, activation ranges from `calibration` (preprocessed float images, fed one
+    at a time), weights per channel as the converter does by default. int16x8: 16-bit
+    activations, 8-bit weights, calibrated likewise, float input and output.
     """
     import tensorflow as tf
 
     from quantflow.fakequant import export_mode
 
+    if io not in IO_TYPES:
+        raise QuantflowError(f"tflite.io must be one of {', '.join(IO_TYPES)}, got {io!r}")
     with export_mode():  # a fake-quant model traces as the converter expects it
-        return _convert(tf, model, fmt, calibration)
+        return _convert(tf, model, parse_format(fmt)["base"], calibration, io)
 
 
-def _convert(tf, model, fmt: str, calibration: np.ndarray | None) -> bytes:
+def _convert(tf, model, base: str, calibration: np.ndarray | None, io: str) -> bytes:
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if fmt == "fp32":
-        pass
-    elif fmt == "int8":
+    if base in ("int8", "int16x8"):
         if calibration is None or len(calibration) == 0:
-            raise QuantflowError("int8 conversion needs calibration images")
+            raise QuantflowError(f"{base} conversion needs calibration images")
         samples = calibration.astype(np.float32)
 
         def representative_dataset():
             for i in range(len(samples)):
                 yield [samples[i : i + 1]]
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset
+    if base == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif base == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif base == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    else:
-        raise QuantflowError(f"unknown TFLite format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        converter.inference_input_type = tf.uint8 if io == "uint8" else tf.int8
+        converter.inference_output_type = tf.uint8 if io == "uint8" else tf.int8
+    elif base == "int16x8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
+    elif base != "fp32":
+        raise QuantflowError(f"unknown TFLite format {base!r}; choose one of {', '.join(FORMATS)}")
     return converter.convert()
 
 

@@ -2,7 +2,15 @@
 variant (`variant_bits` -> `quantflow.micronet.uniform_score`). Plain Python.
 
     keras-float, tflite-fp32   everything at 32 bits (the reference: score 2.0)
-    tflite-int8                8-bit weights and activations (and input), int32 biases
+    tflite-fp16                16-bit weights and biases (stored), float compute
+    tflite-dynamic             8-bit weights; activations quantized to 8 bits on the fly
+                               for the multiply-accumulates (float input), int32 biases
+    tflite-int8[-cal*|-class*] 8-bit weights and activations (and input), int32 biases
+    tflite-int16x8             8-bit weights, 16-bit activations, biases counted at 32
+                               (TFLite stores int64: the score's widths stop at 32)
+    tflite-int4-weights        4-bit weights, float compute
+    tflite-dynamic-int4        4-bit weights, activations at 8 bits on the fly (XNNPACK's
+                               dynamically quantized int8 x channelwise int4 kernels)
     bin-<b>, fixed-<b>         b-bit weights (and biases, unless weightquant keeps them
                                float), float activations: weight-only quantization
     fat-<scheme>[-sim]         the scheme's weight and activation bits, 8-bit input,
@@ -24,8 +32,19 @@ def variant_bits(variant: str, weightquant: dict | None = None) -> dict | None:
     input_bits}), or None for a variant with bits of its own or an unknown name."""
     if variant in ("keras-float", "tflite-fp32"):
         return dict(FLOAT)
-    if variant == "tflite-int8":
+    if variant == "tflite-int8" or re.fullmatch(r"tflite-int8-(cal[0-9]+(pct)?|class[0-9]+)",
+                                                 variant):
         return {"weight_bits": 8, "activation_bits": 8, "bias_bits": 32, "input_bits": 8}
+    uniform = {  # weight, activation, bias, input bits
+        "tflite-fp16": (16, 32, 16, 32),
+        "tflite-dynamic": (8, 8, 32, 32),
+        "tflite-int16x8": (8, 16, 32, 32),
+        "tflite-int4-weights": (4, 32, 32, 32),
+        "tflite-dynamic-int4": (4, 8, 32, 32),
+    }
+    if variant in uniform:
+        keys = ("weight_bits", "activation_bits", "bias_bits", "input_bits")
+        return dict(zip(keys, uniform[variant]))
     weight_only = re.fullmatch(r"(bin|fixed)-([0-9]+)", variant)
     if weight_only:
         bits = int(weight_only.group(2))

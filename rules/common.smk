@@ -11,6 +11,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 from quantflow.codedeps import code_digest as _code_digest
 from quantflow.schemes import parse_scheme, tflite_exportable
+from quantflow.tflite import parse_format
 
 
 # mappings a --configfile replaces instead of merging into (Snakemake merges key by key)
@@ -111,7 +112,20 @@ ADJUSTABLE_VARIANTS = [
     for target in ADJUSTABLE_TARGETS
     for variant in [f"adjq-{target}"] + [f"adjq-{target}-int8"] * adjustable_exportable(target)
 ]
-VARIANTS = config["variants"] + WEIGHTQUANT_VARIANTS + FAT_VARIANTS + ADJUSTABLE_VARIANTS
+TFLITE = config["tflite"]
+# the int8 calibration studies: N images, P percent of the training set, one class only
+CALIBRATION_VARIANTS = (
+    [f"tflite-int8-cal{n}" for n in TFLITE["calibration_sizes"]]
+    + [f"tflite-int8-cal{p}pct" for p in TFLITE["calibration_percents"]]
+    + [f"tflite-int8-class{k}" for k in TFLITE["calibration_classes"]]
+)
+VARIANTS = (
+    config["variants"]
+    + CALIBRATION_VARIANTS
+    + WEIGHTQUANT_VARIANTS
+    + FAT_VARIANTS
+    + ADJUSTABLE_VARIANTS
+)
 REPO = workflow.basedir
 ENV = "../envs/quantflow.yaml"
 
@@ -120,7 +134,8 @@ wildcard_constraints:
     dataset=r"[a-z0-9_]+",
     model=r"[A-Za-z0-9_.-]+",
     variant=r"[a-z0-9.-]+",
-    fmt=r"fp32|int8",
+    fmt=r"(fp32|fp16|dynamic|int16x8|int8)(-cal[0-9]+(pct)?|-class[0-9]+)?",
+    aeq=r"int4-weights|dynamic-int4",
     algorithm=r"bin|fixed",
     bits=r"[0-9]+",
     scheme=r"w[0-9]+a[0-9]+-(sym|asym)-(pc|pt)",
@@ -138,11 +153,10 @@ def split_file(split):
     return f"data/{{dataset}}/splits/{split}.npz"
 
 
-# Every evaluated variant and the model file it is measured from.
+# Every evaluated variant and the model file it is measured from (tflite-<fmt>: the
+# converter's tflite/<fmt>.tflite).
 VARIANT_FILES = {
     "keras-float": "results/{dataset}/{model}/float/model.keras",
-    "tflite-fp32": "results/{dataset}/{model}/tflite/fp32.tflite",
-    "tflite-int8": "results/{dataset}/{model}/tflite/int8.tflite",
 }
 
 
@@ -152,6 +166,7 @@ def variant_model(wildcards):
     weightquant = re.fullmatch(r"(bin|fixed)-([0-9]+)", wildcards.variant)
     fat = re.fullmatch(r"fat-(.+?)(-sim)?", wildcards.variant)
     adjustable = re.fullmatch(r"adjq-([a-z0-9]+)(-int8)?", wildcards.variant)
+    converted = re.fullmatch(r"tflite-(.+)", wildcards.variant)
     if weightquant:
         algorithm, bits = weightquant.groups()
         path = f"results/{{dataset}}/{{model}}/weightquant/{algorithm}_{bits}bits/weights.pickle"
@@ -161,9 +176,24 @@ def variant_model(wildcards):
     elif adjustable:
         target, int8 = adjustable.groups()
         path = f"results/{{dataset}}/{{model}}/adjustable/{target}/model.{'tflite' if int8 else 'keras'}"
+    elif converted:
+        path = f"results/{{dataset}}/{{model}}/tflite/{converted.group(1)}.tflite"
     else:
         path = VARIANT_FILES[wildcards.variant]
     return path.format(dataset=wildcards.dataset, model=wildcards.model)
+
+
+def tflite_params(wildcards):
+    """What a conversion depends on besides the model: the calibration sample (size and
+    seed) for full-integer formats, the I/O type for int8 ones; nothing for the others,
+    so changing tflite.io reruns only the int8 models."""
+    base = parse_format(wildcards.fmt)["base"]
+    if base not in ("int8", "int16x8"):
+        return {}
+    out = {"calibration_images": TFLITE["calibration_images"], "seed": config["seed"]}
+    if base == "int8":
+        out["io"] = TFLITE["io"]
+    return out
 
 
 def variant_extras(wildcards):

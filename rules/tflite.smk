@@ -1,6 +1,7 @@
 rule tflite:
-    """Convert the float model to TFLite: fp32, or full-int8 post-training quantization
-    calibrated on training images."""
+    """Convert the float model to TFLite with the converter: fp32, fp16, dynamic range,
+    full-integer int8 (int8 or uint8 I/O) calibrated on training images (a sample, N, a
+    percentage, or one class), or 16x8."""
     input:
         model="results/{dataset}/{model}/float/model.keras",
         train=split_file("train"),
@@ -18,8 +19,28 @@ rule tflite:
         mem_mb=4000,
         runtime=30,
     params:
-        calibration_images=config["tflite"]["calibration_images"],
-        seed=config["seed"],
+        conversion=tflite_params,
         code=code_digest("tflite"),
     script:
         "../scripts/tflite.py"
+
+
+rule tflite_aeq:
+    """int4-weight variants by ai-edge-quantizer (the converter has no int4), from the
+    fp32 TFLite model: weight-only (float compute) or dynamic (int4 compute)."""
+    input:
+        fp32="results/{dataset}/{model}/tflite/fp32.tflite",
+    output:
+        tflite="results/{dataset}/{model}/tflite/{aeq}.tflite",
+    log:
+        "logs/tflite_aeq/{dataset}/{model}/{aeq}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        code=code_digest("tflite_aeq"),
+    script:
+        "../scripts/tflite_aeq.py"

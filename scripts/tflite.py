@@ -1,4 +1,5 @@
-"""tflite: convert the float model to an fp32 or a full-int8 (PTQ) TFLite model."""
+"""tflite: convert the float model to a TFLite model with the TFLite converter (fp32, fp16,
+dynamic range, full-integer int8 and its calibration studies, 16x8)."""
 
 import sys
 from pathlib import Path
@@ -9,23 +10,26 @@ from quantflow.logs import run_logged
 from quantflow.runtime import configure_threads
 
 
-def main(inp, out, fmt, params, threads):
-    configure_threads(threads, params.seed)
+def main(inp, out, fmt, conversion, threads):
+    configure_threads(threads, conversion.get("seed"))
     import keras
+    import numpy as np
 
     from quantflow import data, tflite
 
     model = keras.saving.load_model(inp.model, compile=False)
     calibration = None
-    if fmt == "int8":
+    if tflite.needs_calibration(fmt):
         split = data.Split(inp.train, data.read_info(inp.info)["input_shape"][:2])
-        calibration = split.take(
-            tflite.calibration_indices(len(split), params.calibration_images, params.seed)
-        )
-        print(f"calibrating activation ranges on {len(calibration)} training images")
-    flatbuffer = tflite.convert(model, fmt, calibration)
+        indices = tflite.select_calibration(split.labels, fmt, conversion["calibration_images"],
+                                            conversion["seed"])
+        calibration = split.take(indices)
+        classes = np.bincount(split.labels[indices], minlength=int(split.labels.max()) + 1)
+        print(f"calibrating activation ranges on {len(indices)} of {len(split)} training "
+              f"images (seed {conversion['seed']}); images per class: {classes.tolist()}")
+    flatbuffer = tflite.convert(model, fmt, calibration, io=conversion.get("io", "int8"))
     tflite.save(flatbuffer, out.tflite)
-    if fmt == "int8":
+    if tflite.parse_format(fmt)["base"] == "int8":
         print("activation ranges chosen by calibration (tensor: [min, max], scale, zero point):")
         for r in tflite.activation_ranges(out.tflite):
             print(f"  {r['tensor']}: [{r['min']:.4g}, {r['max']:.4g}], "
@@ -34,5 +38,5 @@ def main(inp, out, fmt, params, threads):
 
 run_logged(
     snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards.fmt,
-    snakemake.params, snakemake.threads,
+    snakemake.params.conversion, snakemake.threads,
 )

@@ -17,7 +17,9 @@ TINY = {
     "models": {"tiny": {"arch": "tiny_mobilenet", "width": 0.5}},
     "train": {"batch_size": 64,
               "stages": [{"epochs": 2, "learning_rate": 0.004, "warmup_steps": 20}]},
-    "tflite": {"calibration_images": 100},
+    # the calibration studies: 10 and 100 images, class 3 only
+    "tflite": {"calibration_images": 100, "calibration_sizes": [10, 100],
+               "calibration_classes": [3]},
     "evaluate": {"batch_size": 100, "latency_images": 50, "threads": 1},
     "weightquant": {"algorithms": ["bin", "fixed"], "bits": [2, 8]},
     # an int8-exportable scheme (TFLite + simulation) and a simulation-only one
@@ -55,8 +57,10 @@ def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
     work, _ = tiny_run
     records = json.loads((work / "results/summary.json").read_text())
     assert [r["variant"] for r in records] == [
-        "keras-float", "tflite-fp32", "tflite-int8", "bin-2", "bin-8", "fixed-2", "fixed-8",
-        *FAT_VARIANTS, *ADJUSTABLE_VARIANTS]
+        "keras-float", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8",
+        "tflite-int16x8", "tflite-int4-weights", "tflite-dynamic-int4", "tflite-int8-cal10",
+        "tflite-int8-cal100", "tflite-int8-class3",
+        "bin-2", "bin-8", "fixed-2", "fixed-8", *FAT_VARIANTS, *ADJUSTABLE_VARIANTS]
     by = {r["variant"]: r for r in records}
     for r in records:
         assert all(k in r for k in FIELDS), r.keys()
@@ -275,3 +279,28 @@ def test_adjustable_target_files_score_and_report(tiny_run):
     for png in ("accuracy_vs_score.png", "adjustable_weight_bits.png",
                 "adjustable_activation_bits.png"):
         assert f"]({png})" in md and (work / "results" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_post_training_quantization_variants(tiny_run):
+    work, _ = tiny_run
+    by = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
+    fp32 = by["tflite-fp32"]
+    for variant in ("tflite-fp16", "tflite-dynamic", "tflite-int16x8", "tflite-int4-weights",
+                    "tflite-dynamic-int4", "tflite-int8-cal10", "tflite-int8-cal100",
+                    "tflite-int8-class3"):
+        r = by[variant]
+        assert r["format"] == "tflite" and abs(r["delta_accuracy_pp"]) <= 5.0, variant
+        assert r["size_bytes"] < fp32["size_bytes"], variant
+    assert by["tflite-int4-weights"]["size_bytes"] < 0.7 * by["tflite-dynamic"]["size_bytes"]
+    for variant in ("tflite-int8", "tflite-int8-cal10", "tflite-int8-class3"):
+        r = by[variant]
+        assert (r["input_dtype"], r["output_dtype"]) == ("int8", "int8")
+        assert r["input_scale"] > 0 and r["output_scale"] > 0
+    assert by["tflite-fp16"]["input_dtype"] == "float32" and by["tflite-fp16"]["input_scale"] is None
+    # the calibration logs: how many images, of which classes
+    logs = work / "logs/tflite/fashion_mnist/tiny"
+    assert "calibrating activation ranges on 10 of" in (logs / "int8-cal10.log").read_text()
+    one_class = (logs / "int8-class3.log").read_text()
+    assert re.search(r"images per class: \[0, 0, 0, 100(, 0)*\]", one_class), one_class
+    md = (work / "results/summary.md").read_text()
+    assert "| tflite-int8-class3 | int8 |" in md  # the I/O table

@@ -24,7 +24,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.workflow]
 CONFIG = copy.deepcopy(TINY)
 CONFIG["train"]["threads"] = 2  # the same threads in both runs: same arithmetic, same model
 CONFIG["weightquant"] = {"algorithms": ["bin", "fixed"], "bits": [8]}
-CONFIG["fat"] = {"schemes": []}  # FAT runs in the local workflow tests
+CONFIG["fat"] = {"schemes": []}  # FAT, adjustable and the PTQ studies run in the local
+CONFIG["adjustable"] = {"targets": None}  # workflow tests
+CONFIG["tflite"] = {"calibration_images": 100, "calibration_sizes": [], "calibration_classes": []}
+CONFIG["variants"] = ["keras-float", "tflite-fp32", "tflite-int8"]
 VARIANTS = ["keras-float", "tflite-fp32", "tflite-int8", "bin-8", "fixed-8"]
 # The jobs snakemake submits (`all` has nothing to run and stays local).
 CLUSTER_JOBS = {"download": 1, "prepare": 1, "train": 1, "tflite": 2, "extract_weights": 1,
