@@ -37,6 +37,11 @@ rule summary:
             caption="../reports/fat_alphas.rst",
             category="FAT",
         ),
+        calibration_plot=report(
+            "results/int8_calibration.png",
+            caption="../reports/calibration.rst",
+            category="Post-training quantization",
+        ),
         pareto_plot=report(
             "results/accuracy_vs_score.png",
             caption="../reports/pareto.rst",

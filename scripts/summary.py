@@ -12,6 +12,7 @@ from quantflow import report
 from quantflow.data import read_info
 from quantflow.logs import run_logged
 from quantflow.runtime import package_versions
+from quantflow.ptqreport import plot_calibration, ptq_study
 from quantflow.variants import add_scores
 
 
@@ -35,7 +36,9 @@ def main(inp, out, config):
             "num_samples": rows[0]["num_samples"], "num_classes": info["num_classes"],
             "class_names": info["class_names"], "batch_size": rows[0]["batch_size"],
             "training": training.get(key),
+            "ptq": ptq_study(rows, info, training.get(key)),
         })
+    plot_calibration([g["ptq"] for g in groups], out.calibration_plot)
     errors = []
     for path in inp.errors:
         dataset, model = Path(path).parts[1:3]
@@ -51,6 +54,7 @@ def main(inp, out, config):
         fat=fat, fat_rmse_plot=Path(out.fat_rmse_plot).name,
         fat_alphas_plot=Path(out.fat_alphas_plot).name,
         adjustable=adjustable, pareto_plot=Path(out.pareto_plot).name,
+        calibration_plot=Path(out.calibration_plot).name,
         adjustable_weight_bits_plot=Path(out.adjustable_weight_bits_plot).name,
         adjustable_activation_bits_plot=Path(out.adjustable_activation_bits_plot).name,
         threads=records[0]["latency_threads"], latency_images=records[0]["latency_images"],

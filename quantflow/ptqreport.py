@@ -1,0 +1,183 @@
+"""The post-training quantization part of the report: the TFLite lab's four questions,
+answered in sentences generated from a run's records (never fixed text), and the plot of
+int8 quality against calibration size.
+
+    study = ptq_study(records, info, training)   # one (dataset, model)'s records
+    study["sentences"]                           # the answers, in order
+    plot_calibration([study, ...], path)
+
+A difference of at most `TIE_IMAGES` test images is called a tie, whatever its sign.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+TIE_IMAGES = 5
+CALIBRATED = re.compile(r"tflite-int8-cal([0-9]+)(pct)?")
+ONE_CLASS = re.compile(r"tflite-int8-class([0-9]+)")
+
+
+def _images(pp: float, num_samples: int) -> int:
+    return int(round(abs(pp) * num_samples / 100.0))
+
+
+def compare(pp: float, num_samples: int, better: str = "higher", worse: str = "lower") -> str:
+    """'a tie (n images)' within TIE_IMAGES, else '<better|worse> by x pp (n images)'."""
+    n = _images(pp, num_samples)
+    if n <= TIE_IMAGES:
+        return f"a tie ({pp:+.2f} pp, {n} test image{'s' if n != 1 else ''})"
+    return f"{better if pp > 0 else worse} by {abs(pp):.2f} pp ({n} test images)"
+
+
+def calibration_points(records: list[dict], train_size: int | None) -> list[dict]:
+    """The calibration-size study: {variant, images, accuracy, g_mean} sorted by images
+    (P percent -> round(P% of the training set), as the conversion computes it)."""
+    points = []
+    for r in records:
+        match = CALIBRATED.fullmatch(r["variant"])
+        if not match:
+            continue
+        number, pct = int(match.group(1)), bool(match.group(2))
+        if pct:
+            if not train_size:
+                continue
+            images = max(1, int(round(train_size * number / 100)))
+        else:
+            images = min(number, train_size) if train_size else number
+        points.append({"variant": r["variant"], "images": images, "accuracy": r["accuracy"],
+                       "g_mean": r["g_mean"]})
+    return sorted(points, key=lambda p: (p["images"], p["variant"]))
+
+
+def _trend(points: list[dict], key: str, num_samples: int) -> str:
+    first, last = points[0], points[-1]
+    values = [p[key] for p in points]
+    pp = 100.0 * (last[key] - first[key])
+    spread = 100.0 * (max(values) - min(values))
+    if _images(spread, num_samples) <= TIE_IMAGES:
+        return f"flat: every calibration size within {_images(spread, num_samples)} test images (a tie)"
+    steps = [b - a for a, b in zip(values, values[1:])]
+    if all(s >= 0 for s in steps):
+        shape = "rises with the calibration size"
+    elif all(s <= 0 for s in steps):
+        shape = "falls with the calibration size"
+    else:
+        shape = "is not monotonic in the calibration size"
+    return (f"{shape}: {100 * first[key]:.2f}% at {first['images']} images, "
+            f"{100 * last[key]:.2f}% at {last['images']} ({pp:+.2f} pp), spread "
+            f"{spread:.2f} pp ({_images(spread, num_samples)} test images)")
+
+
+def ptq_study(records: list[dict], info: dict | None = None,
+              training: dict | None = None) -> dict:
+    """The lab's questions for one (dataset, model): {"sentences": [...], "points": the
+    calibration study, "dataset", "model"}. `records`: that model's variant records (with
+    add_comparisons' fields); `info`: its dataset's info.json; `training`: train.json."""
+    by = {r["variant"]: r for r in records}
+    sentences: list[str] = []
+    first = records[0]
+    n = int(first["num_samples"])
+    train_size = ((info or {}).get("sizes") or {}).get("train")
+    native, fp32 = by.get("keras-float"), by.get("tflite-fp32")
+    if native and fp32:
+        pp = 100.0 * (fp32["accuracy"] - native["accuracy"])
+        speed = native["ms_per_image_b1"] / fp32["ms_per_image_b1"]
+        sentences.append(
+            f"tflite-fp32 against the native Keras model: top-1 {100 * fp32['accuracy']:.2f}% "
+            f"vs {100 * native['accuracy']:.2f}%, {compare(pp, n)}; G-mean "
+            f"{100 * fp32['g_mean']:.2f}% vs {100 * native['g_mean']:.2f}%. At batch 1 LiteRT "
+            f"takes {fp32['ms_per_image_b1']:.3f} ms per image, Keras "
+            f"{native['ms_per_image_b1']:.3f} ms ({speed:.1f}x "
+            f"{'faster' if speed >= 1 else 'slower'} in LiteRT)."
+        )
+    int8 = [r for r in records if r["variant"] == "tflite-int8"
+            or CALIBRATED.fullmatch(r["variant"]) or ONE_CLASS.fullmatch(r["variant"])]
+    if fp32 and int8:
+        best = max(int8, key=lambda r: (r["accuracy"], r["g_mean"]))
+        pp = 100.0 * (best["accuracy"] - fp32["accuracy"])
+        ratio = best["size_bytes"] / fp32["size_bytes"]
+        speed = fp32["ms_per_image_b1"] / best["ms_per_image_b1"]
+        sentences.append(
+            f"The most accurate int8 model, {best['variant']}, against tflite-fp32: top-1 "
+            f"{100 * best['accuracy']:.2f}% vs {100 * fp32['accuracy']:.2f}%, "
+            f"{compare(pp, n)}; {ratio:.2f} of its size; {speed:.1f}x "
+            f"{'faster' if speed >= 1 else 'slower'} at batch 1."
+        )
+    points = calibration_points(records, train_size)
+    if len(points) >= 2:
+        sentences.append(
+            f"int8 quality against calibration size ({len(points)} sizes, "
+            f"{points[0]['images']} to {points[-1]['images']} training images): top-1 "
+            f"{_trend(points, 'accuracy', n)}; G-mean {_trend(points, 'g_mean', n)}."
+        )
+    names = (info or {}).get("class_names") or []
+    base = by.get("tflite-int8")
+    for r in records:
+        match = ONE_CLASS.fullmatch(r["variant"])
+        if not match:
+            continue
+        k = int(match.group(1))
+        name = f" ({names[k]})" if k < len(names) else ""
+        parts = []
+        if base:
+            parts.append(f"{compare(100 * (r['accuracy'] - base['accuracy']), n)} against "
+                         f"tflite-int8 ({100 * base['accuracy']:.2f}%, calibrated on every "
+                         "class)")
+        if points:
+            low = min(p["accuracy"] for p in points)
+            high = max(p["accuracy"] for p in points)
+            where = ("inside" if low <= r["accuracy"] <= high else
+                     "above" if r["accuracy"] > high else "below")
+            parts.append(f"{where} the calibration-size study's range "
+                         f"{100 * low:.2f}-{100 * high:.2f}%")
+        sentences.append(
+            f"Calibrated on class {k}{name} only, int8 reaches {100 * r['accuracy']:.2f}% "
+            f"top-1 (G-mean {100 * r['g_mean']:.2f}%): {'; '.join(parts) or 'nothing to compare'}."
+        )
+    params = (training or {}).get("params")
+    if fp32 and base:
+        ratio = base["size_bytes"] / fp32["size_bytes"]
+        lead = f"The float model has {params:,} parameters; " if params else ""
+        sentences.append(
+            f"{lead}fp32 TFLite {fp32['size_bytes'] / 1024:.1f} KiB, int8 "
+            f"{base['size_bytes'] / 1024:.1f} KiB: {1 / ratio:.1f}x smaller (a "
+            f"{100 * (1 - ratio):.0f}% size reduction)."
+        )
+    return {"dataset": first["dataset"], "model": first["model"], "sentences": sentences,
+            "points": points}
+
+
+def plot_calibration(studies: list[dict], path: str | Path) -> None:
+    """Top-1 and G-mean of the calibration-size study against the number of calibration
+    images (log scale), one line pair per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for study in studies:
+        points = study["points"]
+        if not points:
+            continue
+        x = [p["images"] for p in points]
+        label = f"{study['dataset']} / {study['model']}"
+        ax.plot(x, [100 * p["accuracy"] for p in points], "o-", label=f"{label}: top-1")
+        ax.plot(x, [100 * p["g_mean"] for p in points], "s--", label=f"{label}: G-mean")
+        drawn = True
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_xlabel("calibration images (log scale)")
+        ax.set_ylabel("%")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no calibration-size study in this run", ha="center", va="center")
+        ax.set_axis_off()
+    ax.set_title("int8 post-training quantization: quality against calibration size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
