@@ -181,3 +181,53 @@ def plot_calibration(studies: list[dict], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# the int8 models the per-layer plot draws (the calibration studies only in the table)
+PLOTTED = re.compile(r"tflite-int8|fat-.+|adjq-[a-z0-9]+-int8")
+
+
+def diagnosis_rows(diagnoses: list[dict], worst: int = 3) -> list[dict]:
+    """One row per diagnosed variant: its output SNR and its `worst` layers (those that
+    add the most error) with op type, scale, SNR and added noise."""
+    rows = []
+    for d in diagnoses:
+        layers = [d["layers"][i] for i in d["worst"][:worst]]
+        rows.append({"dataset": d.get("dataset"), "model": d.get("model"),
+                     "variant": d["variant"], "output_snr_db": d["output_snr_db"],
+                     "images": d["images"], "worst": layers})
+    return rows
+
+
+def plot_diagnosis(diagnoses: list[dict], path: str | Path) -> None:
+    """SNR of every op's output against the fp32 model, in network order, one line per
+    int8 model (PTQ, FAT and adjustable exports side by side), one panel per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple, list] = {}
+    for d in diagnoses:
+        if PLOTTED.fullmatch(d["variant"]):
+            groups.setdefault((d.get("dataset"), d.get("model")), []).append(d)
+    fig, axes = plt.subplots(max(1, len(groups)), 1, figsize=(9, 3.8 * max(1, len(groups))),
+                             squeeze=False)
+    if not groups:
+        axes[0][0].text(0.5, 0.5, "no int8 model diagnosed in this run", ha="center")
+        axes[0][0].set_axis_off()
+    for ax, ((dataset, model), items) in zip(axes[:, 0], groups.items()):
+        for d in items:
+            x = [row["index"] for row in d["layers"]]
+            ax.plot(x, [row["snr_db"] for row in d["layers"]], marker="o", markersize=3,
+                    label=d["variant"])
+        labels = [f"{row['layer'][-18:]} ({row['op'][:4]})" for row in items[0]["layers"]]
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=75, fontsize=6)
+        ax.set_ylabel("SNR vs fp32 (dB)")
+        ax.set_title(f"{dataset} / {model}: per-layer SNR of the int8 models", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -13,7 +13,6 @@ from quantflow.codedeps import code_digest as _code_digest
 from quantflow.schemes import parse_scheme, tflite_exportable
 from quantflow.tflite import parse_format
 
-
 # mappings a --configfile replaces instead of merging into (Snakemake merges key by key)
 REPLACED_SECTIONS = (("models",), ("adjustable", "targets"))
 
@@ -119,6 +118,18 @@ CALIBRATION_VARIANTS = (
     + [f"tflite-int8-cal{p}pct" for p in TFLITE["calibration_percents"]]
     + [f"tflite-int8-class{k}" for k in TFLITE["calibration_classes"]]
 )
+DIAGNOSIS = config["diagnosis"]
+
+
+def int8_variant(variant):
+    """A fully int8 TFLite variant: the converter's int8 models, FAT and adjustable exports."""
+    return bool(
+        re.fullmatch(r"tflite-int8(-cal[0-9]+(pct)?|-class[0-9]+)?", variant)
+        or (re.fullmatch(r"fat-(.+)", variant) and not variant.endswith("-sim"))
+        or re.fullmatch(r"adjq-[a-z0-9]+-int8", variant)
+    )
+
+
 VARIANTS = (
     config["variants"]
     + CALIBRATION_VARIANTS
@@ -204,9 +215,7 @@ def variant_extras(wildcards):
         return {}
     target, int8 = adjustable.groups()
     name = "score_int8.json" if int8 else "score.json"
-    return {
-        "score": f"results/{wildcards.dataset}/{wildcards.model}/adjustable/{target}/{name}"
-    }
+    return {"score": f"results/{wildcards.dataset}/{wildcards.model}/adjustable/{target}/{name}"}
 
 
 def model_spec(wildcards):
@@ -310,3 +319,15 @@ def adjustable_fat_init(wildcards):
     return {
         "fat_thresholds": f"results/{wildcards.dataset}/{wildcards.model}/fat/{scheme}/thresholds.pickle"
     }
+
+
+def all_diagnoses():
+    """diagnosis.json of every int8 variant of every model (none when switched off)."""
+    if not DIAGNOSIS["images"]:
+        return []
+    return expand(
+        "results/{dataset}/{model}/eval/{variant}/diagnosis.json",
+        dataset=DATASET,
+        model=MODELS,
+        variant=[v for v in VARIANTS if int8_variant(v)],
+    )

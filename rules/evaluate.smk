@@ -81,3 +81,30 @@ rule micronet_counts:
         code=code_digest("micronet_counts"),
     script:
         "../scripts/micronet_counts.py"
+
+
+rule diagnose:
+    """Per-layer diagnosis of an int8 variant: every op's output against the fp32 TFLite
+    model's on held-out images (SNR, error in quantization steps, cosine, the error each
+    op adds), in network order."""
+    input:
+        reference="results/{dataset}/{model}/tflite/fp32.tflite",
+        model=variant_model,
+        val=split_file("val"),
+        info="data/{dataset}/splits/info.json",
+    output:
+        diagnosis="results/{dataset}/{model}/eval/{variant}/diagnosis.json",
+    log:
+        "logs/diagnose/{dataset}/{model}/{variant}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        images=DIAGNOSIS["images"],
+        seed=config["seed"],
+        code=code_digest("diagnose"),
+    script:
+        "../scripts/diagnose.py"

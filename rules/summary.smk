@@ -9,6 +9,7 @@ rule summary:
         fat_history=all_fat("history.csv"),
         fat_thresholds=all_fat("thresholds.pickle"),
         fat_checks=all_fat("tflite.json"),
+        diagnoses=all_diagnoses(),
         counts=expand("results/{dataset}/{model}/micronet.json", dataset=DATASET, model=MODELS),
         adjustable=all_adjustable("adjustable.json"),
         adjustable_bits=all_adjustable("quant_info.json"),
@@ -36,6 +37,11 @@ rule summary:
             "results/fat_alphas.png",
             caption="../reports/fat_alphas.rst",
             category="FAT",
+        ),
+        diagnosis_plot=report(
+            "results/int8_diagnosis.png",
+            caption="../reports/diagnosis.rst",
+            category="Post-training quantization",
         ),
         calibration_plot=report(
             "results/int8_calibration.png",

@@ -12,7 +12,7 @@ from quantflow import report
 from quantflow.data import read_info
 from quantflow.logs import run_logged
 from quantflow.runtime import package_versions
-from quantflow.ptqreport import plot_calibration, ptq_study
+from quantflow.ptqreport import diagnosis_rows, plot_calibration, plot_diagnosis, ptq_study
 from quantflow.variants import add_scores
 
 
@@ -39,6 +39,16 @@ def main(inp, out, config):
             "ptq": ptq_study(rows, info, training.get(key)),
         })
     plot_calibration([g["ptq"] for g in groups], out.calibration_plot)
+    diagnoses = []
+    for path in inp.diagnoses:  # results/<dataset>/<model>/eval/<variant>/diagnosis.json
+        dataset, model = Path(path).parts[1:3]
+        diagnoses.append({**json.loads(Path(path).read_text()), "dataset": dataset,
+                          "model": model})
+    plot_diagnosis(diagnoses, out.diagnosis_plot)
+    rows = diagnosis_rows(diagnoses, config["diagnosis"]["worst"])
+    for group in groups:
+        group["diagnosis"] = [r for r in rows
+                              if (r["dataset"], r["model"]) == (group["dataset"], group["model"])]
     errors = []
     for path in inp.errors:
         dataset, model = Path(path).parts[1:3]
@@ -55,6 +65,7 @@ def main(inp, out, config):
         fat_alphas_plot=Path(out.fat_alphas_plot).name,
         adjustable=adjustable, pareto_plot=Path(out.pareto_plot).name,
         calibration_plot=Path(out.calibration_plot).name,
+        diagnosis_plot=Path(out.diagnosis_plot).name,
         adjustable_weight_bits_plot=Path(out.adjustable_weight_bits_plot).name,
         adjustable_activation_bits_plot=Path(out.adjustable_activation_bits_plot).name,
         threads=records[0]["latency_threads"], latency_images=records[0]["latency_images"],

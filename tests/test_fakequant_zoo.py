@@ -230,3 +230,18 @@ def test_int8_tflite_agrees_with_fake_quant(case, data, request, tmp_path):
     assert fit["mean_abs_logit_difference_steps"] <= MAX_MEAN_STEPS
     # the fake-quant model is a faithful int8 version of a model that learnt the task
     assert (fake.argmax(1) == labels).mean() >= 0.9
+
+    # the per-layer diagnosis pairs every op of the fp32 model with the same op of the
+    # FAT export and of the converter's int8 PTQ model (nested and residual models too)
+    from quantflow.diagnosis import diagnose
+
+    fp32 = tmp_path / "fp32.tflite"
+    fp32.write_bytes(convert(model, "fp32"))
+    ptq = tmp_path / "ptq.tflite"
+    ptq.write_bytes(convert(model, "int8", data["train"][:32]))
+    for target, extra in ((path, {"MUL", "ADD"}), (ptq, set())):
+        report = diagnose(fp32, target, test[:16])
+        assert report["ops"] > 0 and {op["op"] for op in report["unmatched_ops"]} <= extra
+        assert all(row["cosine"] > 0.9 for row in report["layers"]), [
+            (row["layer"], row["op"], row["cosine"]) for row in report["layers"]]
+        assert report["output_snr_db"] > 10
