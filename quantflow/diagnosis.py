@@ -21,11 +21,15 @@ zero point), over every element of every image:
     SNR (dB)       10 log10(sum r^2 / sum (r - q)^2)          (capped at MAX_SNR_DB)
     RMSE (steps)   sqrt(mean (r - q)^2) / scale               (the error in int8 steps)
     cosine         r . q / (|r| |q|)
-    added noise    noise/signal of the output - that of the op's noisiest activation
-                   input (also in dB): the relative error the op itself adds (its own
-                   rounding and clipping), which ranks a damaged layer first where SNR
-                   alone also blames every layer after it. Negative: the op averages
-                   or clips error away (pooling, ReLU).
+    channel SNR    -10 log10 of the mean over channels of each channel's noise/signal:
+                   a small channel counts as much as a large one (a per-tensor range
+                   set by one large channel leaves the others a few levels: the tensor's
+                   SNR hides it, the channel SNR does not)
+    added noise    the channel noise/signal of the output - that of the op's noisiest
+                   activation input (also in dB): the relative error the op itself adds
+                   (its own rounding and clipping), which ranks a damaged layer first
+                   where SNR alone also blames every layer after it. Negative: the op
+                   averages or clips error away (pooling, ReLU).
 """
 
 from __future__ import annotations
@@ -108,6 +112,19 @@ def noise_ratio(reference: np.ndarray, value: np.ndarray) -> float:
     return noise / signal if signal > 0 else (0.0 if noise == 0 else float("inf"))
 
 
+def channel_noise_ratio(reference: np.ndarray, value: np.ndarray) -> float:
+    """The mean over channels (last axis) of each channel's noise / signal: a channel
+    whose values are small next to another's counts as much as that one (per-tensor
+    int8 ranges fail exactly there); channels whose reference is all zero are left out
+    (a dead channel has no signal to lose)."""
+    r = reference.reshape(-1, reference.shape[-1])
+    q = value.reshape(-1, value.shape[-1])
+    signal = np.sum(r**2, axis=0)
+    noise = np.sum((r - q) ** 2, axis=0)
+    live = signal > 0
+    return float(np.mean(noise[live] / signal[live])) if live.any() else 0.0
+
+
 def _db(ratio: float | None) -> float | None:
     """A positive ratio in dB; None for none or for an op that removes error."""
     if ratio is None or ratio <= 0:
@@ -176,7 +193,7 @@ def diagnose(reference_path: str | Path, target_path: str | Path, images: np.nda
     partner = {id(t): r for r, t in pairs}
     x_ref, _, _ = _value(ref, ref_details, ref_input)
     x_tgt, _, _ = _value(tgt, tgt_details, tgt_input)
-    nsr_of[tgt_input] = noise_ratio(x_ref, x_tgt)
+    nsr_of[tgt_input] = channel_noise_ratio(x_ref, x_tgt)
     for tgt_op in tgt_ops:
         inputs = [nsr_of[t] for t in tgt_op["inputs"] if t in nsr_of]
         if id(tgt_op) not in partner:  # no fp32 counterpart: its output inherits the error
@@ -193,7 +210,7 @@ def diagnose(reference_path: str | Path, target_path: str | Path, images: np.nda
                 f"the fp32 model's {r.shape}: not the same network"
             )
         snr = snr_db(r, q)
-        nsr_of[t_out] = noise_ratio(r, q)
+        nsr_of[t_out] = channel_noise_ratio(r, q)
         added = nsr_of[t_out] - max(inputs) if inputs else None
         name = tgt_details[t_out]["name"]
         error = np.sqrt(np.mean((r - q) ** 2))
@@ -205,6 +222,7 @@ def diagnose(reference_path: str | Path, target_path: str | Path, images: np.nda
             "scale": scale,
             "zero_point": zero,
             "snr_db": snr,
+            "channel_snr_db": -_db(nsr_of[t_out]) if nsr_of[t_out] > 0 else MAX_SNR_DB,
             "added_noise": added,
             "added_noise_db": _db(added),
             "rmse_steps": float(error / scale) if scale else None,

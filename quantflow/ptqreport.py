@@ -136,6 +136,22 @@ def ptq_study(records: list[dict], info: dict | None = None,
             f"Calibrated on class {k}{name} only, int8 reaches {100 * r['accuracy']:.2f}% "
             f"top-1 (G-mean {100 * r['g_mean']:.2f}%): {'; '.join(parts) or 'nothing to compare'}."
         )
+    fallback = sorted(
+        (int(m.group(1)), r) for r in records
+        if (m := re.fullmatch(r"tflite-int8-float([0-9]+)", r["variant"])))
+    if base and fallback:
+        parts = []
+        for k, r in fallback:
+            parts.append(
+                f"{k} layer{'s' if k != 1 else ''}: {100 * r['accuracy']:.2f}%, "
+                f"{compare(100 * (r['accuracy'] - base['accuracy']), n)}, "
+                f"{r['size_bytes'] / base['size_bytes']:.2f}x the size, "
+                f"{r['ms_per_image_b1'] / base['ms_per_image_b1']:.2f}x the time per image"
+            )
+        sentences.append(
+            "Leaving the layers the per-layer diagnosis of tflite-int8 finds worst in float "
+            f"(against tflite-int8, {100 * base['accuracy']:.2f}%): " + "; ".join(parts) + "."
+        )
     params = (training or {}).get("params")
     if fp32 and base:
         ratio = base["size_bytes"] / fp32["size_bytes"]

@@ -151,6 +151,45 @@ def _convert(tf, model, base: str, calibration: np.ndarray | None, io: str) -> b
     return converter.convert()
 
 
+def convert_with_float_layers(model, calibration: np.ndarray, float_tensors: list[str]) -> bytes:
+    """Full-integer post-training quantization of `model` as `convert(..., "int8")` does
+    it, but the ops whose output tensors are named in `float_tensors` (names of the int8
+    model's tensors, e.g. a diagnosis' worst layers) stay in float, with QUANTIZE /
+    DEQUANTIZE around them: TFLite's QuantizationDebugger (selective quantization by
+    denylisted nodes). Its input and output are float32."""
+    import tensorflow as tf
+
+    samples = np.asarray(calibration, dtype=np.float32)
+    if len(samples) == 0:
+        raise QuantflowError("selective int8 conversion needs calibration images")
+
+    def representative_dataset():
+        for i in range(len(samples)):
+            yield [samples[i : i + 1]]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_tensors))
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative_dataset, debug_options=options
+    )
+    return debugger.get_nondebug_quantized_model()
+
+
+def float_ops(tflite_model: bytes | str) -> list[str]:
+    """The ops of a TFLite model that compute in float (not the I/O conversions)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    kwargs = ({"model_path": str(tflite_model)} if isinstance(tflite_model, (str, Path))
+              else {"model_content": tflite_model})
+    interp = Interpreter(**kwargs)
+    details = {d["index"]: d for d in interp.get_tensor_details()}
+    return [op["op_name"] for op in interp._get_ops_details()
+            if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "DELEGATE")
+            and np.dtype(details[op["outputs"][0]]["dtype"]).kind == "f"]
+
+
 def save(flatbuffer: bytes, path: str | Path) -> dict:
     """Write a TFLite flatbuffer atomically (quantflow.atomic.write_atomic: a uniquely
     named temporary file, fsynced, renamed over `path`), log its size, input/output types

@@ -118,6 +118,15 @@ CALIBRATION_VARIANTS = (
     + [f"tflite-int8-cal{p}pct" for p in TFLITE["calibration_percents"]]
     + [f"tflite-int8-class{k}" for k in TFLITE["calibration_classes"]]
 )
+# int8 with the k layers tflite-int8's diagnosis finds worst left in float
+if TFLITE["float_fallback"] and not config["diagnosis"]["images"]:
+    print(
+        "quantflow: config: tflite.float_fallback needs the per-layer diagnosis "
+        "(diagnosis.images > 0) to choose its layers",
+        file=sys.stderr,
+    )
+    sys.exit(1)
+FALLBACK_VARIANTS = [f"tflite-int8-float{k}" for k in TFLITE["float_fallback"]]
 DIAGNOSIS = config["diagnosis"]
 
 
@@ -133,6 +142,7 @@ def int8_variant(variant):
 VARIANTS = (
     config["variants"]
     + CALIBRATION_VARIANTS
+    + FALLBACK_VARIANTS
     + WEIGHTQUANT_VARIANTS
     + FAT_VARIANTS
     + ADJUSTABLE_VARIANTS
@@ -147,6 +157,7 @@ wildcard_constraints:
     variant=r"[a-z0-9.-]+",
     fmt=r"(fp32|fp16|dynamic|int16x8|int8)(-cal[0-9]+(pct)?|-class[0-9]+)?",
     aeq=r"int4-weights|dynamic-int4",
+    k=r"[0-9]+",
     algorithm=r"bin|fixed",
     bits=r"[0-9]+",
     scheme=r"w[0-9]+a[0-9]+-(sym|asym)-(pc|pt)",

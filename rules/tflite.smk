@@ -44,3 +44,29 @@ rule tflite_aeq:
         code=code_digest("tflite_aeq"),
     script:
         "../scripts/tflite_aeq.py"
+
+
+rule tflite_float_fallback:
+    """int8 post-training quantization with the k layers that tflite-int8's per-layer
+    diagnosis finds worst left in float (the converter's selective quantization)."""
+    input:
+        model="results/{dataset}/{model}/float/model.keras",
+        train=split_file("train"),
+        info="data/{dataset}/splits/info.json",
+        diagnosis="results/{dataset}/{model}/eval/tflite-int8/diagnosis.json",
+    output:
+        tflite="results/{dataset}/{model}/tflite/int8-float{k}.tflite",
+    log:
+        "logs/tflite_float_fallback/{dataset}/{model}/{k}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        calibration_images=TFLITE["calibration_images"],
+        seed=config["seed"],
+        code=code_digest("tflite_float_fallback"),
+    script:
+        "../scripts/tflite_float_fallback.py"

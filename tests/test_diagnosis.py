@@ -78,3 +78,53 @@ def test_a_different_network_is_refused(models, tmp_path):
     path.write_bytes(tflite.convert(other, "int8", models["images"][:8]))
     with pytest.raises(QuantflowError, match="no counterpart"):
         diagnosis.diagnose(models["fp32"], path, models["images"][:8])
+
+
+def test_float_fallback_of_the_worst_layer_beats_full_int8(tmp_path):
+    """PTQ of a network with an outlier channel: conv2's channel 0 is 100 times larger
+    (conv3 divides it back: the float function is unchanged), so the converter's
+    per-tensor int8 range of conv2's output leaves its other channels a few levels. The
+    diagnosis of the int8 model names conv2 first, then conv3 (which reads the damaged
+    tensor). Leaving conv2 alone in float does not help: its output is quantized for
+    conv3 all the same; leaving the two worst in float keeps that tensor float and
+    recovers the float model's outputs far better than full int8."""
+    keras = pytest.importorskip("keras")
+    from keras import layers
+
+    from quantflow import tflite
+    from quantflow.evaluate import TFLiteRunner
+
+    keras.utils.set_random_seed(7)
+    x = keras.Input((12, 12, 3), name="image")
+    y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(x)
+    y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(y)
+    y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv3")(y)
+    y = layers.GlobalAveragePooling2D(name="gap")(y)
+    model = keras.Model(x, layers.Dense(4, name="logits")(y))
+    images = np.random.default_rng(8).uniform(0, 1, size=(96, 12, 12, 3)).astype(np.float32)
+    before = np.asarray(model(images))
+    conv2, conv3 = model.get_layer("conv2"), model.get_layer("conv3")
+    k2, b2 = conv2.get_weights()
+    k2[..., 0] *= 100.0
+    b2[0] *= 100.0
+    conv2.set_weights([k2, b2])
+    k3, b3 = conv3.get_weights()
+    k3[:, :, 0, :] /= 100.0
+    conv3.set_weights([k3, b3])
+    reference = np.asarray(model(images))
+    np.testing.assert_allclose(reference, before, rtol=1e-4, atol=1e-4)
+
+    fp32, int8, mixed = (tmp_path / f"{n}.tflite" for n in ("fp32", "int8", "mixed"))
+    fp32.write_bytes(tflite.convert(model, "fp32"))
+    int8.write_bytes(tflite.convert(model, "int8", images[:32]))
+    report = diagnosis.diagnose(fp32, int8, images[:32])
+    assert report["worst"][:2] == [1, 2] and "conv2" in report["layers"][1]["layer"]
+    worst = [report["layers"][i]["tensor"] for i in report["worst"][:2]]
+    mixed.write_bytes(tflite.convert_with_float_layers(model, images[:32], worst))
+    assert tflite.float_ops(str(mixed)) == ["CONV_2D", "CONV_2D"]  # conv2, conv3
+
+    def snr(path):
+        runner = TFLiteRunner(path)
+        return diagnosis.snr_db(reference, runner.scores(runner.run(runner.prepare(images))))
+
+    assert snr(mixed) > snr(int8) + 6

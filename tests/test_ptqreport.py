@@ -59,6 +59,15 @@ def test_sentences_follow_the_numbers():
     assert "falls with the calibration size" in falling
 
 
+def test_float_fallback_sentence():
+    rows = records() + [record("tflite-int8-float1", 0.9095, size=1100, ms=0.06),
+                        record("tflite-int8-float2", 0.9150, size=1500, ms=0.10)]
+    text = "\n".join(ptq_study(rows, INFO)["sentences"])
+    assert ("1 layer: 90.95%, a tie (+0.05 pp, 5 test images), 1.10x the size, 1.20x the time"
+            in text)
+    assert "2 layers: 91.50%, higher by 0.60 pp (60 test images), 1.50x the size" in text
+
+
 def test_calibration_plot(tmp_path):
     image = pytest.importorskip("matplotlib.image")
     path = tmp_path / "cal.png"

@@ -30,7 +30,9 @@ MICRO = {
     "models": {"micro": {"arch": "tiny_mobilenet", "width": 0.25, "head": 32}},
     "train": {"batch_size": 100, "threads": 2,
               "stages": [{"epochs": 1, "learning_rate": 0.004, "warmup_steps": 2}]},
-    "tflite": {"calibration_images": 20, "calibration_sizes": [], "calibration_classes": []},
+    "tflite": {"calibration_images": 20, "calibration_sizes": [], "calibration_classes": [],
+               "float_fallback": []},
+    "diagnosis": {"images": 0},
     "evaluate": {"batch_size": 50, "latency_images": 5, "latency_batches": 1, "threads": 1},
     # kept: a temporary checkpoint would be made again whenever its evaluation reruns
     "weightquant": {"algorithms": ["bin"], "bits": [8], "keep_checkpoints": True},

@@ -19,7 +19,8 @@ TINY = {
               "stages": [{"epochs": 2, "learning_rate": 0.004, "warmup_steps": 20}]},
     # the calibration studies: 10 and 100 images, class 3 only
     "tflite": {"calibration_images": 100, "calibration_sizes": [10, 100],
-               "calibration_classes": [3]},
+               "calibration_classes": [3], "float_fallback": [1]},
+    "diagnosis": {"images": 50, "worst": 2},
     "evaluate": {"batch_size": 100, "latency_images": 50, "threads": 1},
     "weightquant": {"algorithms": ["bin", "fixed"], "bits": [2, 8]},
     # an int8-exportable scheme (TFLite + simulation) and a simulation-only one
@@ -59,7 +60,7 @@ def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
     assert [r["variant"] for r in records] == [
         "keras-float", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8",
         "tflite-int16x8", "tflite-int4-weights", "tflite-dynamic-int4", "tflite-int8-cal10",
-        "tflite-int8-cal100", "tflite-int8-class3",
+        "tflite-int8-cal100", "tflite-int8-class3", "tflite-int8-float1",
         "bin-2", "bin-8", "fixed-2", "fixed-8", *FAT_VARIANTS, *ADJUSTABLE_VARIANTS]
     by = {r["variant"]: r for r in records}
     for r in records:
@@ -304,3 +305,27 @@ def test_post_training_quantization_variants(tiny_run):
     assert re.search(r"images per class: \[0, 0, 0, 100(, 0)*\]", one_class), one_class
     md = (work / "results/summary.md").read_text()
     assert "| tflite-int8-class3 | int8 |" in md  # the I/O table
+
+
+def test_per_layer_diagnosis_and_float_fallback(tiny_run):
+    work, _ = tiny_run
+    base = work / "results/fashion_mnist/tiny"
+    diagnosed = sorted(p.parent.name for p in base.glob("eval/*/diagnosis.json"))
+    assert diagnosed == sorted(["tflite-int8", "tflite-int8-cal10", "tflite-int8-cal100",
+                                "tflite-int8-class3", "fat-w8a8-sym-pc", "adjq-t1-int8"])
+    report = json.loads((base / "eval/tflite-int8/diagnosis.json").read_text())
+    assert report["images"] == 50 and report["ops"] == len(report["layers"]) >= 10
+    assert [row["op"] for row in report["layers"]][-1] == "FULLY_CONNECTED"
+    assert all(row["cosine"] > 0.9 and row["scale"] > 0 for row in report["layers"])
+    # the fallback model: the worst layer of that diagnosis runs in float
+    from quantflow.tflite import float_ops
+
+    worst = report["layers"][report["worst"][0]]
+    assert float_ops(str(base / "tflite/int8-float1.tflite")) == [worst["op"]]
+    log = (work / "logs/tflite_float_fallback/fashion_mnist/tiny/1.log").read_text()
+    assert worst["layer"] in log
+    md = (work / "results/summary.md").read_text()
+    assert "### Per-layer diagnosis of the int8 models" in md and "](int8_diagnosis.png)" in md
+    assert "Leaving the layers the per-layer diagnosis of tflite-int8 finds worst" in md
+    assert "### Post-training quantization: the TFLite lab's questions" in md
+    assert (work / "results/int8_calibration.png").read_bytes()[:4] == b"\x89PNG"

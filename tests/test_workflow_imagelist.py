@@ -44,7 +44,9 @@ def imagelist_run(tmp_path_factory):
         "models": {"mnv2": {"arch": "mobilenet_v2", "alpha": 0.35, "weights": "none"}},
         "train": {"batch_size": 16, "stages": [
             {"trainable": "all", "epochs": 3, "learning_rate": 0.003}]},
-        "tflite": {"calibration_images": 32, "calibration_sizes": [], "calibration_classes": []},
+        "tflite": {"calibration_images": 32, "calibration_sizes": [], "calibration_classes": [],
+                   "float_fallback": []},
+        "diagnosis": {"images": 16},  # MobileNetV2's residual graph, PTQ and FAT
         "variants": ["keras-float", "tflite-fp32", "tflite-int8"],
         "adjustable": {"targets": None},
         "evaluate": {"batch_size": 20, "latency_images": 10, "threads": 1},

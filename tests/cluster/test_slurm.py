@@ -26,7 +26,9 @@ CONFIG["train"]["threads"] = 2  # the same threads in both runs: same arithmetic
 CONFIG["weightquant"] = {"algorithms": ["bin", "fixed"], "bits": [8]}
 CONFIG["fat"] = {"schemes": []}  # FAT, adjustable and the PTQ studies run in the local
 CONFIG["adjustable"] = {"targets": None}  # workflow tests
-CONFIG["tflite"] = {"calibration_images": 100, "calibration_sizes": [], "calibration_classes": []}
+CONFIG["tflite"] = {"calibration_images": 100, "calibration_sizes": [], "calibration_classes": [],
+                    "float_fallback": []}
+CONFIG["diagnosis"] = {"images": 0}
 CONFIG["variants"] = ["keras-float", "tflite-fp32", "tflite-int8"]
 VARIANTS = ["keras-float", "tflite-fp32", "tflite-int8", "bin-8", "fixed-8"]
 # The jobs snakemake submits (`all` has nothing to run and stays local).
