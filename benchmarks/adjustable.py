@@ -25,8 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.fat import DEFAULT_MODEL, MOBILENET, run  # noqa: E402
-from benchmarks.pipeline import rule_benchmarks, write_result  # noqa: E402
+from benchmarks.fat import DEFAULT_MODEL, MOBILENET, run, run_details  # noqa: E402
+from benchmarks.pipeline import write_result  # noqa: E402
 
 TARGETS = {
     "score_max": 0.25,  # a target reaching score <= 0.25 (fp32 = 2.0) ...
@@ -166,9 +166,7 @@ def main() -> int:
         figures[model] = model_figures(by, base)
         figures[model]["against_uniform_fat"] = comparisons(figures[model])
         met[model] = targets_met(figures[model]) if model == DEFAULT_MODEL else {}
-        details[model] = {"wall_seconds": round(wall, 1), "config": config,
-                          "command": " ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
-                          "rules": rule_benchmarks(work / model / "results")}
+        details[model] = run_details(work / model, wall, cmd, config)
     write_result(
         out_path,
         "adjustable mixed precision vs uniform FAT, int8 PTQ and fp32 TFLite on the MicroNet "

@@ -104,6 +104,13 @@ def run(config: dict, work: Path, cores: str) -> tuple[list[dict], float, list[s
     return json.loads((work / "results/summary.json").read_text()), wall, cmd
 
 
+def run_details(work: Path, wall: float, cmd: list[str], config: dict) -> dict:
+    """What a benchmark records of one `run`: wall time, config, command, rule times."""
+    return {"wall_seconds": round(wall, 1), "config": config,
+            "command": " ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
+            "rules": rule_benchmarks(work / "results")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="2")
@@ -133,9 +140,7 @@ def main() -> int:
         figures[model] = model_figures(by, work / model / "results" / config["dataset"]["name"]
                                        / model / "fat")
         met[model] = targets_met(figures[model]) if model == DEFAULT_MODEL else {}
-        details[model] = {"wall_seconds": round(wall, 1), "config": config,
-                          "command": " ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
-                          "rules": rule_benchmarks(work / model / "results")}
+        details[model] = run_details(work / model, wall, cmd, config)
     write_result(
         out_path,
         "FAT vs int8 PTQ vs fp32 TFLite, side by side per run: the default config "

@@ -19,6 +19,12 @@ CALIBRATED = re.compile(r"tflite-int8-cal([0-9]+)(pct)?")
 ONE_CLASS = re.compile(r"tflite-int8-class([0-9]+)")
 
 
+def faster(reference_ms: float, ms: float) -> str:
+    """'2.3x faster' / '1.4x slower' (reference time / time, or its inverse)."""
+    ratio = reference_ms / ms
+    return f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
+
+
 def _images(pp: float, num_samples: int) -> int:
     return int(round(abs(pp) * num_samples / 100.0))
 
@@ -83,14 +89,13 @@ def ptq_study(records: list[dict], info: dict | None = None,
     native, fp32 = by.get("keras-float"), by.get("tflite-fp32")
     if native and fp32:
         pp = 100.0 * (fp32["accuracy"] - native["accuracy"])
-        speed = native["ms_per_image_b1"] / fp32["ms_per_image_b1"]
         sentences.append(
             f"tflite-fp32 against the native Keras model: top-1 {100 * fp32['accuracy']:.2f}% "
             f"vs {100 * native['accuracy']:.2f}%, {compare(pp, n)}; G-mean "
             f"{100 * fp32['g_mean']:.2f}% vs {100 * native['g_mean']:.2f}%. At batch 1 LiteRT "
             f"takes {fp32['ms_per_image_b1']:.3f} ms per image, Keras "
-            f"{native['ms_per_image_b1']:.3f} ms ({speed:.1f}x "
-            f"{'faster' if speed >= 1 else 'slower'} in LiteRT)."
+            f"{native['ms_per_image_b1']:.3f} ms ("
+            f"{faster(native['ms_per_image_b1'], fp32['ms_per_image_b1'])} in LiteRT)."
         )
     int8 = [r for r in records if r["variant"] == "tflite-int8"
             or CALIBRATED.fullmatch(r["variant"]) or ONE_CLASS.fullmatch(r["variant"])]
@@ -98,12 +103,11 @@ def ptq_study(records: list[dict], info: dict | None = None,
         best = max(int8, key=lambda r: (r["accuracy"], r["g_mean"]))
         pp = 100.0 * (best["accuracy"] - fp32["accuracy"])
         ratio = best["size_bytes"] / fp32["size_bytes"]
-        speed = fp32["ms_per_image_b1"] / best["ms_per_image_b1"]
         sentences.append(
             f"The most accurate int8 model, {best['variant']}, against tflite-fp32: top-1 "
             f"{100 * best['accuracy']:.2f}% vs {100 * fp32['accuracy']:.2f}%, "
-            f"{compare(pp, n)}; {ratio:.2f} of its size; {speed:.1f}x "
-            f"{'faster' if speed >= 1 else 'slower'} at batch 1."
+            f"{compare(pp, n)}; {ratio:.2f} of its size; "
+            f"{faster(fp32['ms_per_image_b1'], best['ms_per_image_b1'])} at batch 1."
         )
     points = calibration_points(records, train_size)
     if len(points) >= 2:
