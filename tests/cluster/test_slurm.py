@@ -34,7 +34,7 @@ VARIANTS = ["keras-float", "tflite-fp32", "tflite-int8", "bin-8", "fixed-8"]
 # The jobs snakemake submits (`all` has nothing to run and stays local).
 CLUSTER_JOBS = {"download": 1, "prepare": 1, "train": 1, "tflite": 2, "extract_weights": 1,
                 "weightquant": 2, "evaluate": len(VARIANTS), "latency": len(VARIANTS),
-                "summary": 1}
+                "micronet_counts": 1, "summary": 1}
 METRICS = ["accuracy", "top5", "precision", "sensitivity", "g_mean", "num_samples",
            "confusion_matrix", "per_class_recall", "per_class_precision", "size_bytes"]
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)\.")
