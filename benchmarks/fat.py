@@ -106,7 +106,7 @@ def run(config: dict, work: Path, cores: str) -> tuple[list[dict], float, list[s
 
 def run_details(work: Path, wall: float, cmd: list[str], config: dict) -> dict:
     """What a benchmark records of one `run`: wall time, config, command, rule times."""
-    return {"wall_seconds": round(wall, 1), "config": config,
+    return {"wall_seconds": None if wall is None else round(wall, 1), "config": config,
             "command": " ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
             "rules": rule_benchmarks(work / "results")}
 

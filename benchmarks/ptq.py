@@ -9,7 +9,7 @@ every variant and its Δ against tflite-fp32, the diagnosis' time and output SNR
 model, and the RMSE of each int8 model's logits against tflite-fp32's on the test set,
 in benchmarks/results/ptq.json.
 
-    .venv/bin/python benchmarks/ptq.py [--cores 2] [--keep DIR] [--only default|mobilenet]
+    .venv/bin/python benchmarks/ptq.py [--cores 2] [--keep DIR [--reuse]] [--only default|mobilenet]
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def logits_rmse(base: Path, variants: list[str], split_path: Path) -> dict:
     from quantflow import data
     from quantflow.evaluate import TFLiteRunner
 
-    split = data.Split(split_path)
+    info = data.read_info(Path(split_path).parent / "info.json")
+    split = data.Split(split_path, info["input_shape"][:2])
 
     def logits(path):
         runner = TFLiteRunner(path, 2)
@@ -87,6 +88,8 @@ def main() -> int:
     parser.add_argument("--keep", help="run in this directory and keep it")
     parser.add_argument("--only", choices=["default", "mobilenet"])
     parser.add_argument("--out", help="default: benchmarks/results/ptq.json")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: analyse the runs already there (no wall time)")
     args = parser.parse_args()
     out_path = Path(args.out or REPO / "benchmarks/results/ptq.json")
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="quantflow-ptq-"))
@@ -107,7 +110,12 @@ def main() -> int:
         previous = json.loads(out_path.read_text())
         figures, details = previous["figures"], previous["runs"]
     for model, config in runs.items():
-        records, wall, cmd = run(config, work / model, args.cores)
+        summary = work / model / "results/summary.json"
+        if args.reuse and summary.exists():
+            records, wall, cmd = json.loads(summary.read_text()), None, ["snakemake",
+                                                                          "--configfile", "-"]
+        else:
+            records, wall, cmd = run(config, work / model, args.cores)
         by = {r["variant"]: r for r in records if r["model"] == model}
         dataset_dir = work / model / "data" / config["dataset"]["name"]
         base = work / model / "results" / config["dataset"]["name"] / model
