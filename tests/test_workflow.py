@@ -21,6 +21,8 @@ TINY = {
     "tflite": {"calibration_images": 100, "calibration_sizes": [10, 100],
                "calibration_classes": [3], "float_fallback": [1]},
     "diagnosis": {"images": 50, "worst": 2},
+    "variants": ["keras-float", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8",
+                 "tflite-int16x8", "tflite-int4-weights", "tflite-dynamic-int4"],
     "evaluate": {"batch_size": 100, "latency_images": 50, "threads": 1},
     "weightquant": {"algorithms": ["bin", "fixed"], "bits": [2, 8]},
     # an int8-exportable scheme (TFLite + simulation) and a simulation-only one
