@@ -10,8 +10,9 @@ models), or from its fake-quant twin whose ops are the ones TFLite runs (FAT and
 adjustable exports), so after dropping QUANTIZE / DEQUANTIZE (the int8 model's I/O
 conversions) the two op sequences are the same op types in the same order, but for ops
 the fp32 conversion folds away (a Rescaling's MUL in front of a convolution, kept in a
-fake-quant export): ops are paired along the longest common sequence of op types
-(`align`), every fp32 op must find its partner of the same type and output shape, and
+fake-quant export; SUB there is an ADD of the negated constant here): ops are paired
+along the longest common sequence of op types (`align`), shape computations skipped,
+every fp32 op must find its partner of the same type and output shape, and
 `diagnose` refuses two models that differ otherwise rather than compare the wrong
 tensors. Nested and residual models flatten to one op sequence the same way in both.
 
@@ -42,6 +43,11 @@ from quantflow.errors import QuantflowError
 
 MAX_SNR_DB = 100.0
 IO_OPS = ("QUANTIZE", "DEQUANTIZE", "DELEGATE")
+# ops that may stand for one another across the two conversions: a subtraction of a
+# constant (Normalization's mean) is an ADD of its negative in a fake-quant export
+SAME_KIND = {"SUB": "ADD"}
+# integer tensors that are not quantized activations (shapes, indices): not compared
+INDEX_DTYPES = ("int32", "int64")
 
 
 def _interpreter(path: str | Path, batch: int, threads: int):
@@ -152,8 +158,8 @@ def align(ref_ops: list, tgt_ops: list, target_path, reference_path) -> tuple[li
     partner, or the two are not the same network."""
     from difflib import SequenceMatcher
 
-    ref_types = [op["op_name"] for op in ref_ops]
-    tgt_types = [op["op_name"] for op in tgt_ops]
+    ref_types = [SAME_KIND.get(op["op_name"], op["op_name"]) for op in ref_ops]
+    tgt_types = [SAME_KIND.get(op["op_name"], op["op_name"]) for op in tgt_ops]
     matcher = SequenceMatcher(a=ref_types, b=tgt_types, autojunk=False)
     pairs, used = [], set()
     for block in matcher.get_matching_blocks():
@@ -201,6 +207,8 @@ def diagnose(reference_path: str | Path, target_path: str | Path, images: np.nda
                 nsr_of[tgt_op["outputs"][0]] = max(inputs)
             continue
         ref_op = partner[id(tgt_op)]
+        if np.dtype(tgt_details[tgt_op["outputs"][0]]["dtype"]).name in INDEX_DTYPES:
+            continue  # a shape or index computation (e.g. SHAPE before a RESHAPE)
         r_out, t_out = ref_op["outputs"][0], tgt_op["outputs"][0]
         r, _, _ = _value(ref, ref_details, r_out)
         q, scale, zero = _value(tgt, tgt_details, t_out)
@@ -218,6 +226,7 @@ def diagnose(reference_path: str | Path, target_path: str | Path, images: np.nda
             "index": len(layers),
             "op": tgt_op["op_name"],
             "tensor": name,
+            "reference_tensor": ref_details[r_out]["name"],
             "layer": layer_name(name),
             "scale": scale,
             "zero_point": zero,
