@@ -4,8 +4,8 @@ channel trains its own range (alpha) and precision (beta); the loss adds the Mic
 score (`quantflow.micronet`) to the task, so bit widths fall where they cost least.
 
     model   = build_model(float_model, settings)        # adjustable quantizers everywhere
-    calibrate(model, images)                            # T per channel, alpha = beta = 1
-    graph   = ScoreGraph(model, count_model(float_model), settings)
+    calibrate(model, images, settings)                  # T per channel, alpha = beta = 1
+    graph   = ScoreGraph(model, micronet.count_model(float_model))
     result  = train(float_model, model, graph, data, settings, ...)
 
 The fake-quant graph is the FAT transform's (`quantflow.quant.fake_quant_model`) with the
@@ -37,7 +37,6 @@ of ImageNet.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, fields
 
