@@ -147,6 +147,8 @@ def cosine(reference: np.ndarray, value: np.ndarray) -> float:
 def layer_name(tensor: str) -> str:
     """A readable name: the first source op of a fused tensor, without the model scope."""
     first = tensor.split(";")[0]
+    if first.startswith("StatefulPartitionedCall"):  # the converter's name of the output
+        return "output"
     parts = first.split("/")
     return "/".join(parts[1:-1]) if len(parts) > 2 else first
 

@@ -16,6 +16,7 @@ def test_metrics_by_hand():
     assert diagnosis.cosine(r, q) == pytest.approx(21 / (5 * np.sqrt(18)))
     assert diagnosis.snr_db(r, r) == diagnosis.MAX_SNR_DB
     assert diagnosis.layer_name("m_1/block2_dw_1/depthwise;m_1/block2_dw_1/Relu") == "block2_dw_1"
+    assert diagnosis.layer_name("StatefulPartitionedCall_1:0") == "output"
 
 
 @pytest.fixture(scope="module")
