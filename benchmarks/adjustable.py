@@ -13,19 +13,25 @@ figures against the targets in benchmarks/results/adjustable.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.fat import DEFAULT_MODEL, MOBILENET, run, run_details  # noqa: E402
+from benchmarks.fat import (  # noqa: E402
+    DEFAULT_MODEL,
+    base_config,
+    benchmark_parser,
+    mobilenet_config,
+    out_and_work,
+    run,
+    run_details,
+    select_runs,
+)
 from benchmarks.pipeline import write_result  # noqa: E402
 
 TARGETS = {
@@ -134,27 +140,15 @@ def targets_met(fig: dict) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cores", default="2")
-    parser.add_argument("--keep", help="run in this directory and keep it")
-    parser.add_argument("--only", choices=["default", "mobilenet"])
-    parser.add_argument("--out", help="default: benchmarks/results/adjustable.json")
-    args = parser.parse_args()
-    out_path = Path(args.out or REPO / "benchmarks/results/adjustable.json")
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="quantflow-adj-"))
-
-    default = yaml.safe_load((REPO / "config.yaml").read_text())
-    default["weightquant"]["algorithms"] = []
+    args = benchmark_parser(__doc__, "adjustable").parse_args()
+    out_path, work = out_and_work(args, "adjustable")
+    default = base_config()
     default["fat"]["schemes"] = FAT_SCHEMES
-    mobilenet = json.loads(json.dumps(default))
+    mobilenet = mobilenet_config(default)
     default["adjustable"]["targets"] = TARGET_SETS[DEFAULT_MODEL]
-    mobilenet["dataset"]["image_size"] = [32, 32]
-    mobilenet["models"] = MOBILENET
     mobilenet["fat"]["schemes"] = ["w8a8-sym-pc", "w4a8-sym-pc"]
     mobilenet["adjustable"]["targets"] = TARGET_SETS["mobilenet"]
-    runs = {DEFAULT_MODEL: default, **{name: mobilenet for name in MOBILENET}}
-    if args.only:
-        runs = {k: v for k, v in runs.items() if (k == DEFAULT_MODEL) == (args.only == "default")}
+    runs = select_runs(default, mobilenet, args.only)
     figures, met, details = {}, {}, {}
     if args.only and out_path.exists():
         previous = json.loads(out_path.read_text())

@@ -111,25 +111,52 @@ def run_details(work: Path, wall: float, cmd: list[str], config: dict) -> dict:
             "rules": rule_benchmarks(work / "results")}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def benchmark_parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """The options of a two-run benchmark (the default model, then MobileNetV2)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--cores", default="2")
     parser.add_argument("--keep", help="run in this directory and keep it")
     parser.add_argument("--only", choices=["default", "mobilenet"],
                         help="one of the two runs; its figures replace that run's in --out")
-    parser.add_argument("--out", help="default: benchmarks/results/fat.json")
-    args = parser.parse_args()
-    out_path = Path(args.out or REPO / "benchmarks/results/fat.json")
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="quantflow-fat-"))
+    parser.add_argument("--out", help=f"default: benchmarks/results/{name}.json")
+    return parser
 
-    default = yaml.safe_load((REPO / "config.yaml").read_text())
-    default["weightquant"]["algorithms"] = []
+
+def out_and_work(args, name: str) -> tuple[Path, Path]:
+    """The result file and the working directory of a benchmark run."""
+    out_path = Path(args.out or REPO / f"benchmarks/results/{name}.json")
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=f"quantflow-{name}-"))
+    return out_path, work
+
+
+def base_config() -> dict:
+    """config.yaml without the weight-only grid."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["weightquant"]["algorithms"] = []
+    return config
+
+
+def mobilenet_config(default: dict) -> dict:
+    """`default` for MobileNetV2 (alpha 0.35) from scratch at 32x32."""
     mobilenet = json.loads(json.dumps(default))
     mobilenet["dataset"]["image_size"] = [32, 32]  # MobileNetV2's minimum input
     mobilenet["models"] = MOBILENET
+    return mobilenet
+
+
+def select_runs(default: dict, mobilenet: dict, only: str | None) -> dict:
+    """{model: config} of the runs to make (`--only` one of them)."""
     runs = {DEFAULT_MODEL: default, **{name: mobilenet for name in MOBILENET}}
-    if args.only:
-        runs = {k: v for k, v in runs.items() if (k == DEFAULT_MODEL) == (args.only == "default")}
+    if only:
+        runs = {k: v for k, v in runs.items() if (k == DEFAULT_MODEL) == (only == "default")}
+    return runs
+
+
+def main() -> int:
+    args = benchmark_parser(__doc__, "fat").parse_args()
+    out_path, work = out_and_work(args, "fat")
+    default = base_config()
+    runs = select_runs(default, mobilenet_config(default), args.only)
     figures, met, details = {}, {}, {}
     if args.only and out_path.exists():  # keep the other run's figures
         previous = json.loads(out_path.read_text())

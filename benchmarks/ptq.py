@@ -14,20 +14,25 @@ in benchmarks/results/ptq.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.fat import DEFAULT_MODEL, MOBILENET, run, run_details  # noqa: E402
+from benchmarks.fat import (  # noqa: E402
+    base_config,
+    benchmark_parser,
+    mobilenet_config,
+    out_and_work,
+    run,
+    run_details,
+    select_runs,
+)
 from benchmarks.pipeline import write_result  # noqa: E402
 
 
@@ -83,28 +88,16 @@ def model_figures(by: dict, base: Path, dataset_dir: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cores", default="2")
-    parser.add_argument("--keep", help="run in this directory and keep it")
-    parser.add_argument("--only", choices=["default", "mobilenet"])
-    parser.add_argument("--out", help="default: benchmarks/results/ptq.json")
+    parser = benchmark_parser(__doc__, "ptq")
     parser.add_argument("--reuse", action="store_true",
                         help="with --keep: analyse the runs already there (no wall time)")
     args = parser.parse_args()
-    out_path = Path(args.out or REPO / "benchmarks/results/ptq.json")
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="quantflow-ptq-"))
-
-    default = yaml.safe_load((REPO / "config.yaml").read_text())
-    default["weightquant"]["algorithms"] = []
+    out_path, work = out_and_work(args, "ptq")
+    default = base_config()
     default["adjustable"]["targets"] = None
     default["fat"]["schemes"] = ["w8a8-sym-pc"]
     default["fat"]["simulate"] = False
-    mobilenet = json.loads(json.dumps(default))
-    mobilenet["dataset"]["image_size"] = [32, 32]
-    mobilenet["models"] = MOBILENET
-    runs = {DEFAULT_MODEL: default, **{name: mobilenet for name in MOBILENET}}
-    if args.only:
-        runs = {k: v for k, v in runs.items() if (k == DEFAULT_MODEL) == (args.only == "default")}
+    runs = select_runs(default, mobilenet_config(default), args.only)
     figures, details = {}, {}
     if args.only and out_path.exists():
         previous = json.loads(out_path.read_text())

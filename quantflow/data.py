@@ -283,6 +283,11 @@ class Split:
 
         return preprocess(load_images(self._entries(indices), self.image_size)[0])
 
+    def sample(self, count: int, seed: int) -> np.ndarray:
+        """`count` images drawn with `seed` (all when fewer), in split order, as `take`
+        gives them: the held-out samples of checks and diagnoses."""
+        return self.take(np.sort(np.random.default_rng(seed).permutation(len(self))[:count]))
+
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                 augment: bool = False):
         """A tf.data.Dataset of (float32 images, int32 labels) batches."""

@@ -92,6 +92,9 @@ MICRONET_IMAGENET = {"p_ref": 6.9e6, "f_ref": 1170e6}
 # named references for configs: "model" = the float model's own 32-bit counts
 REFERENCES = {"model": {"p_ref": None, "f_ref": None}, "micronet_imagenet": MICRONET_IMAGENET}
 
+# the fields of `score` a score.json / a variant's metrics keep (not the per-layer rows)
+SUMMARY_KEYS = ("score", "parameter_score", "operation_score", "parameter_storage",
+                "operations", "p_ref", "f_ref", "mean_weight_bits", "mean_activation_bits")
 MAC_KINDS = ("conv", "depthwise", "dense")
 STEP_KINDS = ("scale", "shift")  # elementwise by constants (Rescaling, Normalization, BN)
 KINDS = (

@@ -431,17 +431,20 @@ def int8_weight_levels(path) -> int:
     return levels
 
 
-def convert_checked(qmodel, path: str | Path, calibration: np.ndarray, images: np.ndarray,
+def convert_checked(qmodel, path: str | Path, train, val, *, seed: int, check_images: int,
                     threads: int = 1, batch_size: int = 250) -> dict:
     """Convert a fake-quant model (int8-exact layers: FAT's, or the adjustable model's
-    int8 export) to a fully int8 TFLite model at `path`, and check it against the
-    fake-quant model on `images`: `agreement` of the logits, the activation tensors whose
+    int8 export) to a fully int8 TFLite model at `path` (the converter's representative
+    data: 32 seeded images of the `train` Split; its ranges are the model's own), and check
+    it against the fake-quant model on `check_images` seeded images of the `val` Split: `agreement` of the logits, the activation tensors whose
     scale is not the fake-quant range (`check_activation_grids`: the converter calibrated
     them instead; should be none) and the most distinct values of a weight tensor.
     Returns the check record (its "activation_grid_mismatches" for the caller to judge)."""
     from quantflow.evaluate import TFLiteRunner
     from quantflow.fakequant import image_batches
 
+    calibration = train.take(calibration_indices(len(train), 32, seed))
+    images = val.sample(check_images, seed)
     flatbuffer = convert(qmodel, "int8", calibration)
     types = save(flatbuffer, path)
     runner = TFLiteRunner(path, threads)

@@ -12,10 +12,6 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 from quantflow.logs import run_logged
 from quantflow.runtime import configure_threads
 
-SCORE_KEYS = ("score", "parameter_score", "operation_score", "parameter_storage", "operations",
-              "p_ref", "f_ref", "mean_weight_bits", "mean_activation_bits")
-
-
 def main(inp, out, target, params, threads):
     configure_threads(threads, params.seed)
     import keras
@@ -80,7 +76,7 @@ def main(inp, out, target, params, threads):
     model.save(out.model)
     info = graph.quant_info()
     exact = adj.score_from_quant_info(info, counts)
-    score = {k: exact[k] for k in SCORE_KEYS}
+    score = {k: exact[k] for k in micronet.SUMMARY_KEYS}
     _write_json(out.quant_info, {**info, "score": score})
     _write_json(out.score, score)
     with open(out.history, "w", newline="") as f:

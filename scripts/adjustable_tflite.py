@@ -15,8 +15,6 @@ from quantflow.runtime import configure_threads
 def main(inp, out, target, params, threads):
     configure_threads(threads, params.seed)
     import keras
-    import numpy as np
-
     from quantflow import adjustable as adj
     from quantflow import data, micronet, tflite
     import quantflow.fakequant  # noqa: F401 (registers the fake-quant layers)
@@ -26,10 +24,9 @@ def main(inp, out, target, params, threads):
     simulation = adj.int8_model(float_model, model)
     size = data.read_info(inp.info)["input_shape"][:2]
     train, val = data.Split(inp.train, size), data.Split(inp.val, size)
-    calibration = train.take(tflite.calibration_indices(len(train), 32, params.seed))
-    rng = np.random.default_rng(params.seed)
-    images = val.take(np.sort(rng.permutation(len(val))[: params.check_images]))
-    check = tflite.convert_checked(simulation, out.tflite, calibration, images, threads)
+    # the int8 model must predict what the fake-quant model does
+    check = tflite.convert_checked(simulation, out.tflite, train, val, seed=params.seed,
+                                   check_images=params.check_images, threads=threads)
 
     # its score: every weight channel at its trained bits, every activation at 8 bits
     info = json.loads(Path(inp.quant_info).read_text())
@@ -37,9 +34,7 @@ def main(inp, out, target, params, threads):
     weights = {k: v["bits"] for k, v in info["weights"].items()}
     score = micronet.score(counts, weights, 8, bias_bits=info["bias_bits"],
                            p_ref=info["p_ref"], f_ref=info["f_ref"])
-    score = {k: score[k] for k in ("score", "parameter_score", "operation_score",
-                                   "parameter_storage", "operations", "p_ref", "f_ref",
-                                   "mean_weight_bits", "mean_activation_bits")}
+    score = {k: score[k] for k in micronet.SUMMARY_KEYS}
     Path(out.score).write_text(json.dumps(score, indent=2) + "\n")
     check = {"target": target, "weight_bits": "per channel", "activation_bits": 8, **check,
              "score": score}

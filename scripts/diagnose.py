@@ -13,14 +13,11 @@ from quantflow.runtime import configure_threads
 
 def main(inp, out, variant, params, threads):
     configure_threads(threads, tensorflow=False)
-    import numpy as np
-
     from quantflow import data
     from quantflow.diagnosis import diagnose
 
     val = data.Split(inp.val, data.read_info(inp.info)["input_shape"][:2])
-    rng = np.random.default_rng(params.seed)
-    images = val.take(np.sort(rng.permutation(len(val))[: params.images]))
+    images = val.sample(params.images, params.seed)
     start = time.perf_counter()
     report = diagnose(inp.reference, inp.model, images, threads=threads)
     report.update(variant=variant, seconds=time.perf_counter() - start)

@@ -14,8 +14,6 @@ from quantflow.runtime import configure_threads
 def main(inp, out, scheme_name, params, threads):
     configure_threads(threads, params.seed)
     import keras
-    import numpy as np
-
     from quantflow import data, tflite
     from quantflow.schemes import parse_scheme, tflite_exportable
     import quantflow.fakequant  # noqa: F401 (registers the fake-quant layers)
@@ -26,11 +24,9 @@ def main(inp, out, scheme_name, params, threads):
     qmodel = keras.saving.load_model(inp.model, compile=False)
     size = data.read_info(inp.info)["input_shape"][:2]
     train, val = data.Split(inp.train, size), data.Split(inp.val, size)
-    calibration = train.take(tflite.calibration_indices(len(train), 32, params.seed))
     # the int8 model must predict what the fake-quant model does
-    rng = np.random.default_rng(params.seed)
-    images = val.take(np.sort(rng.permutation(len(val))[: params.check_images]))
-    check = tflite.convert_checked(qmodel, out.tflite, calibration, images, threads)
+    check = tflite.convert_checked(qmodel, out.tflite, train, val, seed=params.seed,
+                                   check_images=params.check_images, threads=threads)
     check = {"scheme": scheme_name, **scheme, **check}
     Path(out.check).write_text(json.dumps(check, indent=2) + "\n")
     print(f"{tflite.describe_check(check)} ({scheme['weight_bits']}-bit grid: "

@@ -19,21 +19,26 @@ def test_metrics_by_hand():
     assert diagnosis.layer_name("StatefulPartitionedCall_1:0") == "output"
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def three_convs(seed: int):
+    """conv1 -> conv2 -> conv3 (ReLU, 8 channels each) -> average pooling -> Dense(4)."""
     keras = pytest.importorskip("keras")
     from keras import layers
 
-    from quantflow import fakequant as fq
-    from quantflow import tflite
-
-    keras.utils.set_random_seed(5)
+    keras.utils.set_random_seed(seed)
     x = keras.Input((12, 12, 3), name="image")
     y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(x)
     y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(y)
     y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv3")(y)
     y = layers.GlobalAveragePooling2D(name="gap")(y)
-    model = keras.Model(x, layers.Dense(4, name="logits")(y))
+    return keras.Model(x, layers.Dense(4, name="logits")(y))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from quantflow import fakequant as fq
+    from quantflow import tflite
+
+    model = three_convs(seed=5)
     rng = np.random.default_rng(6)
     images = np.round(rng.uniform(0, 255, size=(64, 12, 12, 3))).astype(np.float32) / 255.0
     work = tmp_path_factory.mktemp("diagnosis")
@@ -89,19 +94,10 @@ def test_float_fallback_of_the_worst_layer_beats_full_int8(tmp_path):
     tensor). Leaving conv2 alone in float does not help: its output is quantized for
     conv3 all the same; leaving the two worst in float keeps that tensor float and
     recovers the float model's outputs far better than full int8."""
-    keras = pytest.importorskip("keras")
-    from keras import layers
-
     from quantflow import tflite
     from quantflow.evaluate import TFLiteRunner
 
-    keras.utils.set_random_seed(7)
-    x = keras.Input((12, 12, 3), name="image")
-    y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(x)
-    y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(y)
-    y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv3")(y)
-    y = layers.GlobalAveragePooling2D(name="gap")(y)
-    model = keras.Model(x, layers.Dense(4, name="logits")(y))
+    model = three_convs(seed=7)
     images = np.random.default_rng(8).uniform(0, 1, size=(96, 12, 12, 3)).astype(np.float32)
     before = np.asarray(model(images))
     conv2, conv3 = model.get_layer("conv2"), model.get_layer("conv3")
