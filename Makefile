@@ -1,6 +1,6 @@
 # quantflow: two commands on a fresh machine.
 #   make run    install (venv + Debian's Fashion-MNIST where apt is usable) and run the default pipeline
-#   make test   install the test tools (and SLURM where apt is usable) and run the test suite
+#   make test   install the test tools (SLURM and Chromium where apt is usable) and run the tests
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,12 +10,12 @@ CORES ?= all
 CONFIG ?=
 SNAKEMAKE_CONFIG := $(if $(CONFIG),--configfile $(CONFIG))
 
-.PHONY: run test test-slow install install-dev data slurm report dry-run lint format bench clean
+.PHONY: run test test-slow install install-dev data slurm browser report dry-run lint format bench clean
 
 run: install data
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_CONFIG)
 
-test: install-dev data slurm
+test: install-dev data slurm browser
 	$(BIN)/pytest -q
 
 test-slow: install-dev
@@ -55,6 +55,17 @@ slurm:
 			--no-install-recommends slurmctld slurmd slurm-client munge; \
 	else \
 		echo "note: SLURM not installed (no root apt); tests/cluster will be skipped"; \
+	fi
+
+# Headless Chromium (Debian's package) for tests/test_workflow.py's browser checks of the
+# HTML report; skipped there without it.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium; \
+	else \
+		echo "note: Chromium not installed (no root apt); the browser checks will be skipped"; \
 	fi
 
 # Re-render results/summary.{json,md} from the existing metrics (nothing else reruns);

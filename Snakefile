@@ -10,6 +10,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "reports/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/prepare.smk"
@@ -27,3 +30,4 @@ rule all:
     input:
         "results/summary.json",
         "results/summary.md",
+        "results/summary.html",

@@ -46,6 +46,48 @@ def rule_benchmarks(results: Path) -> list[dict]:
     return rows
 
 
+def job_timeline(work: Path) -> list[dict]:
+    """Every job of the run from Snakemake's own log (.snakemake/log/): rule, wildcards,
+    threads, start and end in seconds from the first job (the log's 1 s resolution), so
+    that the time a job waited for cores shows as well as the time it ran."""
+    import datetime
+    import re
+
+    log = max((work / ".snakemake/log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
+    jobs, stamp, current = {}, None, None
+    for line in log.read_text().splitlines():
+        if m := re.match(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line):
+            stamp, current = datetime.datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y"), None
+        elif m := re.match(r"(?:local)?rule (\w+):", line):
+            current = {"rule": m.group(1), "wildcards": "", "threads": 1, "start": stamp}
+        elif current is not None and (m := re.match(r"\s+jobid: (\d+)", line)):
+            jobs[int(m.group(1))] = current
+        elif current is not None and (m := re.match(r"\s+wildcards: (.*)", line)):
+            current["wildcards"] = m.group(1)
+        elif current is not None and (m := re.match(r"\s+threads: (\d+)", line)):
+            current["threads"] = int(m.group(1))
+        elif m := re.match(r"Finished jobid: (\d+)", line):
+            jobs[int(m.group(1))]["end"] = stamp
+    done = [j for j in jobs.values() if "end" in j and j["rule"] != "all"]
+    t0 = min(j["start"] for j in done)
+    return sorted(({"rule": j["rule"], "wildcards": j["wildcards"], "threads": j["threads"],
+                    "start_s": (j["start"] - t0).total_seconds(),
+                    "end_s": (j["end"] - t0).total_seconds()} for j in done),
+                  key=lambda j: (j["start_s"], j["rule"]))
+
+
+def rule_breakdown(timeline: list[dict]) -> dict:
+    """Per rule: jobs, the sum of their wall times and of wall x threads (core-seconds),
+    largest first."""
+    out = {}
+    for j in timeline:
+        row = out.setdefault(j["rule"], {"jobs": 0, "wall_seconds": 0.0, "core_seconds": 0.0})
+        row["jobs"] += 1
+        row["wall_seconds"] += j["end_s"] - j["start_s"]
+        row["core_seconds"] += (j["end_s"] - j["start_s"]) * j["threads"]
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["core_seconds"]))
+
+
 def write_result(path, benchmark: str, figures: dict, met: dict, **fields) -> dict:
     """Record a benchmark's figures with the machine and package versions in `path`
     (JSON), and print the figures and targets met."""
@@ -91,6 +133,7 @@ def main() -> int:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
         return proc.returncode
 
+    timeline = job_timeline(work)
     records = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
     int8, fp32, flt = records["tflite-int8"], records["tflite-fp32"], records["keras-float"]
     figures = {
@@ -128,6 +171,7 @@ def main() -> int:
         + (", without the weight-only grid" if args.backbone else ""),
         figures, met, command=" ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
         targets=TARGETS, rules=rule_benchmarks(work / "results"),
+        breakdown=rule_breakdown(timeline), timeline=timeline,
     )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -2,9 +2,9 @@
 
 Accuracy and timing are separate measurements (and separate workflow jobs): accuracy runs
 over every test image in batches of `batch_size` and may share the machine; latency
-(:func:`measure_latency`) times `latency_images` images one at a time (ms per image at
-batch 1) and `latency_batches` batches of `batch_size` (ms per image batched), after a
-warm-up, and is meant to run with nothing else on the cores. TFLite models run in LiteRT.
+(:func:`measure_latency`) times `latency_images` images one at a time (the median ms per
+image at batch 1) and `latency_batches` batches of `batch_size` (the median ms per image
+batched), after a warm-up, and is meant to run with nothing else on the cores. TFLite models run in LiteRT.
 """
 
 from __future__ import annotations
@@ -151,15 +151,31 @@ def predict(runner, batches, batch_size: int) -> tuple[np.ndarray, np.ndarray, f
 
 
 def latency_batch1(runner, x: np.ndarray, count: int, warmup: int = 10) -> float:
-    """Mean milliseconds per image at batch size 1 over `count` images."""
+    """Median milliseconds per image at batch size 1 over `count` images, each run timed
+    on its own: the median, not the mean, so that a few runs the OS delayed (a 0.03 ms
+    model is easily preempted for a millisecond) do not decide the figure."""
     inputs = runner.prepare(x[: max(count, warmup)])
     for i in range(min(warmup, len(inputs))):
         runner.run(inputs[i : i + 1])
-    count = min(count, len(inputs))
-    start = time.perf_counter()
-    for i in range(count):
+    times = []
+    for i in range(min(count, len(inputs))):
+        start = time.perf_counter()
         runner.run(inputs[i : i + 1])
-    return 1000.0 * (time.perf_counter() - start) / max(count, 1)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times)) if times else float("nan")
+
+
+def latency_batched(runner, batches: list[np.ndarray]) -> float:
+    """Median over the batches (each of the same size, after one untimed warm-up run) of
+    milliseconds per image."""
+    inputs = [runner.prepare(x) for x in batches]
+    runner.run(inputs[0])
+    times = []
+    for batch in inputs:
+        start = time.perf_counter()
+        runner.run(batch)
+        times.append((time.perf_counter() - start) / len(batch))
+    return 1000.0 * float(np.median(times))
 
 
 def evaluate_model(path: str | Path, split, num_classes: int, *, batch_size: int,
@@ -191,20 +207,19 @@ def io_quantization(runner) -> dict:
 
 def measure_latency(path: str | Path, split, *, batch_size: int, latency_images: int,
                     latency_batches: int, threads: int) -> dict:
-    """Milliseconds per image of one model file: at batch 1 over the first
-    `latency_images` test images, and batched over the first `latency_batches` batches of
-    `batch_size`, each after an untimed warm-up run. Only the model runs are timed."""
+    """Milliseconds per image of one model file: at batch 1, the median over the first
+    `latency_images` test images run one at a time; batched, the median over the first
+    `latency_batches` batches of `batch_size`; each after untimed warm-up runs. Only the
+    model runs are timed."""
     runner = load_runner(path, threads)
     count = min(latency_images, len(split))
     images = min(len(split), batch_size * latency_batches)
-    unlabelled = np.zeros(batch_size, np.int32)  # predict() wants labels; timing does not
-    batches = [(split.take(np.arange(i, min(i + batch_size, images))), unlabelled)
+    # a short last batch runs padded to full size, as in the evaluation
+    batches = [split.take(np.resize(np.arange(i, min(i + batch_size, images)), batch_size))
                for i in range(0, images, batch_size)]
-    _, _, seconds = predict(runner, batches, batch_size)  # warms up on the first batch
     return {
         "ms_per_image_b1": latency_batch1(runner, split.take(np.arange(count)), count),
-        # a short last batch runs padded to full size: time per slot of a full batch
-        "ms_per_image_batched": 1000.0 * seconds / (len(batches) * batch_size),
+        "ms_per_image_batched": latency_batched(runner, batches),
         "latency_images": count,
         "latency_batches": len(batches),
         "batch_size": batch_size,

@@ -82,3 +82,31 @@ def add_scores(records: list[dict], counts: dict, weightquant: dict | None = Non
                                bias_bits=bits["bias_bits"], input_bits=bits["input_bits"])
         record.update({k: result[k] for k in SCORE_FIELDS}, score_source="uniform bits")
     return records
+
+
+WEIGHT_ONLY = re.compile(r"(bin|fixed)-([0-9]+)")
+
+
+def timed_variant(variant: str) -> str:
+    """The variant whose timing a variant takes: its own, but for the weight-only variants
+    (bin-<bits>, fixed-<bits>), which run keras-float's graph with other weight values."""
+    return "keras-float" if WEIGHT_ONLY.fullmatch(variant) else variant
+
+
+def add_latencies(records: list[dict], latencies: dict) -> list[dict]:
+    """Give every record the timing its latency job measured (`latencies`: (dataset,
+    model, variant) -> latency.json), the weight-only ones keras-float's; "latency_variant"
+    names whose timing it is. A record without a timing raises KeyError."""
+    for record in records:
+        timed = timed_variant(record["variant"])
+        latency = latencies[record["dataset"], record["model"], timed]
+        record.update(
+            ms_per_image_b1=latency["ms_per_image_b1"],
+            ms_per_image_batched=latency["ms_per_image_batched"],
+            latency_images=latency["latency_images"],
+            latency_batches=latency["latency_batches"],
+            latency_threads=latency["threads"],
+            latency_cores_held=latency["cores_held"],
+            latency_variant=timed,
+        )
+    return records

@@ -23,6 +23,7 @@ rule adjustable:
         "logs/adjustable/{dataset}/{model}/{target}.log",
     benchmark:
         "results/benchmarks/adjustable/{dataset}/{model}/{target}.tsv"
+    priority: 10  # on the longest chain (train, fat, adjustable): first when cores free
     conda:
         ENV
     threads: ADJUSTABLE["threads"]
@@ -54,6 +55,7 @@ rule adjustable_tflite:
         score="results/{dataset}/{model}/adjustable/{target}/score_int8.json",
     log:
         "logs/adjustable_tflite/{dataset}/{model}/{target}.log",
+    priority: 10  # on the longest chain (train, fat, adjustable): first when cores free
     conda:
         ENV
     threads: 1

@@ -12,6 +12,7 @@ sys.path.insert(0, workflow.basedir)
 from quantflow.codedeps import code_digest as _code_digest
 from quantflow.schemes import parse_scheme, tflite_exportable
 from quantflow.tflite import parse_format
+from quantflow.variants import timed_variant
 
 # mappings a --configfile replaces instead of merging into (Snakemake merges key by key)
 REPLACED_SECTIONS = (("models",), ("adjustable", "targets"))
@@ -260,11 +261,11 @@ def code_digest(script):
 
 def latency_cores():
     """The timing job holds every core of a local run, so nothing runs beside it; on a
-    cluster it asks for evaluate.threads and a node of its own (profiles/slurm)."""
+    cluster it asks for evaluate.latency_threads and a node of its own (profiles/slurm)."""
     cores = workflow._cores  # --cores (None when not given)
     if workflow.local_exec and isinstance(cores, int):
-        return max(cores, config["evaluate"]["threads"])
-    return config["evaluate"]["threads"]
+        return max(cores, config["evaluate"]["latency_threads"])
+    return config["evaluate"]["latency_threads"]
 
 
 def all_metrics():
@@ -273,6 +274,17 @@ def all_metrics():
         dataset=DATASET,
         model=MODELS,
         variant=VARIANTS,
+    )
+
+
+def all_latencies():
+    """The timing files of every evaluated variant (shared by the weight-only ones)."""
+    return sorted(
+        {
+            f"results/{DATASET}/{model}/eval/{timed_variant(variant)}/latency.json"
+            for model in MODELS
+            for variant in VARIANTS
+        }
     )
 
 

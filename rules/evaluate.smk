@@ -20,7 +20,7 @@ rule latency:
         batch_size=config["evaluate"]["batch_size"],
         latency_images=config["evaluate"]["latency_images"],
         latency_batches=config["evaluate"]["latency_batches"],
-        threads=config["evaluate"]["threads"],
+        threads=config["evaluate"]["latency_threads"],
         code=code_digest("latency"),
     script:
         "../scripts/latency.py"
@@ -28,14 +28,13 @@ rule latency:
 
 rule evaluate:
     """Accuracy metrics and size of one variant on the test split (may run beside other
-    jobs), with its latency from the exclusive latency job (and an adjustable variant's
-    MicroNet score)."""
+    jobs; the summary adds the exclusive latency job's timing), and an adjustable
+    variant's MicroNet score."""
     input:
         unpack(variant_extras),
         model=variant_model,
         test=split_file("test"),
         info="data/{dataset}/splits/info.json",
-        latency="results/{dataset}/{model}/eval/{variant}/latency.json",
     output:
         metrics="results/{dataset}/{model}/eval/{variant}/metrics.json",
         confusion=report(

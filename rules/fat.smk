@@ -18,6 +18,7 @@ rule fat:
         "logs/fat/{dataset}/{model}/{scheme}.log",
     benchmark:
         "results/benchmarks/fat/{dataset}/{model}/{scheme}.tsv"
+    priority: 10  # on the longest chain (train, fat, adjustable): first when cores free
     conda:
         ENV
     threads: FAT["threads"]

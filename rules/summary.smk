@@ -3,6 +3,7 @@ rule summary:
     Editing the template reruns only this rule: `make report`."""
     input:
         metrics=all_metrics(),
+        latencies=all_latencies(),
         training=expand("results/{dataset}/{model}/float/train.json", dataset=DATASET, model=MODELS),
         errors=all_weightquant_errors(),
         fat=all_fat("fat.json"),
@@ -16,11 +17,19 @@ rule summary:
         adjustable_checks=all_adjustable("tflite.json"),
         info=expand("data/{dataset}/splits/info.json", dataset=DATASET),
         template=os.path.join(REPO, "reports/summary.md.j2"),
+        comparison_template=os.path.join(REPO, "reports/comparison.md.j2"),
     output:
         json="results/summary.json",
-        md=report(
-            "results/summary.md",
+        md="results/summary.md",
+        html=report(
+            "results/summary.html",
             caption="../reports/summary.rst",
+            category="Summary",
+        ),
+        front="results/report_front.html",
+        size_plot=report(
+            "results/accuracy_vs_size.png",
+            caption="../reports/accuracy_vs_size.rst",
             category="Summary",
         ),
         weightquant_plot=report(

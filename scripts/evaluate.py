@@ -1,5 +1,5 @@
-"""evaluate: accuracy metrics and size of one model variant on the test split, with the
-latency measured by its own exclusive job (scripts/latency.py) merged in."""
+"""evaluate: accuracy metrics and size of one model variant on the test split (the
+summary adds the latency that its own exclusive job, scripts/latency.py, measured)."""
 
 import json
 import sys
@@ -23,15 +23,6 @@ def main(inp, out, wildcards, params, threads):
     record.update(evaluate_model(
         inp.model, split, info["num_classes"], batch_size=params.batch_size, threads=threads,
     ))
-    latency = json.loads(Path(inp.latency).read_text())
-    record.update(
-        ms_per_image_b1=latency["ms_per_image_b1"],
-        ms_per_image_batched=latency["ms_per_image_batched"],
-        latency_images=latency["latency_images"],
-        latency_batches=latency["latency_batches"],
-        latency_threads=latency["threads"],
-        latency_cores_held=latency["cores_held"],
-    )
     if "score" in inp.keys():  # an adjustable variant: its MicroNet score, bits per channel
         record.update(json.loads(Path(inp.score).read_text()))
     record["model_path"] = inp.model
@@ -44,8 +35,7 @@ def main(inp, out, wildcards, params, threads):
     Path(out.metrics).write_text(json.dumps(record, indent=2) + "\n")
     print(f"{wildcards.variant}: top-1 {record['accuracy']:.4f}, top-5 {record['top5']:.4f}, "
           f"ties on {100 * record['tie_rate']:.2f}% of images (top-1), "
-          f"{record['size_bytes']} bytes, {record['ms_per_image_b1']:.3f} ms/img at batch 1, "
-          f"{record['ms_per_image_batched']:.4f} ms/img at batch {params.batch_size}")
+          f"{record['size_bytes']} bytes")
 
 
 run_logged(

@@ -8,18 +8,20 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
 import yaml
 
-from quantflow import report
+from quantflow import comparison, htmlreport, report
 from quantflow.data import read_info
 from quantflow.logs import run_logged
 from quantflow.runtime import package_versions
 from quantflow.ptqreport import diagnosis_rows, plot_calibration, plot_diagnosis, ptq_study
-from quantflow.variants import add_scores
+from quantflow.variants import add_latencies, add_scores
 
 
 def main(inp, out, config):
     counts = {tuple(Path(p).parts[1:3]): json.loads(Path(p).read_text())["layers"]
               for p in inp.counts}
-    records = report.add_comparisons(report.read_records(inp.metrics))
+    latencies = {tuple(Path(p).parts[1:3]) + (Path(p).parent.name,): json.loads(Path(p).read_text())
+                 for p in inp.latencies}  # results/<dataset>/<model>/eval/<variant>/latency.json
+    records = report.add_comparisons(add_latencies(report.read_records(inp.metrics), latencies))
     add_scores(records, counts, config["weightquant"])
     Path(out.json).write_text(json.dumps(records, indent=2) + "\n")
     infos = {info["dataset"]: info for info in map(read_info, inp.info)}
@@ -38,6 +40,22 @@ def main(inp, out, config):
             "training": training.get(key),
             "ptq": ptq_study(rows, info, training.get(key)),
         })
+    vcfg = config["verdict"]
+    budget = vcfg["size_budget_kib"] * 1024 if vcfg["size_budget_kib"] else None
+    for group in groups:
+        group["verdict"] = comparison.verdict(
+            group["records"], tolerance_pp=vcfg["tolerance_pp"], size_budget_bytes=budget,
+            size_budget_ratio=vcfg["size_budget_ratio"])
+        group["grouped"] = comparison.grouped_rows(group["records"])
+        group["shared_timing"] = any(r["latency_variant"] != r["variant"] for r in group["records"])
+    cross_model = comparison.cross_model_rows(
+        {(g["dataset"], g["model"]): g["records"] for g in groups},
+        tolerance_pp=vcfg["tolerance_pp"], size_budget_ratio=vcfg["size_budget_ratio"],
+        size_budget_bytes=budget)
+    comparison.plot_accuracy_vs(records, out.size_plot, x="size_bytes",
+                                tolerance_pp=vcfg["tolerance_pp"])
+    comparison.plot_accuracy_vs(records, out.pareto_plot, x="score",
+                                tolerance_pp=vcfg["tolerance_pp"])
     plot_calibration([g["ptq"] for g in groups], out.calibration_plot)
     diagnoses = []
     for path in inp.diagnoses:  # results/<dataset>/<model>/eval/<variant>/diagnosis.json
@@ -57,13 +75,16 @@ def main(inp, out, config):
     report.plot_accuracy_vs_bits(weightquant, records, out.weightquant_plot)
     fat = _fat(inp, records, out)
     adjustable = _adjustable(inp, records, out)
-    report.plot_pareto(records, out.pareto_plot)
+    shared = dict(groups=groups, reference=report.REFERENCE_VARIANT, cross_model=cross_model,
+                  tolerance_pp=vcfg["tolerance_pp"], runs_on=comparison.runs_on,
+                  size_plot=Path(out.size_plot).name, pareto_plot=Path(out.pareto_plot).name)
+    front = report.render(inp.comparison_template, compact_table=True, **shared)
     markdown = report.render(
-        inp.template, groups=groups, reference=report.REFERENCE_VARIANT,
+        inp.template, compact_table=False, **shared,
         weightquant=weightquant, weightquant_plot=Path(out.weightquant_plot).name,
         fat=fat, fat_rmse_plot=Path(out.fat_rmse_plot).name,
         fat_alphas_plot=Path(out.fat_alphas_plot).name,
-        adjustable=adjustable, pareto_plot=Path(out.pareto_plot).name,
+        adjustable=adjustable,
         calibration_plot=Path(out.calibration_plot).name,
         diagnosis_plot=Path(out.diagnosis_plot).name,
         adjustable_weight_bits_plot=Path(out.adjustable_weight_bits_plot).name,
@@ -75,6 +96,9 @@ def main(inp, out, config):
         versions=package_versions(), machine=report.machine_description(),
     )
     Path(out.md).write_text(markdown)
+    base = Path(out.md).parent  # the markdown's image links are relative to it
+    Path(out.html).write_text(htmlreport.html_page(markdown, base, "quantflow summary"))
+    Path(out.front).write_text(htmlreport.html_fragment(front, base))
     print(f"{len(records)} variants summarised")
 
 

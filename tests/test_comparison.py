@@ -1,0 +1,180 @@
+"""The comparison at the top of the summary: verdict lines generated from the numbers, the
+grouped table, the cross-model rows and the two plots."""
+
+import json
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread
+
+from quantflow.comparison import (
+    cross_model_rows,
+    family,
+    grouped_rows,
+    plot_accuracy_vs,
+    verdict,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+N = 10000  # test images: one image is 0.01 pp
+FP32_BYTES = 1_000_000
+
+
+def rec(variant, accuracy, size, ms=0.05, fmt="tflite", batched=None, model="m", score=None):
+    return {"dataset": "d", "model": model, "variant": variant, "accuracy": accuracy,
+            "num_samples": N, "size_bytes": size, "format": fmt, "ms_per_image_b1": ms,
+            "ms_per_image_batched": ms / 2 if batched is None else batched, "score": score}
+
+
+def with_deltas(records):
+    ref = next(r for r in records if r["variant"] == "tflite-fp32")
+    for r in records:
+        r["delta_accuracy_pp"] = 100 * (r["accuracy"] - ref["accuracy"])
+        r["size_ratio"] = r["size_bytes"] / ref["size_bytes"]
+    return records
+
+
+def run():
+    return with_deltas([
+        rec("keras-float", 0.9000, 1_100_000, ms=1.0, fmt="keras"),
+        rec("tflite-fp32", 0.9000, FP32_BYTES, ms=0.06),
+        rec("tflite-int8", 0.8990, 300_000, ms=0.02),
+        rec("tflite-int4-weights", 0.8940, 160_000, ms=0.30),
+        rec("bin-4", 0.8960, 120_000, ms=1.0, fmt="keras"),
+        rec("fat-w8a8-sym-pc", 0.8997, 300_000, ms=0.021),
+        rec("adjq-s24", 0.8000, 90_000, ms=1.2, fmt="keras"),
+    ])
+
+
+def pick(lines, kind):
+    return next(line for line in lines if line["kind"] == kind)
+
+
+def test_smallest_within_tolerance_follows_the_numbers():
+    records = run()
+    smallest = pick(verdict(records), "smallest")
+    # adjq-s24 is smaller but 10 pp down; bin-4 (-0.40 pp) is the smallest within 0.5 pp
+    assert smallest["variant"] == "bin-4" and not smallest["deployable"]
+    assert "`bin-4`, 117.2 KiB (0.120x)" in smallest["sentence"]
+    assert "-0.40 pp, 40 test images" in smallest["sentence"]
+    # not deployable: the smallest deployable one within tolerance is named too (int4
+    # weights are smaller but -0.60 pp; of int8 and FAT at equal size the more accurate)
+    assert "smallest deployable one: `fat-w8a8-sym-pc`, 293.0 KiB" in smallest["sentence"]
+    # change the numbers: bin-4 falls out of tolerance like int4 weights (-0.60)
+    for r in records:
+        if r["variant"] == "bin-4":
+            r["accuracy"], r["delta_accuracy_pp"] = 0.8940, -0.60
+    changed = pick(verdict(records), "smallest")
+    assert changed["variant"] == "fat-w8a8-sym-pc" and changed["deployable"]
+    assert changed["ties"] == ["tflite-int8"] and "The same size: `tflite-int8`" in changed["sentence"]
+    # a wider tolerance admits it again, and then adjq-s24 at 10 pp
+    assert pick(verdict(records, tolerance_pp=0.6), "smallest")["variant"] == "bin-4"
+    assert pick(verdict(records, tolerance_pp=10.0), "smallest")["variant"] == "adjq-s24"
+
+
+def test_tolerance_boundary_is_included():
+    records = run()
+    bin4 = next(r for r in records if r["variant"] == "bin-4")
+    assert bin4["delta_accuracy_pp"] == pytest.approx(-0.40)
+    assert pick(verdict(records, tolerance_pp=0.4), "smallest")["variant"] == "bin-4"
+    assert pick(verdict(records, tolerance_pp=0.39), "smallest")["variant"] != "bin-4"
+
+
+def test_most_accurate_under_the_budget_and_its_ties():
+    records = run()
+    # 0.3 x 1,000,000 bytes: int8 (89.90%), FAT (89.97%), bin-4, int4, adjq fit
+    line = pick(verdict(records), "most_accurate_under_budget")
+    assert line["variant"] == "fat-w8a8-sym-pc"
+    assert "292.97 KiB" not in line["sentence"] and "293.0 KiB, 0.3x `tflite-fp32`" in line["sentence"]
+    assert line["ties"] == []  # int8 is 7 images behind: more than 5
+    for r in records:
+        if r["variant"] == "tflite-int8":
+            r["accuracy"] = 0.8992  # 5 images behind: a tie
+    line = pick(verdict(records), "most_accurate_under_budget")
+    assert line["ties"] == ["tflite-int8"] and "Tied with it" in line["sentence"]
+    # a budget in bytes: only adjq-s24 and bin-4 fit under 125,000 bytes
+    small = pick(verdict(records, size_budget_bytes=125_000), "most_accurate_under_budget")
+    assert small["variant"] == "bin-4" and "122.1 KiB" in small["sentence"]
+    nothing = pick(verdict(records, size_budget_bytes=1_000), "most_accurate_under_budget")
+    assert nothing["variant"] is None and "No variant fits" in nothing["sentence"]
+
+
+def test_fastest_deployable_ignores_simulations_and_variants_outside_tolerance():
+    records = run()
+    records.append(with_deltas([records[1], rec("tflite-bad", 0.80, 200_000, ms=0.001)])[1])
+    records.append(rec("fixed-8", 0.9, 250_000, ms=0.0001, fmt="keras"))
+    records[-1].update(delta_accuracy_pp=0.0, size_ratio=0.25)
+    line = pick(verdict(records), "fastest_deployable")
+    assert line["variant"] == "tflite-int8"
+    # FAT's 0.021 ms is within 10% of 0.020: a tie on a shared machine
+    assert line["ties"] == ["fat-w8a8-sym-pc"] and "0.020 ms per image" in line["sentence"]
+    for r in records:
+        if r["variant"] == "fat-w8a8-sym-pc":
+            r["ms_per_image_b1"] = 0.03
+    assert pick(verdict(records), "fastest_deployable")["ties"] == []
+
+
+def test_missing_reference_and_missing_numbers():
+    records = [r for r in run() if r["variant"] != "tflite-fp32"]
+    lines = verdict(records)
+    assert [line["variant"] for line in lines] == [None, None, None]
+    assert all("No `tflite-fp32`" in line["sentence"] for line in lines)
+    records = run()
+    records[2]["ms_per_image_b1"] = None  # tflite-int8 without a timing
+    records[4]["size_bytes"] = None  # bin-4 without a size
+    lines = verdict(records)
+    assert pick(lines, "smallest")["variant"] == "fat-w8a8-sym-pc"
+    assert pick(lines, "fastest_deployable")["variant"] == "fat-w8a8-sym-pc"
+
+
+def test_grouped_rows_follow_the_method_families():
+    records = run()
+    rows = grouped_rows(list(reversed(records)))
+    assert [r["family"] for r in rows] == ["float", "float", "post-training quantization",
+                                           "post-training quantization", "weight-only", "FAT",
+                                           "adjustable"]
+    assert [r["variant"] for r in rows][:2] == ["tflite-fp32", "keras-float"]  # kept order
+    assert [r["first_in_family"] for r in rows] == [True, False, True, False, True, True, True]
+    assert family("tflite-int8-cal10") == "post-training quantization"
+    assert family("adjq-s24-int8") == "adjustable" and family("fat-w4a8-sym-pc-sim") == "FAT"
+
+
+def test_cross_model_rows():
+    first = run()
+    second = with_deltas([rec("tflite-fp32", 0.85, 2_000_000, model="n"),
+                          rec("tflite-int8", 0.80, 500_000, model="n")])
+    rows = cross_model_rows({("d", "m"): first, ("d", "n"): second})
+    assert [r["model"] for r in rows] == ["m", "n"]
+    assert rows[0]["fat_variant"] == "fat-w8a8-sym-pc"
+    assert rows[0]["fat_delta_pp"] == pytest.approx(-0.03)
+    assert rows[0]["smallest"]["variant"] == "bin-4"
+    assert rows[1]["int8_delta_pp"] == pytest.approx(-5.0)
+    assert rows[1]["fat_variant"] is None and rows[1]["smallest"]["variant"] == "tflite-fp32"
+    assert rows[1]["most_accurate_under_budget"]["variant"] == "tflite-int8"
+
+
+@pytest.mark.parametrize("x", ["size_bytes", "score"])
+def test_plots_for_one_two_and_no_models(tmp_path, x):
+    first = run()
+    for i, r in enumerate(first):
+        r["score"] = 2.0 / (i + 1)
+    second = with_deltas([rec("tflite-fp32", 0.85, 2_000_000, model="n", score=2.0),
+                          rec("tflite-int8", 0.80, 500_000, model="n", score=0.5)])
+    for records, name in ((first, "one"), (first + second, "two"), ([], "none")):
+        path = tmp_path / f"{name}.png"
+        plot_accuracy_vs(records, path, x=x)
+        pixels = imread(path)
+        assert pixels.ndim == 3 and pixels.shape[0] > 100
+    assert imread(tmp_path / "two.png").shape[1] > imread(tmp_path / "one.png").shape[1]
+    with pytest.raises(ValueError):
+        plot_accuracy_vs(first, tmp_path / "bad.png", x="accuracy")
+
+
+def test_verdict_on_a_real_summary():
+    path = REPO / "results/summary.json"
+    if not path.exists():
+        pytest.skip("no results/summary.json from a default run here")
+    records = json.loads(path.read_text())
+    names = {r["variant"] for r in records}
+    for line in verdict([r for r in records if r["model"] == records[0]["model"]]):
+        assert line["variant"] in names and f"`{line['variant']}`" in line["sentence"]
