@@ -46,6 +46,10 @@ def rule_benchmarks(results: Path) -> list[dict]:
     return rows
 
 
+def _round(value, digits):
+    return None if value is None else round(value, digits)
+
+
 def job_timeline(work: Path) -> list[dict]:
     """Every job of the run from Snakemake's own log (.snakemake/log/): rule, wildcards,
     threads, start and end in seconds from the first job (the log's 1 s resolution), so
@@ -145,15 +149,16 @@ def main() -> int:
         "int8_size_ratio": round(int8["size_ratio"], 4),
         "int8_speed_ratio_batched": round(int8["speed_ratio_batched"], 3),
         "int8_speed_ratio_b1": round(int8["speed_ratio_b1"], 3),
-        "ms_per_image_batched": {v: round(r["ms_per_image_batched"], 4) for v, r in records.items()},
-        "ms_per_image_b1": {v: round(r["ms_per_image_b1"], 4) for v, r in records.items()},
+        # the simulations are not timed (None)
+        "ms_per_image_batched": {v: _round(r["ms_per_image_batched"], 4) for v, r in records.items()},
+        "ms_per_image_b1": {v: _round(r["ms_per_image_b1"], 4) for v, r in records.items()},
         "size_bytes": {v: r["size_bytes"] for v, r in records.items()},
         "accuracy": {v: r["accuracy"] for v, r in records.items()},
         "top5": {v: r["top5"] for v, r in records.items()},
         "tie_rate": {v: r["tie_rate"] for v, r in records.items()},
         "top5_tie_rate": {v: r["top5_tie_rate"] for v, r in records.items()},
-        "speed_ratio_b1": {v: round(r["speed_ratio_b1"], 3) for v, r in records.items()},
-        "speed_ratio_batched": {v: round(r["speed_ratio_batched"], 3)
+        "speed_ratio_b1": {v: _round(r["speed_ratio_b1"], 3) for v, r in records.items()},
+        "speed_ratio_batched": {v: _round(r["speed_ratio_batched"], 3)
                                 for v, r in records.items()},
         "latency_cores_held": records["tflite-fp32"].get("latency_cores_held"),
     }

@@ -24,6 +24,7 @@ from quantflow.ptqreport import TIE_IMAGES
 from quantflow.report import REFERENCE_VARIANT, _figure, pareto_front
 
 LATENCY_TIE = 0.10
+FLOOR_PP = 3.0  # the plots show top-1 down to this far below the reference
 FAMILIES = {  # method family: (marker, colour), in the tables' order
     "float": ("s", "tab:grey"),
     "post-training quantization": ("P", "tab:red"),
@@ -261,8 +262,9 @@ def plot_accuracy_vs(records: list[dict], path: str | Path, x: str = "size_bytes
     that has both, one panel per (dataset, model): markers and colours by method family,
     filled for deployable variants and hollow for simulations, the Pareto front (smaller x
     and higher top-1) as a step line with its points circled and named, a dashed line
-    `tolerance_pp` below the reference. Variants far below (more than 10 pp under the
-    reference) are drawn on the lower edge and counted in the panel's title."""
+    `tolerance_pp` below the reference. Variants more than FLOOR_PP below the reference
+    are left out (counted in the panel's title; their numbers are in the tables), and the
+    front is that of the variants shown."""
     if x not in ("size_bytes", "score"):
         raise ValueError(f"x must be 'size_bytes' or 'score', not {x!r}")
     label = "size (KiB, log scale)" if x == "size_bytes" else "MicroNet score (log scale; fp32 = 2)"
@@ -283,12 +285,14 @@ def plot_accuracy_vs(records: list[dict], path: str | Path, x: str = "size_bytes
     for ax, ((dataset, model), rows) in zip(axes, groups.items()):
         ref = next((r for r in rows if r["variant"] == reference), None)
         tops = [100 * r["accuracy"] for r in rows]
-        floor = (100 * ref["accuracy"] - 10) if ref else min(tops)
-        low = max(min(tops), floor) - 0.5
-        high = max(tops) + 0.5
+        floor = (100 * ref["accuracy"] - FLOOR_PP) if ref else min(tops)
+        low = max(min(tops), floor) - 0.3
+        high = max(tops) + 0.3
+        shown = [r for r, t in zip(rows, tops) if t >= low]
+        below = len(rows) - len(shown)
+        rows = shown
         xs = [r[x] * scale for r in rows]
-        ys = [max(t, low) for t in tops]
-        below = sum(t < low for t in tops)
+        ys = [100 * r["accuracy"] for r in rows]
         for fam, (marker, colour) in FAMILIES.items():
             for shipped in (True, False):
                 idx = [i for i, r in enumerate(rows)
@@ -298,7 +302,7 @@ def plot_accuracy_vs(records: list[dict], path: str | Path, x: str = "size_bytes
                                s=40, zorder=3, color=colour if shipped else "none",
                                edgecolors=colour, linewidths=1.3,
                                label=f"{fam} ({'LiteRT' if shipped else 'TensorFlow'})")
-        front = sorted(pareto_front(zip(xs, tops)), key=lambda i: (xs[i], tops[i]))
+        front = sorted(pareto_front(zip(xs, ys)), key=lambda i: (xs[i], ys[i]))
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="black",
                 linewidth=1, zorder=2, label="Pareto front")
         ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=150, facecolors="none",
@@ -318,7 +322,8 @@ def plot_accuracy_vs(records: list[dict], path: str | Path, x: str = "size_bytes
         ax.set_ylabel("top-1 accuracy (%)")
         title = f"{dataset} / {model}"
         if below:
-            title += f" ({below} variant{'s' if below > 1 else ''} below the axis, drawn at its edge)"
+            title += (f" ({below} variant{'s' if below > 1 else ''} more than {FLOOR_PP:g} pp "
+                      f"below {reference} not shown)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="lower right")

@@ -150,13 +150,18 @@ def predict(runner, batches, batch_size: int) -> tuple[np.ndarray, np.ndarray, f
     return np.concatenate(scores), np.concatenate(labels), seconds
 
 
-def latency_batch1(runner, x: np.ndarray, count: int, warmup: int = 10) -> float:
+def latency_batch1(runner, x: np.ndarray, count: int, warmup_s: float = 0.2) -> float:
     """Median milliseconds per image at batch size 1 over `count` images, each run timed
-    on its own: the median, not the mean, so that a few runs the OS delayed (a 0.03 ms
-    model is easily preempted for a millisecond) do not decide the figure."""
-    inputs = runner.prepare(x[: max(count, warmup)])
-    for i in range(min(warmup, len(inputs))):
-        runner.run(inputs[i : i + 1])
+    on its own, after `warmup_s` seconds of untimed runs (a process's first tenths of a
+    second run slower: thread pools, caches, clock). The median, not the mean, so that a
+    few runs the OS delayed (a 0.03 ms model is easily preempted for a millisecond) do not
+    decide the figure."""
+    inputs = runner.prepare(x[: max(count, 1)])
+    end = time.perf_counter() + warmup_s
+    i = 0
+    while time.perf_counter() < end or i < 10:
+        runner.run(inputs[i % len(inputs) : i % len(inputs) + 1])
+        i += 1
     times = []
     for i in range(min(count, len(inputs))):
         start = time.perf_counter()

@@ -18,9 +18,11 @@ import html
 import mimetypes
 from pathlib import Path
 
-STYLE = """
+PAGE_STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem;
        color: #1f2328; line-height: 1.45; }
+"""
+STYLE = """
 .quantflow { max-width: 100rem; }
 .quantflow table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.85rem; }
 .quantflow th, .quantflow td { border: 1px solid #d0d7de; padding: 0.2rem 0.45rem; }
@@ -29,6 +31,16 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.
 .quantflow code { background: #f6f8fa; padding: 0 0.2rem; border-radius: 3px; }
 .quantflow pre { background: #f6f8fa; padding: 0.6rem; overflow-x: auto; }
 .quantflow .file-link { text-decoration: underline dotted; }
+"""
+
+
+# Inside Snakemake's report: its content pane centres a tall page vertically (cutting off
+# its top) and keeps the workflow description narrow; show the comparison from its top, at
+# a width its table fits, and without the typography plugin's backticks around code.
+FRONT_STYLE = """
+div.overflow-auto:has(.quantflow-front) { align-items: flex-start; justify-content: flex-start; }
+.max-w-lg:has(.quantflow-front) { max-width: 64rem; }
+.quantflow-front code::before, .quantflow-front code::after { content: none; }
 """
 
 
@@ -76,7 +88,7 @@ def _unlink_local_files(body: str) -> str:
 def html_fragment(markdown_text: str, base_dir: str | Path) -> str:
     """An HTML fragment (a <div class="quantflow"> with its own <style>) to be placed
     inside another page, e.g. the landing page of Snakemake's report."""
-    return (f'<div class="quantflow quantflow-front">\n<style>{STYLE}</style>\n'
+    return (f'<div class="quantflow quantflow-front">\n<style>{STYLE}{FRONT_STYLE}</style>\n'
             f"{markdown_to_html(markdown_text, base_dir)}</div>\n")
 
 
@@ -84,7 +96,7 @@ def html_page(markdown_text: str, base_dir: str | Path, title: str) -> str:
     """A standalone HTML page of the markdown (UTF-8, images embedded)."""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{PAGE_STYLE}{STYLE}</style>\n</head>\n"
         f"<body>\n<div class=\"quantflow\">\n{markdown_to_html(markdown_text, base_dir)}"
         "</div>\n</body>\n</html>\n"
     )

@@ -27,9 +27,10 @@ def add_comparisons(records: list[dict], reference: str = REFERENCE_VARIANT) -> 
         r["reference"] = reference if ref else None
         r["delta_accuracy_pp"] = 100.0 * (r["accuracy"] - ref["accuracy"]) if ref else None
         r["size_ratio"] = r["size_bytes"] / ref["size_bytes"] if ref else None
-        r["speed_ratio_b1"] = ref["ms_per_image_b1"] / r["ms_per_image_b1"] if ref else None
-        r["speed_ratio_batched"] = (ref["ms_per_image_batched"] / r["ms_per_image_batched"]
-                                    if ref else None)
+        for speed, ms in (("speed_ratio_b1", "ms_per_image_b1"),
+                          ("speed_ratio_batched", "ms_per_image_batched")):
+            timed = ref and ref.get(ms) and r.get(ms)  # simulations are not timed
+            r[speed] = ref[ms] / r[ms] if timed else None
         out.append(r)
     return out
 
@@ -348,99 +349,3 @@ def pareto_front(points) -> list[int]:
         for i, (s, a) in enumerate(points)
         if not any(t <= s and b >= a and (t < s or b > a) for t, b in points)
     ]
-
-
-METHOD_FAMILIES = {  # family: (marker, colour)
-    "float & PTQ": ("s", "tab:grey"),
-    "weight-only": ("^", "tab:blue"),
-    "FAT": ("D", "tab:orange"),
-    "adjustable": ("o", "tab:green"),
-    "other": ("x", "tab:purple"),
-}
-
-
-def method_family(variant: str) -> str:
-    """The method family of a variant name, for the figures' markers and colours."""
-    if variant in ("keras-float", "tflite-fp32", "tflite-int8"):
-        return "float & PTQ"
-    if variant.startswith(("bin-", "fixed-")):
-        return "weight-only"
-    if variant.startswith("fat-"):
-        return "FAT"
-    if variant.startswith("adjq-"):
-        return "adjustable"
-    return "other"
-
-
-def _is_number(v) -> bool:
-    import math
-
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def plot_pareto(records: list[dict], path: str | Path, x: str = "score") -> None:
-    """Top-1 accuracy against the MicroNet score (or another numeric field `x`) of every
-    record that has one, one subplot per (dataset, model), markers by method family, the
-    Pareto front (lower x and higher accuracy are better) as a step line."""
-    scored = [r for r in records if _is_number(r.get(x)) and _is_number(r.get("accuracy"))]
-    groups = {}
-    for r in scored:
-        groups.setdefault((r["dataset"], r["model"]), []).append(r)
-    xlabel = "MicroNet score (lower is smaller)" if x == "score" else x
-    fig = _figure((6.5 * max(len(groups), 1), 5))
-    if not groups:
-        ax = fig.add_subplot()
-        ax.text(0.5, 0.5, f"no variant with a {x}", ha="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        fig.savefig(path, dpi=120, format="png")
-        return
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
-    for ax, ((dataset, model), rows) in zip(axes, groups.items()):
-        xs = [r[x] for r in rows]
-        ys = [100.0 * r["accuracy"] for r in rows]
-        families = [method_family(r["variant"]) for r in rows]
-        for family, (marker, colour) in METHOD_FAMILIES.items():
-            idx = [i for i, f in enumerate(families) if f == family]
-            if idx:
-                ax.scatter(
-                    [xs[i] for i in idx],
-                    [ys[i] for i in idx],
-                    marker=marker,
-                    color=colour,
-                    label=family,
-                    zorder=3,
-                )
-        front = sorted(pareto_front(zip(xs, ys)), key=lambda i: (xs[i], ys[i]))
-        ax.step(
-            [xs[i] for i in front],
-            [ys[i] for i in front],
-            where="post",
-            color="black",
-            linewidth=1,
-            label="Pareto front",
-            zorder=2,
-        )
-        ax.scatter(
-            [xs[i] for i in front],
-            [ys[i] for i in front],
-            s=140,
-            facecolors="none",
-            edgecolors="black",
-            linewidths=1.2,
-            zorder=4,
-        )
-        names = {}  # one label for the variants at the same point
-        for xi, yi, r in zip(xs, ys, rows):
-            names.setdefault((xi, yi), []).append(r["variant"])
-        for xy, variants in names.items():
-            ax.annotate(
-                ", ".join(variants), xy, xytext=(3, 3), textcoords="offset points", fontsize=6
-            )
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{dataset} / {model}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Accuracy against {xlabel}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")

@@ -85,20 +85,30 @@ def add_scores(records: list[dict], counts: dict, weightquant: dict | None = Non
 
 
 WEIGHT_ONLY = re.compile(r"(bin|fixed)-([0-9]+)")
+SIMULATION = re.compile(r"fat-.+-sim|adjq-[a-z0-9]+")
+LATENCY_FIELDS = ("ms_per_image_b1", "ms_per_image_batched", "latency_images",
+                  "latency_batches", "latency_threads", "latency_cores_held")
 
 
-def timed_variant(variant: str) -> str:
-    """The variant whose timing a variant takes: its own, but for the weight-only variants
-    (bin-<bits>, fixed-<bits>), which run keras-float's graph with other weight values."""
-    return "keras-float" if WEIGHT_ONLY.fullmatch(variant) else variant
+def timed_variant(variant: str) -> str | None:
+    """The variant whose timing a variant takes: its own; keras-float's for the weight-only
+    variants (bin-<bits>, fixed-<bits>), which run its graph with other weight values; none
+    for the fake-quant simulations (fat-<scheme>-sim, adjq-<target>), whose TensorFlow time
+    says nothing of a deployed model's (their LiteRT exports are timed)."""
+    if WEIGHT_ONLY.fullmatch(variant):
+        return "keras-float"
+    return None if SIMULATION.fullmatch(variant) else variant
 
 
 def add_latencies(records: list[dict], latencies: dict) -> list[dict]:
     """Give every record the timing its latency job measured (`latencies`: (dataset,
-    model, variant) -> latency.json), the weight-only ones keras-float's; "latency_variant"
-    names whose timing it is. A record without a timing raises KeyError."""
+    model, variant) -> latency.json): "latency_variant" names whose timing it is, None (and
+    None timings) for a simulation. A timed variant without its file raises KeyError."""
     for record in records:
         timed = timed_variant(record["variant"])
+        record.update(dict.fromkeys(LATENCY_FIELDS), latency_variant=timed)
+        if timed is None:
+            continue
         latency = latencies[record["dataset"], record["model"], timed]
         record.update(
             ms_per_image_b1=latency["ms_per_image_b1"],
@@ -107,6 +117,5 @@ def add_latencies(records: list[dict], latencies: dict) -> list[dict]:
             latency_batches=latency["latency_batches"],
             latency_threads=latency["threads"],
             latency_cores_held=latency["cores_held"],
-            latency_variant=timed,
         )
     return records

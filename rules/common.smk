@@ -278,12 +278,14 @@ def all_metrics():
 
 
 def all_latencies():
-    """The timing files of every evaluated variant (shared by the weight-only ones)."""
+    """The timing files of the evaluated variants (shared by the weight-only ones; none
+    for the simulations: quantflow.variants.timed_variant)."""
     return sorted(
         {
             f"results/{DATASET}/{model}/eval/{timed_variant(variant)}/latency.json"
             for model in MODELS
             for variant in VARIANTS
+            if timed_variant(variant)
         }
     )
 

@@ -13,7 +13,7 @@ from quantflow.data import read_info
 from quantflow.logs import run_logged
 from quantflow.runtime import package_versions
 from quantflow.ptqreport import diagnosis_rows, plot_calibration, plot_diagnosis, ptq_study
-from quantflow.variants import add_latencies, add_scores
+from quantflow.variants import LATENCY_FIELDS, add_latencies, add_scores
 
 
 def main(inp, out, config):
@@ -75,6 +75,7 @@ def main(inp, out, config):
     report.plot_accuracy_vs_bits(weightquant, records, out.weightquant_plot)
     fat = _fat(inp, records, out)
     adjustable = _adjustable(inp, records, out)
+    timed = next((r for r in records if r["latency_variant"]), dict.fromkeys(LATENCY_FIELDS))
     shared = dict(groups=groups, reference=report.REFERENCE_VARIANT, cross_model=cross_model,
                   tolerance_pp=vcfg["tolerance_pp"], runs_on=comparison.runs_on,
                   size_plot=Path(out.size_plot).name, pareto_plot=Path(out.pareto_plot).name)
@@ -89,9 +90,8 @@ def main(inp, out, config):
         diagnosis_plot=Path(out.diagnosis_plot).name,
         adjustable_weight_bits_plot=Path(out.adjustable_weight_bits_plot).name,
         adjustable_activation_bits_plot=Path(out.adjustable_activation_bits_plot).name,
-        threads=records[0]["latency_threads"], latency_images=records[0]["latency_images"],
-        latency_batches=records[0]["latency_batches"],
-        cores_held=records[0]["latency_cores_held"],
+        threads=timed["latency_threads"], latency_images=timed["latency_images"],
+        latency_batches=timed["latency_batches"], cores_held=timed["latency_cores_held"],
         config_yaml=yaml.safe_dump(dict(config), sort_keys=False),
         versions=package_versions(), machine=report.machine_description(),
     )

@@ -178,3 +178,40 @@ def test_verdict_on_a_real_summary():
     names = {r["variant"] for r in records}
     for line in verdict([r for r in records if r["model"] == records[0]["model"]]):
         assert line["variant"] in names and f"`{line['variant']}`" in line["sentence"]
+
+
+def test_comparison_section_for_two_models_renders_to_markdown_and_html(tmp_path):
+    from quantflow import htmlreport, report
+    from quantflow.comparison import runs_on
+
+    first = run()
+    second = with_deltas([rec("tflite-fp32", 0.85, 2_000_000, model="n"),
+                          rec("tflite-int8", 0.80, 500_000, model="n")])
+    groups = []
+    for records in (first, second):
+        for r in records:
+            r["latency_variant"] = r["variant"]
+        groups.append({"dataset": "d", "model": records[0]["model"], "num_samples": N,
+                       "verdict": verdict(records), "grouped": grouped_rows(records),
+                       "shared_timing": False})
+    for name in ("size.png", "score.png"):
+        plot_accuracy_vs(first + second, tmp_path / name,
+                         x="size_bytes" if name == "size.png" else "score")
+    md = report.render(REPO / "reports/comparison.md.j2", groups=groups, compact_table=True,
+                       cross_model=cross_model_rows({("d", "m"): first, ("d", "n"): second}),
+                       tolerance_pp=0.5, reference="tflite-fp32", runs_on=runs_on,
+                       size_plot="size.png", pareto_plot="score.png")
+    assert md.count("**Smallest within 0.5 pp**") == 2
+    assert "| d / m | 90.00 | 976.6 | -0.10 | `fat-w8a8-sym-pc`: -0.03 | `adjq-s24`: -10.00" in md
+    assert "| `bin-4`: -0.40, 117.2 KiB |" in md
+    assert "| d / n | 85.00 | 1953.1 | -5.00 | n/a | n/a | `tflite-fp32`: +0.00, 1953.1 KiB |" in md
+    assert "| weight-only | bin-4 | 89.60 | -0.40 | 117.2 |" in md
+    html = htmlreport.html_fragment(md, tmp_path)
+    assert html.count('src="data:image/png;base64,') == 2 and html.count("<table>") == 3
+    assert "<strong>Smallest within 0.5 pp</strong>" in html
+    with pytest.raises(FileNotFoundError):
+        htmlreport.html_page("![missing](nothing.png)", tmp_path, "t")
+    page = htmlreport.html_page("[a file](x/confusion.png) and [a site](https://example.org)",
+                                tmp_path, "t")
+    assert '<span class="file-link" title="x/confusion.png">a file</span>' in page
+    assert '<a href="https://example.org">a site</a>' in page

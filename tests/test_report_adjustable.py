@@ -26,16 +26,6 @@ def test_pareto_front_hand_example():
     assert report.pareto_front([(1, 1)]) == [0]
 
 
-def test_method_family():
-    assert report.method_family("tflite-fp32") == "float & PTQ"
-    assert report.method_family("keras-float") == "float & PTQ"
-    assert report.method_family("tflite-int8") == "float & PTQ"
-    assert report.method_family("bin-4") == "weight-only"
-    assert report.method_family("fixed-8") == "weight-only"
-    assert report.method_family("fat-int8") == "FAT"
-    assert report.method_family("adjq-small-int8") == "adjustable"
-
-
 def _record(model, variant, accuracy, size_bytes, **extra):
     return {
         "dataset": "ds",
@@ -189,27 +179,18 @@ def test_plot_bits_per_layer(tmp_path, kind):
         report.plot_bits_per_layer({}, "biases", tmp_path / "x.png")
 
 
-def test_plot_pareto(tmp_path):
-    records, _, _ = _inputs()
-    records += [
-        _record("m", "tflite-int8", 0.899, 10000, score=0.5),
-        _record("m", "bin-4", 0.7, 5000, score=0.25),
-        _record("m", "fat-int8", 0.9, 10000, score=True),  # not a number: left out
-        _record("m", "keras-float", 0.9, 40960),
-    ]  # no score: left out
-    path = tmp_path / "pareto.png"
-    report.plot_pareto(records, path)
-    _assert_png(path)
-    empty = tmp_path / "empty.png"
-    report.plot_pareto([_record("m", "tflite-fp32", 0.9, 1)], empty)
-    _assert_png(empty)
-
-
 def _render(**adjustable_context):
     """The whole summary template with no variant groups and no weight-only or FAT rows."""
+    from quantflow.comparison import runs_on
+
+    context = {"size_plot": "size.png", "pareto_plot": "score.png", **adjustable_context}
     return report.render(
         TEMPLATE,
         groups=[],
+        cross_model=[],
+        tolerance_pp=0.5,
+        runs_on=runs_on,
+        compact_table=False,
         reference=report.REFERENCE_VARIANT,
         weightquant=[],
         weightquant_plot="wq.png",
@@ -223,7 +204,7 @@ def _render(**adjustable_context):
         config_yaml="a: 1\n",
         versions={"numpy": "2"},
         machine={"cpu": "cpu", "logical_cpus": 1, "platform": "linux", "python": "3"},
-        **adjustable_context,
+        **context,
     )
 
 

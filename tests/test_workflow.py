@@ -72,7 +72,12 @@ def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
             assert 0.0 <= r[k] <= 1.0
         assert r["num_samples"] == 500
         assert r["top5"] >= r["accuracy"]
-        assert r["ms_per_image_b1"] > 0 and r["ms_per_image_batched"] > 0
+        if r["variant"].endswith("-sim") or r["variant"] == "adjq-t1":  # simulations
+            assert r["ms_per_image_b1"] is None and r["latency_variant"] is None
+        else:  # timed: their own timing, the weight-only ones keras-float's
+            assert r["ms_per_image_b1"] > 0 and r["ms_per_image_batched"] > 0
+            assert r["latency_variant"] == (
+                "keras-float" if r["variant"].startswith(("bin-", "fixed-")) else r["variant"])
         assert sum(map(sum, r["confusion_matrix"])) == pytest.approx(500)
         assert 0.0 <= r["tie_rate"] <= 1.0 and 0.0 <= r["top5_tie_rate"] <= 1.0
         assert (work / "results" / r["confusion_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -175,12 +180,15 @@ def test_summary_markdown_shows_the_numbers(tiny_run):
     work, _ = tiny_run
     records = json.loads((work / "results/summary.json").read_text())
     md = (work / "results/summary.md").read_text()
+    table = md[md.index("every variant"):]  # the grouped table: method, variant, top-1, ...
     for r in records:
-        row = next(line for line in md.splitlines() if line.startswith(f"| {r['variant']} |"))
+        row = next(line for line in table.splitlines() if f" | {r['variant']} | " in line)
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[1] == f"{100 * r['accuracy']:.2f}"
-        assert cells[2] == f"{r['delta_accuracy_pp']:+.2f}"
-        assert cells[8] == f"{r['size_ratio']:.3f}"
+        assert cells[1] == r["variant"]
+        assert cells[2] == f"{100 * r['accuracy']:.2f}"
+        assert cells[3] == f"{r['delta_accuracy_pp']:+.2f}"
+        assert cells[4] == f"{r['size_bytes'] / 1024:.1f}"
+        assert cells[13] == f"{r['size_ratio']:.3f}"
         assert f"]({r['confusion_png']})" in md
     assert "max_train: 2000" in md  # the config used
     assert re.search(r"- tensorflow(-cpu)? 2\.\d+", md)  # package versions
@@ -331,3 +339,66 @@ def test_per_layer_diagnosis_and_float_fallback(tiny_run):
     assert "Leaving the layers the per-layer diagnosis of tflite-int8 finds worst" in md
     assert "### Post-training quantization: the TFLite lab's questions" in md
     assert (work / "results/int8_calibration.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_html_report_shows_the_rendered_summary_in_a_browser(tiny_run, tmp_path):
+    """`snakemake --report report.html`: its landing page shows the verdict, the
+    comparison table and both plots (headless Chromium's DOM and screenshot); the summary
+    page is rendered HTML with every figure embedded; report.zip holds the same."""
+    import zipfile
+
+    import browser
+
+    work, cfg = tiny_run
+    records = json.loads((work / "results/summary.json").read_text())
+    summary = work / "results/summary.html"
+    page = browser.dump_dom(summary)
+    assert page.count("<table") >= 5 and "<h1>quantflow summary</h1>" in page
+    assert page.count('src="data:image/png;base64,') >= 8  # every figure, embedded
+    assert "](" not in page and "|---|" not in page  # no raw markdown left
+    for r in records:
+        assert f"<td>{r['variant']}</td>" in page
+    smallest = next(line for line in page.splitlines() if "Smallest within 0.5 pp" in line)
+
+    report = tmp_path / "report.html"
+    run_snakemake(work, cfg, "--report", str(report))
+    landing = browser.dump_dom(report)
+    assert "Which method, at what cost" in landing
+    assert smallest.split("</strong>")[1][:60] in landing  # the same verdict line
+    assert landing.count('src="data:image/png;base64,') >= 2 and "<table" in landing
+    pixels = browser.screenshot(report, tmp_path / "report.png", width=1600, height=2000)
+    assert pixels.shape == (2000, 1600, 3)
+    assert pixels.std() > 0.05  # not a blank page
+    assert browser.coloured_share(pixels) > 0.002  # the plots' markers and lines drew
+
+    archive = tmp_path / "report.zip"
+    run_snakemake(work, cfg, "--report", str(archive))
+    with zipfile.ZipFile(archive) as z:
+        names = z.namelist()
+        z.extractall(tmp_path / "unzipped")
+    assert any(n.endswith("/report.html") for n in names)
+    assert any(n.endswith("/summary.html") for n in names)
+    unzipped = next((tmp_path / "unzipped").glob("*/report.html"))
+    assert "Which method, at what cost" in browser.dump_dom(unzipped)
+
+
+def test_verdict_follows_the_configured_tolerance_and_only_the_summary_reruns(tiny_run):
+    work, cfg = tiny_run
+    md = (work / "results/summary.md").read_text()
+    assert "**Smallest within 0.5 pp**" in md
+    metrics = sorted((work / "results").glob("**/metrics.json"))
+    before = {p: p.stat().st_mtime_ns for p in metrics}
+    wide = yaml.safe_load(cfg.read_text())
+    wide["verdict"] = {"tolerance_pp": 100.0, "size_budget_kib": 1.0}
+    wide_cfg = write_config(work / "wide.yaml", wide)
+    try:
+        run_snakemake(work, wide_cfg, "--cores", "1")
+        md = (work / "results/summary.md").read_text()
+        records = json.loads((work / "results/summary.json").read_text())
+        smallest = min(records, key=lambda r: (r["size_bytes"], -r["accuracy"]))
+        assert f"**Smallest within 100 pp** of `tflite-fp32`" in md
+        assert f": `{smallest['variant']}`, {smallest['size_bytes'] / 1024:.1f} KiB" in md
+        assert "No variant fits the size budget of 1.0 KiB." in md
+        assert {p: p.stat().st_mtime_ns for p in metrics} == before
+    finally:
+        run_snakemake(work, cfg, "--cores", "1")
