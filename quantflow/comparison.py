@@ -72,16 +72,19 @@ def _kib(size_bytes: float) -> str:
     return f"{size_bytes / 1024:.1f} KiB"
 
 
-def _images(pp: float, num_samples: int) -> int:
+def _images(pp: float, num_samples) -> int | None:
+    """How many test images `pp` percentage points of top-1 are (None without a count)."""
+    if not _number(num_samples) or num_samples <= 0:
+        return None
     return int(round(abs(pp) * num_samples / 100.0))
 
 
 def _top1(record: dict) -> str:
-    """'top-1 90.51% (-0.34 pp, 34 test images)'."""
+    """'top-1 90.51% (-0.34 pp, 34 test images)' ('(-0.34 pp)' without a test-set size)."""
     pp = record["delta_accuracy_pp"]
-    n = _images(pp, record["num_samples"])
-    return (f"top-1 {100 * record['accuracy']:.2f}% ({pp:+.2f} pp, {n} test "
-            f"image{'' if n == 1 else 's'})")
+    n = _images(pp, record.get("num_samples"))
+    images = "" if n is None else f", {n} test image{'' if n == 1 else 's'}"
+    return f"top-1 {100 * record['accuracy']:.2f}% ({pp:+.2f} pp{images})"
 
 
 def _kind(record: dict) -> str:
@@ -118,11 +121,17 @@ def verdict(records: list[dict], tolerance_pp: float = 0.5, size_budget_bytes: f
     - "fastest_deployable": the deployable variant within tolerance with the least time per
       image at batch 1, with its batched time and the timings within LATENCY_TIE of it."""
     ref = next((r for r in records if r["variant"] == reference), None)
-    if ref is None or not _has(ref, "accuracy", "size_bytes"):
-        why = f"No `{reference}` in this run: nothing to measure the variants against."
+    if ref is None or not _has(ref, "accuracy", "size_bytes") or ref["size_bytes"] <= 0:
+        why = (f"No `{reference}` in this run" if ref is None else
+               f"`{reference}` has no top-1 or size in this run")
+        why += ": nothing to measure the variants against."
         return [_picked(k, None, [], why)
                 for k in ("smallest", "most_accurate_under_budget", "fastest_deployable")]
-    usable = [r for r in records if _has(r, "accuracy", "size_bytes", "delta_accuracy_pp")]
+    # Δ against this reference (the records' own delta_accuracy_pp is against tflite-fp32;
+    # the same number when that is the reference)
+    usable = [{**r, "delta_accuracy_pp": 100.0 * (r["accuracy"] - ref["accuracy"]),
+               "size_ratio": r["size_bytes"] / ref["size_bytes"]}
+              for r in records if _has(r, "accuracy", "size_bytes")]
     within = [r for r in usable if r["delta_accuracy_pp"] >= -tolerance_pp - 1e-9]
     ref_text = f"`{reference}` ({100 * ref['accuracy']:.2f}%, {_kib(ref['size_bytes'])})"
     return [_smallest(within, tolerance_pp, ref, ref_text),
@@ -156,9 +165,16 @@ def _smallest(within: list[dict], tolerance_pp: float, ref: dict, ref_text: str)
 
 
 def _ties_by_accuracy(best: dict, candidates: list[dict]) -> list[dict]:
-    n = best["num_samples"]
-    return [r for r in candidates if r is not best
-            and _images(100 * (best["accuracy"] - r["accuracy"]), n) <= TIE_IMAGES]
+    """The other candidates at most TIE_IMAGES test images below `best` (without a
+    test-set size, those with exactly its top-1)."""
+    n = best.get("num_samples")
+    ties = []
+    for r in candidates:
+        images = _images(100 * (best["accuracy"] - r["accuracy"]), n)
+        if r is not best and (images <= TIE_IMAGES if images is not None
+                              else r["accuracy"] == best["accuracy"]):
+            ties.append(r)
+    return ties
 
 
 def _under_budget(usable: list[dict], budget_bytes, budget_ratio: float, ref: dict) -> dict:
@@ -232,13 +248,16 @@ def cross_model_rows(records_by_model: dict, tolerance_pp: float = 0.5,
                      size_budget_ratio: float = 0.3, size_budget_bytes: float | None = None,
                      reference: str = REFERENCE_VARIANT) -> list[dict]:
     """One row per (dataset, model) of `records_by_model` ((dataset, model) -> records): the
-    reference's top-1 and size, int8 PTQ's Δ, the best FAT and adjustable variant (highest
-    top-1) with their Δ, and the three verdict picks."""
+    reference's top-1 and size, int8 PTQ's Δ, the best FAT variant (highest top-1 among the
+    deployable fat-<scheme>, else among the fat-<scheme>-sim simulations) and adjustable
+    variant (highest top-1 of adjq-<target> and adjq-<target>-int8) with their Δ, and the
+    three verdict picks (the dicts of `verdict`, under their "kind"). Missing -> None."""
     rows = []
     for (dataset, model), records in records_by_model.items():
         by_name = {r["variant"]: r for r in records}
         ref = by_name.get(reference) or {}
-        fat = _best(records, lambda r: family(r["variant"]) == "FAT")
+        fat = (_best(records, lambda r: family(r["variant"]) == "FAT" and deployable(r))
+               or _best(records, lambda r: family(r["variant"]) == "FAT"))
         adjq = _best(records, lambda r: family(r["variant"]) == "adjustable")
         picks = {v["kind"]: v for v in verdict(records, tolerance_pp, size_budget_bytes,
                                                size_budget_ratio, reference)}

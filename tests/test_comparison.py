@@ -80,6 +80,31 @@ def test_tolerance_boundary_is_included():
     assert pick(verdict(records, tolerance_pp=0.39), "smallest")["variant"] != "bin-4"
 
 
+def test_exactly_half_a_point_down_is_within_the_default_tolerance():
+    records = run()
+    for r in records:
+        if r["variant"] == "bin-4":
+            r["accuracy"] = 0.8950  # 50 images: -0.50 pp (-0.5000000000000004 in floats)
+    smallest = pick(verdict(with_deltas(records)), "smallest")
+    assert smallest["variant"] == "bin-4"
+    assert "top-1 89.50% (-0.50 pp, 50 test images)" in smallest["sentence"]
+    for r in records:
+        if r["variant"] == "bin-4":
+            r["accuracy"] = 0.8949  # one image more: out
+    assert pick(verdict(with_deltas(records)), "smallest")["variant"] == "fat-w8a8-sym-pc"
+
+
+def test_a_tie_is_at_most_five_test_images():
+    records = run()  # under 300,000 bytes: fat-w8a8-sym-pc leads with 89.97%
+    int8 = next(r for r in records if r["variant"] == "tflite-int8")
+    for accuracy, tied in ((0.8992, True), (0.8991, False)):  # 5, then 6 images behind
+        int8["accuracy"] = accuracy
+        line = pick(verdict(with_deltas(records)), "most_accurate_under_budget")
+        assert line["variant"] == "fat-w8a8-sym-pc"
+        assert line["ties"] == (["tflite-int8"] if tied else [])
+        assert ("Tied with it (within 5 test images): `tflite-int8`." in line["sentence"]) == tied
+
+
 def test_most_accurate_under_the_budget_and_its_ties():
     records = run()
     # 0.3 x 1,000,000 bytes: int8 (89.90%), FAT (89.97%), bin-4, int4, adjq fit
@@ -127,6 +152,40 @@ def test_missing_reference_and_missing_numbers():
     assert pick(lines, "fastest_deployable")["variant"] == "fat-w8a8-sym-pc"
 
 
+def test_none_fields_are_skipped():
+    records = run()
+    by_name = {r["variant"]: r for r in records}
+    by_name["bin-4"].update(accuracy=None, delta_accuracy_pp=None)  # no top-1: skipped
+    by_name["tflite-int8"]["ms_per_image_batched"] = None
+    by_name["fat-w8a8-sym-pc"]["num_samples"] = None  # no test-set size: no image count
+    by_name["tflite-int4-weights"]["size_bytes"] = None
+    lines = verdict(records)
+    assert "bin-4" not in str(lines) and "tflite-int4-weights" not in str(lines)
+    smallest = pick(lines, "smallest")
+    assert smallest["variant"] == "fat-w8a8-sym-pc"
+    assert "top-1 89.97% (-0.03 pp)" in smallest["sentence"]
+    # the budget winner without a test-set size: ties only at the same top-1
+    assert pick(lines, "most_accurate_under_budget")["ties"] == []
+    fastest = pick(lines, "fastest_deployable")
+    assert fastest["variant"] == "tflite-int8" and "ms batched" not in fastest["sentence"]
+    assert "Batched, `fat-w8a8-sym-pc` is fastest: 0.0105 ms per image." in fastest["sentence"]
+    records[1]["accuracy"] = None  # the reference without a top-1
+    lines = verdict(records)
+    assert [line["variant"] for line in lines] == [None, None, None]
+    assert "`tflite-fp32` has no top-1 or size" in lines[0]["sentence"]
+
+
+def test_another_reference_measures_against_it():
+    records = run()
+    # against keras-float (1,100,000 bytes, 90.00%) the deltas are the same, the ratio not
+    line = pick(verdict(records, reference="keras-float"), "smallest")
+    assert line["variant"] == "bin-4" and "`keras-float` (90.00%, 1074.2 KiB)" in line["sentence"]
+    assert line["size_ratio"] == pytest.approx(120_000 / 1_100_000)
+    # against int4 weights (89.40%) every variant but adjq-s24 is within 0.5 pp
+    line = pick(verdict(records, reference="tflite-int4-weights"), "smallest")
+    assert line["variant"] == "bin-4" and line["delta_accuracy_pp"] == pytest.approx(0.2)
+
+
 def test_grouped_rows_follow_the_method_families():
     records = run()
     rows = grouped_rows(list(reversed(records)))
@@ -151,6 +210,14 @@ def test_cross_model_rows():
     assert rows[1]["int8_delta_pp"] == pytest.approx(-5.0)
     assert rows[1]["fat_variant"] is None and rows[1]["smallest"]["variant"] == "tflite-fp32"
     assert rows[1]["most_accurate_under_budget"]["variant"] == "tflite-int8"
+    assert rows[0]["reference_accuracy"] == 0.9 and rows[1]["reference_size_bytes"] == 2_000_000
+    assert rows[0]["adjustable_variant"] == "adjq-s24" and rows[1]["adjustable_variant"] is None
+    # the best FAT is the best deployable one, even when its simulation is more accurate
+    first.append(with_deltas([first[1], rec("fat-w8a8-sym-pc-sim", 0.9010, 280_000,
+                                            fmt="keras")])[1])
+    assert cross_model_rows({("d", "m"): first})[0]["fat_variant"] == "fat-w8a8-sym-pc"
+    sims_only = [r for r in first if r["variant"] != "fat-w8a8-sym-pc"]
+    assert cross_model_rows({("d", "m"): sims_only})[0]["fat_variant"] == "fat-w8a8-sym-pc-sim"
 
 
 @pytest.mark.parametrize("x", ["size_bytes", "score"])
