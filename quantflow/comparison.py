@@ -336,7 +336,7 @@ def plot_accuracy_vs(records: list[dict], path: str | Path, x: str = "size_bytes
             ax.axhline(100 * ref["accuracy"] - tolerance_pp, linestyle="--", color="grey",
                        linewidth=1, label=f"{reference} - {tolerance_pp:g} pp")
         ax.set_xscale("log")
-        ax.set_ylim(low - 0.3, high)
+        ax.set_ylim(min(ys, default=low) - 0.3, high)
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 accuracy (%)")
         title = f"{dataset} / {model}"

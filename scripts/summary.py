@@ -47,7 +47,8 @@ def main(inp, out, config):
             group["records"], tolerance_pp=vcfg["tolerance_pp"], size_budget_bytes=budget,
             size_budget_ratio=vcfg["size_budget_ratio"])
         group["grouped"] = comparison.grouped_rows(group["records"])
-        group["shared_timing"] = any(r["latency_variant"] != r["variant"] for r in group["records"])
+        group["shared_timing"] = any(r["latency_variant"] not in (None, r["variant"])
+                                     for r in group["records"])
     cross_model = comparison.cross_model_rows(
         {(g["dataset"], g["model"]): g["records"] for g in groups},
         tolerance_pp=vcfg["tolerance_pp"], size_budget_ratio=vcfg["size_budget_ratio"],
