@@ -68,7 +68,7 @@ browser:
 		echo "note: Chromium not installed (no root apt); the browser checks will be skipped"; \
 	fi
 
-# Re-render results/summary.{json,md} from the existing metrics (nothing else reruns);
+# Re-render results/summary.{json,md,html} from the existing metrics (nothing else reruns);
 # after a run with your own config file: make report CONFIG=my.yaml
 report: install
 	$(BIN)/snakemake --cores 1 --forcerun summary $(SNAKEMAKE_CONFIG) -- results/summary.md

@@ -147,21 +147,34 @@ def _smallest(within: list[dict], tolerance_pp: float, ref: dict, ref_text: str)
     if not within:
         return _picked("smallest", None, [],
                        f"No variant is within {tolerance_pp:g} pp of {ref_text}.")
-    best = min(within, key=lambda r: (r["size_bytes"], -r["accuracy"]))
+    best = _smallest_of(within)
     ties = [r for r in within if r is not best and r["size_bytes"] == best["size_bytes"]]
     sentence = (f"**Smallest within {tolerance_pp:g} pp** of {ref_text}: `{best['variant']}`, "
                 f"{_size_text(best, ref)}, {_top1(best)}; {_kind(best)}.")
     if ties:
         sentence += f" The same size: {_names(ties)}."
     if not deployable(best):
-        shipped = [r for r in within if deployable(r)]
-        if shipped:
-            small = min(shipped, key=lambda r: (r["size_bytes"], -r["accuracy"]))
+        small = _deployable_pick(within, _smallest_of)
+        if small:
             sentence += (f" The smallest deployable one: `{small['variant']}`, "
                          f"{_size_text(small, ref)}, {_top1(small)}.")
         else:
             sentence += " No deployable variant is within the tolerance."
     return _picked("smallest", best, ties, sentence)
+
+
+def _smallest_of(records: list[dict]) -> dict:
+    return min(records, key=lambda r: (r["size_bytes"], -r["accuracy"]))
+
+
+def _most_accurate_of(records: list[dict]) -> dict:
+    return max(records, key=lambda r: (r["accuracy"], -r["size_bytes"]))
+
+
+def _deployable_pick(records: list[dict], pick) -> dict | None:
+    """`pick` among the deployable records (None without any)."""
+    shipped = [r for r in records if deployable(r)]
+    return pick(shipped) if shipped else None
 
 
 def _ties_by_accuracy(best: dict, candidates: list[dict]) -> list[dict]:
@@ -185,18 +198,16 @@ def _under_budget(usable: list[dict], budget_bytes, budget_ratio: float, ref: di
     if not fits:
         return _picked("most_accurate_under_budget", None, [],
                        f"No variant fits the size budget of {budget_text}.")
-    best = max(fits, key=lambda r: (r["accuracy"], -r["size_bytes"]))
+    best = _most_accurate_of(fits)
     ties = _ties_by_accuracy(best, fits)
     sentence = (f"**Most accurate under {budget_text}**: `{best['variant']}`, "
                 f"{_top1(best)}, {_kib(best['size_bytes'])}; {_kind(best)}.")
     if ties:
         sentence += (f" Tied with it (within {TIE_IMAGES} test images): {_names(ties)}.")
-    if not deployable(best):
-        shipped = [r for r in fits if deployable(r)]
-        if shipped:
-            top = max(shipped, key=lambda r: (r["accuracy"], -r["size_bytes"]))
-            sentence += (f" The most accurate deployable one: `{top['variant']}`, {_top1(top)}, "
-                         f"{_kib(top['size_bytes'])}.")
+    top = None if deployable(best) else _deployable_pick(fits, _most_accurate_of)
+    if top:
+        sentence += (f" The most accurate deployable one: `{top['variant']}`, {_top1(top)}, "
+                     f"{_kib(top['size_bytes'])}.")
     return _picked("most_accurate_under_budget", best, ties, sentence)
 
 
