@@ -53,3 +53,12 @@ def test_ready_configs_validate_against_the_schema():
         update_config(config, yaml.safe_load(path.read_text()))
         validate(config, str(REPO / "rules/config.schema.yaml"))
         assert config["train"]["stages"][0]["schedule"], path  # defaults filled in
+
+
+def test_readme_images_are_committed_small_pngs():
+    readme = (REPO / "README.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert "docs/report.png" in images
+    for image in images:
+        data = (REPO / image).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 200_000, image
