@@ -58,7 +58,7 @@ def checkout(tmp_path_factory):
 def test_readme_command_dry_runs(command, checkout):
     args = shlex.split(command)[1:]
     if "--report" in args:
-        pytest.skip("needs finished results: run for real in tests/test_reruns.py")
+        pytest.skip("needs finished results: run for real (and opened in Chromium) in tests/test_workflow.py")
     if "--sdm" in args and shutil.which("conda") is None:
         pytest.skip("conda is not installed here")
     if "-n" not in args and "--dry-run" not in args:
