@@ -402,3 +402,43 @@ def test_verdict_follows_the_configured_tolerance_and_only_the_summary_reruns(ti
         assert {p: p.stat().st_mtime_ns for p in metrics} == before
     finally:
         run_snakemake(work, cfg, "--cores", "1")
+
+
+def test_two_models_get_a_panel_each_and_one_cross_model_table(tmp_path, fashion_mnist_dir):
+    """A run with two models: each has its verdict and grouped table, the comparison plots
+    a panel each, and one table compares the models."""
+    micro = {"arch": "tiny_mobilenet", "width": 0.25, "head": 32}
+    config = {
+        "seed": 3,
+        "dataset": {"name": "fashion_mnist", "mirrors": [f"file://{fashion_mnist_dir}"],
+                    "validation_size": 100, "max_train": 600, "max_test": 200},
+        "models": {"narrow": micro, "wide": {**micro, "width": 0.5}},
+        "train": {"batch_size": 100, "stages": [{"epochs": 1, "learning_rate": 0.004,
+                                                  "warmup_steps": 2}]},
+        "tflite": {"calibration_images": 20},
+        "diagnosis": {"images": 0},
+        "evaluate": {"batch_size": 50, "latency_images": 5, "latency_batches": 1},
+        "weightquant": {"algorithms": ["bin"], "bits": [8], "keep_checkpoints": False},
+        "fat": {"schemes": []},
+        "adjustable": {"targets": None},
+        "variants": ["tflite-fp32", "tflite-int8"],
+    }
+    cfg = write_config(tmp_path / "two.yaml", config)
+    run_snakemake(tmp_path, cfg, "--cores", "2")
+    md = (tmp_path / "results/summary.md").read_text()
+    for model in ("narrow", "wide"):
+        assert f"### fashion_mnist / {model}\n" in md
+        assert f"## fashion_mnist / {model}: every variant" in md
+    across = md[md.index("### Across models"):]
+    rows = [line for line in across.splitlines() if line.startswith("| fashion_mnist / ")]
+    assert [row.split(" | ")[0] for row in rows] == ["| fashion_mnist / narrow",
+                                                     "| fashion_mnist / wide"]
+    records = json.loads((tmp_path / "results/summary.json").read_text())
+    for row, model in zip(rows, ("narrow", "wide")):
+        int8 = next(r for r in records if (r["model"], r["variant"]) == (model, "tflite-int8"))
+        assert f" | {int8['delta_accuracy_pp']:+.2f} | " in row
+    from matplotlib.image import imread
+
+    for name in ("accuracy_vs_size.png", "accuracy_vs_score.png"):
+        height, width = imread(tmp_path / "results" / name).shape[:2]
+        assert width > 1.8 * height  # two panels side by side
