@@ -7,7 +7,7 @@ with one busy process per core (what a timing job sharing the cores with trainin
 evaluation jobs would get). Records ms per image and the int8 / fp32 speed ratio of each
 condition in benchmarks/results/latency.json.
 
-    .venv/bin/python benchmarks/latency.py [--threads 2] [--rounds 3]
+    .venv/bin/python benchmarks/latency.py [--threads 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -55,23 +55,21 @@ def models(workdir: Path) -> dict[str, Path]:
 
 
 def time_models(paths, images, threads, batch_size, latency_images, batches):
-    from quantflow.evaluate import latency_batch1, load_runner, predict
+    from quantflow.evaluate import latency_batch1, latency_batched, load_runner
 
     out = {}
     for fmt, path in paths.items():
         runner = load_runner(path, threads)
-        b1 = latency_batch1(runner, images, latency_images)
-        chunks = [(images[i : i + batch_size], np.zeros(batch_size))
-                  for i in range(0, batch_size * batches, batch_size)]
-        _, _, seconds = predict(runner, chunks, batch_size)
-        out[fmt] = {"ms_per_image_b1": b1,
-                    "ms_per_image_batched": 1000.0 * seconds / (batch_size * batches)}
+        chunks = [images[i : i + batch_size] for i in range(0, batch_size * batches, batch_size)]
+        out[fmt] = {"ms_per_image_b1": latency_batch1(runner, images, latency_images),
+                    "ms_per_image_batched": latency_batched(runner, chunks)}
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="LiteRT threads (evaluate.threads)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="LiteRT threads (evaluate.latency_threads)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/latency.json"))
     args = parser.parse_args()
