@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import write_result  # noqa: E402
+from benchmarks.pipeline import write_result  # noqa: E402
 
 
 def child(kind: str, threads: int, data_dir: str, steps: int) -> dict:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from quantflow.ptqreport import TIE_IMAGES
+from quantflow.ptqreport import TIE_IMAGES, image_count
 from quantflow.report import REFERENCE_VARIANT, _figure, pareto_front
 
 LATENCY_TIE = 0.10
@@ -72,17 +72,10 @@ def _kib(size_bytes: float) -> str:
     return f"{size_bytes / 1024:.1f} KiB"
 
 
-def _images(pp: float, num_samples) -> int | None:
-    """How many test images `pp` percentage points of top-1 are (None without a count)."""
-    if not _number(num_samples) or num_samples <= 0:
-        return None
-    return int(round(abs(pp) * num_samples / 100.0))
-
-
 def _top1(record: dict) -> str:
     """'top-1 90.51% (-0.34 pp, 34 test images)' ('(-0.34 pp)' without a test-set size)."""
     pp = record["delta_accuracy_pp"]
-    n = _images(pp, record.get("num_samples"))
+    n = image_count(pp, record.get("num_samples"))
     images = "" if n is None else f", {n} test image{'' if n == 1 else 's'}"
     return f"top-1 {100 * record['accuracy']:.2f}% ({pp:+.2f} pp{images})"
 
@@ -183,7 +176,7 @@ def _ties_by_accuracy(best: dict, candidates: list[dict]) -> list[dict]:
     n = best.get("num_samples")
     ties = []
     for r in candidates:
-        images = _images(100 * (best["accuracy"] - r["accuracy"]), n)
+        images = image_count(100 * (best["accuracy"] - r["accuracy"]), n)
         if r is not best and (images <= TIE_IMAGES if images is not None
                               else r["accuracy"] == best["accuracy"]):
             ties.append(r)

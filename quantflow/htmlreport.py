@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import mimetypes
+import re
 from pathlib import Path
 
 PAGE_STYLE = """
@@ -74,8 +75,6 @@ def markdown_to_html(markdown_text: str, base_dir: str | Path) -> str:
 
 def _unlink_local_files(body: str) -> str:
     """<a href="local/file">text</a> -> <span class="file-link" title="local/file">text</span>."""
-    import re
-
     def replace(match):
         href = html.unescape(match.group(1))
         if not _is_local(href):

@@ -25,13 +25,16 @@ def faster(reference_ms: float, ms: float) -> str:
     return f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
 
 
-def _images(pp: float, num_samples: int) -> int:
+def image_count(pp: float, num_samples) -> int | None:
+    """How many test images `pp` percentage points of top-1 are (None without a count)."""
+    if not num_samples or num_samples <= 0:
+        return None
     return int(round(abs(pp) * num_samples / 100.0))
 
 
 def compare(pp: float, num_samples: int, better: str = "higher", worse: str = "lower") -> str:
     """'a tie (n images)' within TIE_IMAGES, else '<better|worse> by x pp (n images)'."""
-    n = _images(pp, num_samples)
+    n = image_count(pp, num_samples)
     if n <= TIE_IMAGES:
         return f"a tie ({pp:+.2f} pp, {n} test image{'s' if n != 1 else ''})"
     return f"{better if pp > 0 else worse} by {abs(pp):.2f} pp ({n} test images)"
@@ -62,8 +65,8 @@ def _trend(points: list[dict], key: str, num_samples: int) -> str:
     values = [p[key] for p in points]
     pp = 100.0 * (last[key] - first[key])
     spread = 100.0 * (max(values) - min(values))
-    if _images(spread, num_samples) <= TIE_IMAGES:
-        return f"flat: every calibration size within {_images(spread, num_samples)} test images (a tie)"
+    if image_count(spread, num_samples) <= TIE_IMAGES:
+        return f"flat: every calibration size within {image_count(spread, num_samples)} test images (a tie)"
     steps = [b - a for a, b in zip(values, values[1:])]
     if all(s >= 0 for s in steps):
         shape = "rises with the calibration size"
@@ -73,7 +76,7 @@ def _trend(points: list[dict], key: str, num_samples: int) -> str:
         shape = "is not monotonic in the calibration size"
     return (f"{shape}: {100 * first[key]:.2f}% at {first['images']} images, "
             f"{100 * last[key]:.2f}% at {last['images']} ({pp:+.2f} pp), spread "
-            f"{spread:.2f} pp ({_images(spread, num_samples)} test images)")
+            f"{spread:.2f} pp ({image_count(spread, num_samples)} test images)")
 
 
 def ptq_study(records: list[dict], info: dict | None = None,
