@@ -43,8 +43,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from quantflow.report import machine_description  # noqa: E402
-from quantflow.runtime import configure_threads, package_versions  # noqa: E402
+from quantflow.workflow.environment import machine_description  # noqa: E402
+from quantflow.workflow.threads import configure_threads  # noqa: E402
+from quantflow.workflow.environment import package_versions  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MODELS = {
@@ -85,8 +86,8 @@ RUNS = [
 
 
 def load_splits(size, seed: int, validation_size: int) -> dict:
-    from quantflow.data import make_splits
-    from quantflow.idx import read_idx
+    from quantflow.data.prepare import make_splits
+    from quantflow.data.idx import read_idx
 
     raw = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -95,7 +96,7 @@ def load_splits(size, seed: int, validation_size: int) -> dict:
         raw[split] = (images, labels)
     splits = make_splits(raw["train"], raw["test"], validation_size, seed)
     if size is not None:  # as quantflow.data.Split resizes in-memory images
-        from quantflow.imagelist import resize_and_crop
+        from quantflow.data.stream import resize_and_crop
 
         def resized(x):
             out = [resize_and_crop(im, size) for im in x]
@@ -110,9 +111,9 @@ def float_model(name: str, splits: dict, train_cfg: dict, epochs: int | None, se
     import keras
     import tensorflow as tf
 
-    from quantflow.finetune import fine_tune
-    from quantflow.models import model_from_spec
-    from quantflow.train import inference_copy
+    from quantflow.models.finetune import fine_tune
+    from quantflow.models.registry import model_from_spec
+    from quantflow.models.callbacks import inference_copy
 
     path = cache / f"{name}.keras"
     meta = cache / f"{name}.json"
@@ -156,8 +157,10 @@ def fat_run(model, splits: dict, scheme_name: str, options: dict, cfg: dict, see
     """What scripts/fat.py does, without its files; plus top-1 on the test split."""
     import keras
 
-    from quantflow import fakequant as fq
-    from quantflow.fat import parse_scheme, train_thresholds
+    from quantflow.quant.calibrate import calibrate
+    from quantflow.quant.transform import fake_quant_model
+    from quantflow.quant.schemes import parse_scheme
+    from quantflow.quant.fat.train import train_thresholds
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
@@ -166,9 +169,9 @@ def fat_run(model, splits: dict, scheme_name: str, options: dict, cfg: dict, see
     held_out = val_x[np.sort(rng.permutation(len(val_x))[: cfg["validation_images"]])].astype(
         np.float32)
     batch = cfg["batch_size"]
-    qmodel = fq.fake_quant_model(model, **parse_scheme(scheme_name))
+    qmodel = fake_quant_model(model, **parse_scheme(scheme_name))
     calibration = cfg["calibration"]
-    fq.calibrate(qmodel, images, calibration["batches"], method=calibration["method"],
+    calibrate(qmodel, images, calibration["batches"], method=calibration["method"],
                  percentile=calibration.get("percentile", 99.99), batch_size=batch)
     calibrated_top1 = top1(qmodel, splits["test"]) if calibrated else None
     settings = {"loss": options["loss"], "reset": options["reset"],

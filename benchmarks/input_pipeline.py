@@ -2,7 +2,7 @@
 
 Writes `--images` JPEGs of ImageNet's typical size (500x375, random smooth content) to a
 temporary folder, then measures, in one run on this machine:
-  - loader: images per second quantflow.imagelist.make_dataset delivers at 224x224
+  - loader: images per second quantflow.data.stream.make_dataset delivers at 224x224
     (decode with OpenCV, resize the shorter side, centre crop, batch), second pass;
   - train step: images per second of MobileNetV2 (alpha 1.0, 1000 classes) training at
     224x224 on in-memory batches (no input cost at all);
@@ -28,8 +28,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from quantflow.report import machine_description  # noqa: E402
-from quantflow.runtime import configure_threads, package_versions  # noqa: E402
+from quantflow.workflow.environment import machine_description  # noqa: E402
+from quantflow.workflow.threads import configure_threads  # noqa: E402
+from quantflow.workflow.environment import package_versions  # noqa: E402
 
 
 def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[tuple[Path, int]]:
@@ -67,8 +68,8 @@ def main() -> int:
     import keras
     import tensorflow as tf
 
-    from quantflow.imagelist import make_dataset
-    from quantflow.zoo import build_zoo_model
+    from quantflow.data.stream import make_dataset
+    from quantflow.models.keras_apps import build_zoo_model
 
     with tempfile.TemporaryDirectory(prefix="quantflow-jpegs-") as tmp:
         entries = write_jpegs(Path(tmp), args.images)

@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from quantflow.report import machine_description  # noqa: E402
-from quantflow.runtime import package_versions  # noqa: E402
+from quantflow.workflow.environment import machine_description  # noqa: E402
+from quantflow.workflow.environment import package_versions  # noqa: E402
 
 
 def _burn(stop):
@@ -41,8 +41,8 @@ def _burn(stop):
 def models(workdir: Path) -> dict[str, Path]:
     """fp32 and int8 TFLite files of the default architecture (weights untrained: the
     arithmetic, and so the time, is the same)."""
-    from quantflow.models import model_from_spec
-    from quantflow.tflite import convert
+    from quantflow.models.registry import model_from_spec
+    from quantflow.deploy.convert import convert
 
     model = model_from_spec({"arch": "tiny_mobilenet", "width": 1.0, "dropout": 0.2,
                              "head": 1024}, [28, 28, 1], 10)
@@ -55,7 +55,8 @@ def models(workdir: Path) -> dict[str, Path]:
 
 
 def time_models(paths, images, threads, batch_size, latency_images, batches):
-    from quantflow.evaluate import latency_batch1, latency_batched, load_runner
+    from quantflow.evaluate.latency import latency_batch1, latency_batched
+    from quantflow.evaluate.runners import load_runner
 
     out = {}
     for fmt, path in paths.items():

@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from quantflow.report import machine_description  # noqa: E402
-from quantflow.runtime import package_versions  # noqa: E402
+from quantflow.workflow.environment import machine_description  # noqa: E402
+from quantflow.workflow.environment import package_versions  # noqa: E402
 
 TARGETS = {
     "wall_seconds_max": 300,

@@ -27,8 +27,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from quantflow.report import machine_description  # noqa: E402
-from quantflow.runtime import package_versions  # noqa: E402
+from quantflow.workflow.environment import machine_description  # noqa: E402
+from quantflow.workflow.environment import package_versions  # noqa: E402
 
 TARGETS = {"jobs_min": 500, "seconds_max": 10.0}
 

@@ -38,8 +38,8 @@ from benchmarks.pipeline import write_result  # noqa: E402
 
 def logits_rmse(base: Path, variants: list[str], split_path: Path) -> dict:
     """RMSE of each TFLite variant's (dequantized) logits against tflite-fp32's."""
-    from quantflow import data
-    from quantflow.evaluate import TFLiteRunner
+    from quantflow.data import splits as data
+    from quantflow.deploy.litert import TFLiteRunner
 
     info = data.read_info(Path(split_path).parent / "info.json")
     split = data.Split(split_path, info["input_shape"][:2])

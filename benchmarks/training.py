@@ -3,7 +3,7 @@
 
 The default model (tiny_mobilenet as config.yaml builds it for Fashion-MNIST, built by
 quantflow.models) is trained for `--steps` batches of 128 by
-- "quantflow": quantflow.finetune.fine_tune on quantflow.data.Split.batches (the train
+- "quantflow": quantflow.models.finetune.fine_tune on quantflow.data.Split.batches (the train
   job's own path: tf.data from the prepared split, its schedule, progress and best-epoch
   callbacks), and
 - "plain": model.fit on the same images as numpy arrays, Adam, nothing else;
@@ -32,16 +32,16 @@ from benchmarks.pipeline import write_result  # noqa: E402
 
 
 def child(kind: str, threads: int, data_dir: str, steps: int) -> dict:
-    from quantflow.runtime import configure_threads
+    from quantflow.workflow.threads import configure_threads
 
     configure_threads(threads, 0)
     import keras
     import numpy as np
     import yaml
 
-    from quantflow import data
-    from quantflow.finetune import fine_tune
-    from quantflow.models import model_from_spec
+    from quantflow.data import splits as data
+    from quantflow.models.finetune import fine_tune
+    from quantflow.models.registry import model_from_spec
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     spec = next(iter(config["models"].values()))

@@ -25,8 +25,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from quantflow.report import machine_description  # noqa: E402
-from quantflow.weightquant import bin_quantize, fixed_point_quantize  # noqa: E402
+from quantflow.workflow.environment import machine_description  # noqa: E402
+from quantflow.quant.weightonly.bin import bin_quantize  # noqa: E402
+from quantflow.quant.weightonly.fixed import fixed_point_quantize  # noqa: E402
 
 TARGET_RATIO_TO_COPY = 0.25
 BITS = 8

@@ -1,5 +1,5 @@
 """What each evaluated variant quantizes, by its name, for the MicroNet score of every
-variant (`variant_bits` -> `quantflow.micronet.uniform_score`). Plain Python.
+variant (`variant_bits` -> `quantflow.quant.micronet.score.uniform_score`). Plain Python.
 
     keras-float, tflite-fp32   everything at 32 bits (the reference: score 2.0)
     tflite-fp16                16-bit weights and biases (stored), float compute
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from quantflow.schemes import parse_scheme
+from quantflow.quant.schemes import parse_scheme
 
 FLOAT = {"weight_bits": 32, "activation_bits": 32, "bias_bits": 32, "input_bits": 32}
 
@@ -59,37 +59,8 @@ def variant_bits(variant: str, weightquant: dict | None = None) -> dict | None:
     return None
 
 
-SCORE_FIELDS = ("score", "parameter_score", "operation_score", "mean_weight_bits",
-                "mean_activation_bits")
-
-
-def add_scores(records: list[dict], counts: dict, weightquant: dict | None = None) -> list[dict]:
-    """Give every record (a variant's metrics) its MicroNet score from its variant's
-    uniform bits and its model's counts (`counts`: (dataset, model) -> the layer counts of
-    micronet.json); records that carry a score (adjustable variants) keep theirs, and
-    "score_source" says which: "uniform bits" or "per-channel bits"."""
-    from quantflow.micronet import uniform_score
-
-    for record in records:
-        if "score" in record:
-            record.setdefault("score_source", "per-channel bits")
-            continue
-        bits = variant_bits(record["variant"], weightquant)
-        layers = counts.get((record["dataset"], record["model"]))
-        if bits is None or layers is None:
-            continue
-        result = uniform_score(layers, bits["weight_bits"], bits["activation_bits"],
-                               bias_bits=bits["bias_bits"], input_bits=bits["input_bits"])
-        record.update({k: result[k] for k in SCORE_FIELDS}, score_source="uniform bits")
-    return records
-
-
 WEIGHT_ONLY = re.compile(r"(bin|fixed)-([0-9]+)")
 SIMULATION = re.compile(r"fat-.+-sim|adjq-[a-z0-9]+")
-LATENCY_FIELDS = ("ms_per_image_b1", "ms_per_image_batched", "latency_images",
-                  "latency_batches", "latency_threads", "latency_cores_held")
-
-
 def timed_variant(variant: str) -> str | None:
     """The variant whose timing a variant takes: its own; keras-float's for the weight-only
     variants (bin-<bits>, fixed-<bits>), which run its graph with other weight values; none
@@ -100,22 +71,3 @@ def timed_variant(variant: str) -> str | None:
     return None if SIMULATION.fullmatch(variant) else variant
 
 
-def add_latencies(records: list[dict], latencies: dict) -> list[dict]:
-    """Give every record the timing its latency job measured (`latencies`: (dataset,
-    model, variant) -> latency.json): "latency_variant" names whose timing it is, None (and
-    None timings) for a simulation. A timed variant without its file raises KeyError."""
-    for record in records:
-        timed = timed_variant(record["variant"])
-        record.update(dict.fromkeys(LATENCY_FIELDS), latency_variant=timed)
-        if timed is None:
-            continue
-        latency = latencies[record["dataset"], record["model"], timed]
-        record.update(
-            ms_per_image_b1=latency["ms_per_image_b1"],
-            ms_per_image_batched=latency["ms_per_image_batched"],
-            latency_images=latency["latency_images"],
-            latency_batches=latency["latency_batches"],
-            latency_threads=latency["threads"],
-            latency_cores_held=latency["cores_held"],
-        )
-    return records

@@ -9,9 +9,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
-from quantflow.codedeps import code_digest as _code_digest
-from quantflow.schemes import parse_scheme, tflite_exportable
-from quantflow.tflite import parse_format
+from quantflow.workflow.codedeps import code_digest as _code_digest
+from quantflow.quant.schemes import parse_scheme, tflite_exportable
+from quantflow.deploy.formats import parse_format
 from quantflow.variants import timed_variant
 
 # mappings a --configfile replaces instead of merging into (Snakemake merges key by key)
@@ -95,7 +95,7 @@ _ADJUSTABLE_SECTION_ONLY = ("targets", "init_from_fat", "threads", "check_images
 
 def adjustable_settings(target):
     """A target's settings: the section's, overridden by the target's own (the rest take
-    quantflow.adjustable.Settings' defaults)."""
+    quantflow.quant.adjustable.settings.Settings' defaults)."""
     settings = {k: v for k, v in ADJUSTABLE.items() if k not in _ADJUSTABLE_SECTION_ONLY}
     settings.update(ADJUSTABLE["targets"][target] or {})
     return settings
@@ -253,10 +253,11 @@ def without(mapping, *keys):
     return {k: v for k, v in mapping.items() if k not in keys}
 
 
-def code_digest(script):
-    """Digest of scripts/<script>.py and every quantflow module it can import: a rule's
-    `code` param, so editing library code reruns exactly the jobs that run it."""
-    return _code_digest(os.path.join(REPO, "scripts", f"{script}.py"), REPO)
+def code_digest(script, *modules):
+    """Digest of scripts/<script>.py and every quantflow module it can import (and of
+    `modules`, dotted names a script loads by name, with theirs): a rule's `code` param,
+    so editing library code reruns exactly the jobs that run it."""
+    return _code_digest(os.path.join(REPO, "scripts", f"{script}.py"), REPO, modules)
 
 
 def latency_cores():

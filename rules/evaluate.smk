@@ -62,7 +62,7 @@ rule evaluate:
 
 
 rule micronet_counts:
-    """Parameters and operations of the float model per layer (quantflow.micronet's
+    """Parameters and operations of the float model per layer (quantflow.quant.micronet's
     counting convention): every variant's MicroNet score is weighed from these."""
     input:
         model="results/{dataset}/{model}/float/model.keras",

@@ -39,6 +39,7 @@ rule weightquant:
     params:
         keep_batchnorm_float=WEIGHTQUANT["keep_batchnorm_float"],
         keep_bias_float=WEIGHTQUANT["keep_bias_float"],
-        code=code_digest("weightquant"),
+        # the job imports only its own algorithm's module (by name)
+        code=lambda w: code_digest("weightquant", f"quantflow.quant.weightonly.{w.algorithm}"),
     script:
         "../scripts/weightquant.py"

@@ -9,18 +9,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 def main(inp, out, target, params, threads):
     configure_threads(threads, params.seed)
     import keras
     import numpy as np
 
-    from quantflow import adjustable as adj
-    from quantflow import bitpack, data, micronet
+    from quantflow.quant.adjustable.score import ScoreGraph, bit_summary, score_from_quant_info
+    from quantflow.quant.adjustable.settings import Settings, build_model, calibrate, init_from_fat
+    from quantflow.quant.adjustable.export import packed_weights
+    from quantflow.quant.adjustable import train as search
+    from quantflow.formats import bitpack
+    from quantflow.data import splits as data
+    from quantflow.quant.micronet.score import SUMMARY_KEYS, reference_counts
+    from quantflow.quant.micronet.count import count_model
 
-    settings = adj.Settings.from_dict(params.settings)
+    settings = Settings.from_dict(params.settings)
     float_model = keras.saving.load_model(inp.model, compile=False)
     size = data.read_info(inp.info)["input_shape"][:2]
     train, val = data.Split(inp.train, size), data.Split(inp.val, size)
@@ -32,23 +38,23 @@ def main(inp, out, target, params, threads):
     print(f"target {target}: {len(idx)} labelled training images, {len(vidx)} held-out "
           f"validation images; settings {json.dumps(settings.to_dict())}")
 
-    model = adj.build_model(float_model, settings)
-    adj.calibrate(model, split["images"], settings, batch_size=settings.batch_size)
+    model = build_model(float_model, settings)
+    calibrate(model, split["images"], settings, batch_size=settings.batch_size)
     init = {"from": "calibration"}
     if "fat_thresholds" in inp.keys():
-        from quantflow.fat import load_thresholds
+        from quantflow.quant.fat.thresholds import load_thresholds
 
         fat = load_thresholds(inp.fat_thresholds)
-        init = {"from": f"fat {fat['scheme']}", **adj.init_from_fat(model, fat["trained"])}
+        init = {"from": f"fat {fat['scheme']}", **init_from_fat(model, fat["trained"])}
     print(f"initial ranges: {init}")
     from quantflow.quant.calibrate import thresholds
 
     _write_json(out.initial_thresholds, {"init": init, "quantizers": thresholds(model)})
-    counts = micronet.count_model(float_model)
-    graph = adj.ScoreGraph(model, counts, reference=settings.reference)
+    counts = count_model(float_model)
+    graph = ScoreGraph(model, counts, reference=settings.reference)
     if graph.unmatched:
         print(f"kept at a constant width (no adjustable quantizer found): {graph.unmatched}")
-    own = micronet.reference_counts(counts)  # the float model's 32-bit totals
+    own = reference_counts(counts)  # the float model's 32-bit totals
     _write_json(out.model_info, {
         "model": float_model.name, "reference": settings.reference,
         "p_ref": graph.p_ref, "f_ref": graph.f_ref,
@@ -65,7 +71,7 @@ def main(inp, out, target, params, threads):
             _write_json(Path(path) / "state.json", row)
 
     start = time.perf_counter()
-    result = adj.train(float_model, model, graph, split, settings, seed=params.seed,
+    result = search.train(float_model, model, graph, split, settings, seed=params.seed,
                        on_checkpoint=checkpoint, log=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     best_state = json.loads((Path(out.best_ckpt) / "state.json").read_text())
@@ -75,8 +81,8 @@ def main(inp, out, target, params, threads):
 
     model.save(out.model)
     info = graph.quant_info()
-    exact = adj.score_from_quant_info(info, counts)
-    score = {k: exact[k] for k in micronet.SUMMARY_KEYS}
+    exact = score_from_quant_info(info, counts)
+    score = {k: exact[k] for k in SUMMARY_KEYS}
     _write_json(out.quant_info, {**info, "score": score})
     _write_json(out.score, score)
     with open(out.history, "w", newline="") as f:
@@ -84,7 +90,7 @@ def main(inp, out, target, params, threads):
         writer.writeheader()
         writer.writerows({"epoch": 0, **row} if "epoch" not in row else row
                          for row in result["history"])
-    packed = adj.packed_weights(model, {"model": float_model.name, "target": target})
+    packed = packed_weights(model, {"model": float_model.name, "target": target})
     bitpack.save_packed(out.packed, packed)
     storage = bitpack.file_storage(out.packed, packed)
     # the payload is the kernels' storage as the score counts it, bit for bit
@@ -100,7 +106,7 @@ def main(inp, out, target, params, threads):
         "images": len(idx), "validation_images": len(vidx),
         "float_val_accuracy": result["float_accuracy"], "val_accuracy": result["final_accuracy"],
         "best": result["best"], "swa": result["swa"], "score": score,
-        "bits": adj.bit_summary(info), "packed": storage, "unmatched": graph.unmatched,
+        "bits": bit_summary(info), "packed": storage, "unmatched": graph.unmatched,
         "steps": result["steps"], "seconds": seconds, "threads": threads,
     }
     _write_json(out.summary, summary)

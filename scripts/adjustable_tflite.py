@@ -8,16 +8,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, target, params, threads):
     configure_threads(threads, params.seed)
     import keras
-    from quantflow import adjustable as adj
-    from quantflow import data, micronet, tflite
-    import quantflow.fakequant  # noqa: F401 (registers the fake-quant layers)
+    from quantflow.quant.adjustable import export as adj
+    from quantflow.data import splits as data
+    from quantflow.quant.micronet import score as micronet
+    from quantflow.deploy import check as tflite
+    import quantflow.quant.layers  # noqa: F401 (registers the fake-quant layers)
 
     float_model = keras.saving.load_model(inp.float_model, compile=False)
     model = keras.saving.load_model(inp.model, compile=False)

@@ -7,14 +7,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, variant, params, threads):
     configure_threads(threads, tensorflow=False)
-    from quantflow import data
-    from quantflow.diagnosis import diagnose
+    from quantflow.data import splits as data
+    from quantflow.evaluate.diagnosis import diagnose
 
     val = data.Split(inp.val, data.read_info(inp.info)["input_shape"][:2])
     images = val.sample(params.images, params.seed)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.data import fetch_dataset
-from quantflow.logs import run_logged
+from quantflow.data.sources import fetch_dataset
+from quantflow.workflow.logs import run_logged
 
 
 def main(dataset, manifest, params, cfg):

@@ -7,14 +7,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, wildcards, params, threads):
     configure_threads(threads, tensorflow=not inp.model.endswith(".tflite"))
-    from quantflow import data
-    from quantflow.evaluate import evaluate_model
+    from quantflow.data import splits as data
+    from quantflow.evaluate.accuracy import evaluate_model
     from quantflow.metrics import plot_confusion_matrix
 
     info = data.read_info(inp.info)

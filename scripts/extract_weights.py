@@ -5,15 +5,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(model_path, out_path, threads):
     configure_threads(threads)
     import keras
 
-    from quantflow.weights import extract_weights, save_weights
+    from quantflow.formats.weights import extract_weights, save_weights
 
     data = extract_weights(keras.saving.load_model(model_path, compile=False))
     save_weights(data, out_path)

@@ -10,8 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
 from quantflow.errors import QuantflowError
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, scheme_name, cfg, seed, threads):
@@ -19,10 +19,13 @@ def main(inp, out, scheme_name, cfg, seed, threads):
     import keras
     import numpy as np
 
-    from quantflow import data
-    from quantflow import fakequant as fq
-    from quantflow.fat import (alpha_values, logits_rmse, packed_size_bytes, parse_scheme,
-                               save_thresholds, train_thresholds)
+    from quantflow.data import splits as data
+    from quantflow.quant.calibrate import calibrate, thresholds
+    from quantflow.quant.transform import fake_quant_model
+    from quantflow.quant.fat.thresholds import alpha_values, save_thresholds
+    from quantflow.quant.schemes import parse_scheme
+    from quantflow.quant.fat.train import logits_rmse, train_thresholds
+    from quantflow.quant.packed import packed_size_bytes
 
     scheme = parse_scheme(scheme_name)
     size = data.read_info(inp.info)["input_shape"][:2]
@@ -35,11 +38,11 @@ def main(inp, out, scheme_name, cfg, seed, threads):
     print(f"scheme {scheme_name}: {scheme}; {len(images)} unlabelled training images, "
           f"{len(held_out)} held-out validation images, batch {batch}")
 
-    qmodel = fq.fake_quant_model(model, **scheme)
+    qmodel = fake_quant_model(model, **scheme)
     calibration = cfg["calibration"]
-    fq.calibrate(qmodel, images, calibration["batches"], method=calibration["method"],
+    calibrate(qmodel, images, calibration["batches"], method=calibration["method"],
                  percentile=calibration["percentile"], batch_size=batch)
-    initial = fq.thresholds(qmodel)
+    initial = thresholds(qmodel)
     print(f"calibrated {len(initial)} quantizers on {calibration['batches']} batches "
           f"({calibration['method']}); activation ranges:")
     for name, row in initial.items():
@@ -73,7 +76,7 @@ def main(inp, out, scheme_name, cfg, seed, threads):
             f"{result['final_val_rmse']:.6g} recorded when they were saved; rerun the fat rule"
         )
     qmodel.save(out.model)
-    trained = fq.thresholds(qmodel)
+    trained = thresholds(qmodel)
     save_thresholds(out.thresholds, {"scheme": scheme_name, **scheme, "initial": initial,
                                      "trained": trained})
     with open(out.history, "w", newline="") as f:

@@ -7,16 +7,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, scheme_name, params, threads):
     configure_threads(threads, params.seed)
     import keras
-    from quantflow import data, tflite
-    from quantflow.schemes import parse_scheme, tflite_exportable
-    import quantflow.fakequant  # noqa: F401 (registers the fake-quant layers)
+    from quantflow.data import splits as data
+    from quantflow.deploy import check as tflite
+    from quantflow.quant.schemes import parse_scheme, tflite_exportable
+    import quantflow.quant.layers  # noqa: F401 (registers the fake-quant layers)
 
     scheme = parse_scheme(scheme_name)
     if not tflite_exportable(scheme):  # the rule's variants never ask for this

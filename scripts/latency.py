@@ -7,16 +7,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, params, threads):
     # The job holds `threads` cores so that nothing else runs; the model itself runs
     # with the configured number of threads, as in the accuracy evaluation.
     configure_threads(params.threads, tensorflow=not inp.model.endswith(".tflite"))
-    from quantflow import data
-    from quantflow.evaluate import measure_latency
+    from quantflow.data import splits as data
+    from quantflow.evaluate.latency import measure_latency
 
     info = data.read_info(inp.info)
     split = data.Split(inp.test, info["input_shape"][:2])

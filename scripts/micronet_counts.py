@@ -7,19 +7,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out):
     configure_threads(1)
     import keras
 
-    from quantflow import micronet
+    from quantflow.quant.micronet.count import count_model
+    from quantflow.quant.micronet.score import reference_counts
 
     model = keras.saving.load_model(inp.model, compile=False)
-    counts = micronet.count_model(model)
-    totals = micronet.reference_counts(counts)
+    counts = count_model(model)
+    totals = reference_counts(counts)
     Path(out.counts).write_text(json.dumps({
         "model": model.name, **totals, "layers": [c.to_dict() for c in counts],
     }, indent=2) + "\n")

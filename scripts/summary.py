@@ -8,12 +8,17 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
 import yaml
 
-from quantflow import comparison, htmlreport, report
-from quantflow.data import read_info
-from quantflow.logs import run_logged
-from quantflow.runtime import package_versions
-from quantflow.ptqreport import diagnosis_rows, plot_calibration, plot_diagnosis, ptq_study
-from quantflow.variants import LATENCY_FIELDS, add_latencies, add_scores
+from quantflow.report import verdict as comparison
+from quantflow.report import render as htmlreport
+from quantflow.report.records import REFERENCE_VARIANT, add_comparisons, read_records
+from quantflow.report.methods import adjustable_rows, fat_rows, plot_accuracy_vs_bits, plot_bits_per_layer, plot_fat_alphas, plot_fat_rmse, weightquant_rows
+from quantflow.workflow.environment import machine_description
+from quantflow.report.render import render
+from quantflow.data.splits import read_info
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.environment import package_versions
+from quantflow.report.ptq import diagnosis_rows, plot_calibration, plot_diagnosis, ptq_study
+from quantflow.report.records import LATENCY_FIELDS, add_latencies, add_scores
 
 
 def main(inp, out, config):
@@ -21,7 +26,7 @@ def main(inp, out, config):
               for p in inp.counts}
     latencies = {tuple(Path(p).parts[1:3]) + (Path(p).parent.name,): json.loads(Path(p).read_text())
                  for p in inp.latencies}  # results/<dataset>/<model>/eval/<variant>/latency.json
-    records = report.add_comparisons(add_latencies(report.read_records(inp.metrics), latencies))
+    records = add_comparisons(add_latencies(read_records(inp.metrics), latencies))
     add_scores(records, counts, config["weightquant"])
     Path(out.json).write_text(json.dumps(records, indent=2) + "\n")
     infos = {info["dataset"]: info for info in map(read_info, inp.info)}
@@ -72,16 +77,16 @@ def main(inp, out, config):
     for path in inp.errors:
         dataset, model = Path(path).parts[1:3]
         errors.append({"dataset": dataset, "model": model, **json.loads(Path(path).read_text())})
-    weightquant = report.weightquant_rows(records, errors)
-    report.plot_accuracy_vs_bits(weightquant, records, out.weightquant_plot)
+    weightquant = weightquant_rows(records, errors)
+    plot_accuracy_vs_bits(weightquant, records, out.weightquant_plot)
     fat = _fat(inp, records, out)
     adjustable = _adjustable(inp, records, out)
     timed = next((r for r in records if r["latency_variant"]), dict.fromkeys(LATENCY_FIELDS))
-    shared = dict(groups=groups, reference=report.REFERENCE_VARIANT, cross_model=cross_model,
+    shared = dict(groups=groups, reference=REFERENCE_VARIANT, cross_model=cross_model,
                   tolerance_pp=vcfg["tolerance_pp"], runs_on=comparison.runs_on,
                   size_plot=Path(out.size_plot).name, pareto_plot=Path(out.pareto_plot).name)
-    front = report.render(inp.comparison_template, compact_table=True, **shared)
-    markdown = report.render(
+    front = render(inp.comparison_template, compact_table=True, **shared)
+    markdown = render(
         inp.template, compact_table=False, **shared,
         weightquant=weightquant, weightquant_plot=Path(out.weightquant_plot).name,
         fat=fat, fat_rmse_plot=Path(out.fat_rmse_plot).name,
@@ -94,7 +99,7 @@ def main(inp, out, config):
         threads=timed["latency_threads"], latency_images=timed["latency_images"],
         latency_batches=timed["latency_batches"], cores_held=timed["latency_cores_held"],
         config_yaml=yaml.safe_dump(dict(config), sort_keys=False),
-        versions=package_versions(), machine=report.machine_description(),
+        versions=package_versions(), machine=machine_description(),
     )
     Path(out.md).write_text(markdown)
     base = Path(out.md).parent  # the markdown's image links are relative to it
@@ -107,7 +112,7 @@ def _fat(inp, records, out):
     """FAT rows for the report, and its two figures."""
     import csv
 
-    from quantflow.fat import alpha_values, load_thresholds
+    from quantflow.quant.fat.thresholds import alpha_values, load_thresholds
 
     def located(path):  # results/<dataset>/<model>/fat/<scheme>/<file>
         dataset, model, _, scheme = Path(path).parts[1:5]
@@ -115,7 +120,7 @@ def _fat(inp, records, out):
 
     summaries = [{**json.loads(Path(p).read_text()), **located(p)} for p in inp.fat]
     checks = [{**json.loads(Path(p).read_text()), **located(p)} for p in inp.fat_checks]
-    rows = report.fat_rows(records, summaries, checks)
+    rows = fat_rows(records, summaries, checks)
     histories, alphas = {}, {}
     for path in inp.fat_history:
         where = located(path)
@@ -124,8 +129,8 @@ def _fat(inp, records, out):
     for path in inp.fat_thresholds:
         where = located(path)
         alphas[f"{where['model']} {where['scheme']}"] = alpha_values(load_thresholds(path)["trained"])
-    report.plot_fat_rmse(histories, out.fat_rmse_plot)
-    report.plot_fat_alphas(alphas, out.fat_alphas_plot)
+    plot_fat_rmse(histories, out.fat_rmse_plot)
+    plot_fat_alphas(alphas, out.fat_alphas_plot)
     return rows
 
 
@@ -142,9 +147,9 @@ def _adjustable(inp, records, out):
     for path in inp.adjustable_bits:
         where = located(path)
         bits[f"{where['model']} {where['target']}"] = json.loads(Path(path).read_text())
-    report.plot_bits_per_layer(bits, "weights", out.adjustable_weight_bits_plot)
-    report.plot_bits_per_layer(bits, "activations", out.adjustable_activation_bits_plot)
-    return report.adjustable_rows(records, summaries, checks)
+    plot_bits_per_layer(bits, "weights", out.adjustable_weight_bits_plot)
+    plot_bits_per_layer(bits, "activations", out.adjustable_activation_bits_plot)
+    return adjustable_rows(records, summaries, checks)
 
 
 run_logged(snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params.config)

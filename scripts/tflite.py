@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, fmt, conversion, threads):
@@ -15,23 +15,26 @@ def main(inp, out, fmt, conversion, threads):
     import keras
     import numpy as np
 
-    from quantflow import data, tflite
+    from quantflow.data import splits as data
+    from quantflow.deploy.check import activation_ranges
+    from quantflow.deploy.convert import convert, save, select_calibration
+    from quantflow.deploy.formats import needs_calibration, parse_format
 
     model = keras.saving.load_model(inp.model, compile=False)
     calibration = None
-    if tflite.needs_calibration(fmt):
+    if needs_calibration(fmt):
         split = data.Split(inp.train, data.read_info(inp.info)["input_shape"][:2])
-        indices = tflite.select_calibration(split.labels, fmt, conversion["calibration_images"],
+        indices = select_calibration(split.labels, fmt, conversion["calibration_images"],
                                             conversion["seed"])
         calibration = split.take(indices)
         classes = np.bincount(split.labels[indices], minlength=int(split.labels.max()) + 1)
         print(f"calibrating activation ranges on {len(indices)} of {len(split)} training "
               f"images (seed {conversion['seed']}); images per class: {classes.tolist()}")
-    flatbuffer = tflite.convert(model, fmt, calibration, io=conversion.get("io", "int8"))
-    tflite.save(flatbuffer, out.tflite)
-    if tflite.parse_format(fmt)["base"] == "int8":
+    flatbuffer = convert(model, fmt, calibration, io=conversion.get("io", "int8"))
+    save(flatbuffer, out.tflite)
+    if parse_format(fmt)["base"] == "int8":
         print("activation ranges chosen by calibration (tensor: [min, max], scale, zero point):")
-        for r in tflite.activation_ranges(out.tflite):
+        for r in activation_ranges(out.tflite):
             print(f"  {r['tensor']}: [{r['min']:.4g}, {r['max']:.4g}], "
                   f"scale {r['scale']:.4g}, zero point {r['zero_point']}")
 

@@ -5,16 +5,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, fmt):
     configure_threads(1, tensorflow=False)
-    from quantflow import tflite
+    from quantflow.deploy.formats import AEQ_FORMATS
+    from quantflow.deploy.aeq import quantize_with_aeq
+    from quantflow.deploy.convert import save
 
-    print(f"ai-edge-quantizer recipe {tflite.AEQ_FORMATS[fmt]} on {inp.fp32}")
-    tflite.save(tflite.quantize_with_aeq(inp.fp32, fmt), out.tflite)
+    print(f"ai-edge-quantizer recipe {AEQ_FORMATS[fmt]} on {inp.fp32}")
+    save(quantize_with_aeq(inp.fp32, fmt), out.tflite)
 
 
 run_logged(snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards.aeq)

@@ -7,15 +7,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, k, params, threads):
     configure_threads(threads, params.seed)
     import keras
 
-    from quantflow import data, tflite
+    from quantflow.data import splits as data
+    from quantflow.deploy import convert as tflite
 
     report = json.loads(Path(inp.diagnosis).read_text())
     chosen = [report["layers"][i] for i in report["worst"][:k]]

@@ -7,17 +7,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
-from quantflow.runtime import configure_threads
+from quantflow.workflow.logs import run_logged
+from quantflow.workflow.threads import configure_threads
 
 
 def main(inp, out, spec, cfg, seed, augment, threads):
     configure_threads(threads, seed)
-    from quantflow import data
-    from quantflow.finetune import fine_tune, restore_weights
-    from quantflow.imagelist import pipeline_errors
-    from quantflow.models import model_from_spec
-    from quantflow.train import inference_copy, write_history_csv
+    from quantflow.data import splits as data
+    from quantflow.models.finetune import fine_tune, restore_weights
+    from quantflow.data.stream import pipeline_errors
+    from quantflow.models.registry import model_from_spec
+    from quantflow.models.callbacks import inference_copy, write_history_csv
 
     info = data.read_info(inp.info)
     size = info["input_shape"][:2]

@@ -6,12 +6,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.logs import run_logged
+from quantflow.workflow.logs import run_logged
 
 
 def main(inp, out, algorithm, bits, params):
-    from quantflow.weightquant import packed_size_bytes, quantize_weights
-    from quantflow.weights import load_weights, save_weights
+    from quantflow.quant.weightonly.packed import packed_size_bytes
+    from quantflow.quant.weightonly.apply import quantize_weights
+    from quantflow.formats.weights import load_weights, save_weights
 
     data, errors = quantize_weights(
         load_weights(inp.weights), algorithm, bits,

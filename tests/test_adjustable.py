@@ -1,5 +1,5 @@
-"""Adjustable mixed-precision quantization (quantflow.adjustable): the differentiable
-score against quantflow.micronet's, training moves bits only under the metric, quant_info
+"""Adjustable mixed-precision quantization (quantflow.quant.adjustable): the differentiable
+score against quantflow.quant.micronet's, training moves bits only under the metric, quant_info
 reproduces the score, the packed weights round-trip, the int8 export agrees with its
 simulation in LiteRT."""
 
@@ -10,8 +10,13 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 layers = keras.layers
 
-from quantflow import adjustable as adj  # noqa: E402
-from quantflow import bitpack, micronet  # noqa: E402
+from quantflow.quant.adjustable.score import ScoreGraph, score_from_quant_info  # noqa: E402
+from quantflow.quant.adjustable.settings import Settings, _activations, _ops, build_model, calibrate  # noqa: E402
+from quantflow.quant.adjustable.train import _variables, train  # noqa: E402
+from quantflow.quant.adjustable.export import int8_model, packed_weights, quantized_kernels  # noqa: E402
+from quantflow.formats import bitpack  # noqa: E402
+from quantflow.quant.micronet.count import count_model  # noqa: E402
+from quantflow.quant.micronet.score import score, uniform_score  # noqa: E402
 
 
 def small_model(seed=0):
@@ -45,11 +50,11 @@ def setup():
     model = small_model()
     images = data()
     labels = np.argmax(np.asarray(model(images)), axis=1).astype(np.int32)
-    settings = adj.Settings(images=len(images), batch_size=20, calibration_batches=2,
+    settings = Settings(images=len(images), batch_size=20, calibration_batches=2,
                             mini_epochs=4, swa_epochs=0)
-    qmodel = adj.build_model(model, settings)
-    adj.calibrate(qmodel, images, settings)
-    graph = adj.ScoreGraph(qmodel, micronet.count_model(model), reference=settings.reference)
+    qmodel = build_model(model, settings)
+    calibrate(qmodel, images, settings)
+    graph = ScoreGraph(qmodel, count_model(model), reference=settings.reference)
     return model, qmodel, graph, images, labels, settings
 
 
@@ -63,8 +68,8 @@ def test_differentiable_score_equals_micronet_score(setup):
     _, qmodel, graph, *_ = setup
     rng = np.random.default_rng(3)
     for trial in range(3):
-        for q in [l.quantizer for l in adj._ops(qmodel)] + [
-            a.quantizer for a in adj._activations(qmodel) if a.fixed_range is None
+        for q in [l.quantizer for l in _ops(qmodel)] + [
+            a.quantizer for a in _activations(qmodel) if a.fixed_range is None
         ]:
             q.beta.assign(rng.uniform(0.2, 1.0, size=q.channels).astype(np.float32))
         p, f = graph.terms()
@@ -72,20 +77,20 @@ def test_differentiable_score_equals_micronet_score(setup):
         assert float(p) == pytest.approx(exact["parameter_score"], rel=1e-5)
         assert float(f) == pytest.approx(exact["operation_score"], rel=1e-5)
         # quant_info alone reproduces it
-        again = adj.score_from_quant_info(graph.quant_info(), graph.counts)
+        again = score_from_quant_info(graph.quant_info(), graph.counts)
         assert again["score"] == pytest.approx(exact["score"], rel=1e-12)
 
 
 def test_initial_model_scores_like_uniform_int8(setup):
     model, _, graph, *_ = setup
-    counts = micronet.count_model(model)
-    uniform = micronet.score(counts, 8, 8, bias_bits=32)
+    counts = count_model(model)
+    uniform = score(counts, 8, 8, bias_bits=32)
     assert graph.exact()["score"] == pytest.approx(uniform["score"], rel=1e-12)
 
 
 def test_gradients_reach_alpha_and_beta(setup):
     model, qmodel, graph, images, labels, settings = setup
-    weights, betas = adj._variables(qmodel)
+    weights, betas = _variables(qmodel)
     with tf.GradientTape() as tape:
         tape.watch([v.value for v in weights])
         logits = qmodel(images[:20], training=True)
@@ -106,7 +111,7 @@ def run(setup, **changes):
         setattr(settings, k, v)
     split = {"images": images[:160], "labels": labels[:160],
              "val_images": images[160:], "val_labels": labels[160:]}
-    return adj.train(model, qmodel, graph, split, settings, seed=0, log=lambda *_: None)
+    return train(model, qmodel, graph, split, settings, seed=0, log=lambda *_: None)
 
 
 def test_metric_weight_zero_keeps_eight_bits(setup):
@@ -136,14 +141,14 @@ def test_metric_weight_lowers_bits_within_bounds(setup):
 def test_packed_weights_round_trip(setup, tmp_path):
     _, qmodel, graph, *_ = setup
     rng = np.random.default_rng(5)
-    for layer in adj._ops(qmodel):
+    for layer in _ops(qmodel):
         layer.quantizer.beta.assign(
             rng.uniform(0.25, 1.0, layer.quantizer.channels).astype(np.float32))
-    packed = adj.packed_weights(qmodel, {"model": "small"})
+    packed = packed_weights(qmodel, {"model": "small"})
     path = tmp_path / "weights.packed"
     bitpack.save_packed(path, packed)
     loaded = bitpack.load_packed(path)
-    kernels = adj.quantized_kernels(qmodel)
+    kernels = quantized_kernels(qmodel)
     for name, (kernel, step, bits) in kernels.items():
         np.testing.assert_array_equal(loaded.weights(f"{name}/kernel"), kernel)
     # the payload is the weight storage the score counts
@@ -155,57 +160,58 @@ def test_packed_weights_round_trip(setup, tmp_path):
 
 
 def test_int8_export_agrees_with_its_simulation(setup, tmp_path):
-    from quantflow import tflite
-    from quantflow.evaluate import TFLiteRunner
+    from quantflow.deploy.check import check_activation_grids
+    from quantflow.deploy.convert import convert, save
+    from quantflow.deploy.litert import TFLiteRunner
 
     model, qmodel, graph, images, *_ = setup
     rng = np.random.default_rng(6)
-    for layer in adj._ops(qmodel):
+    for layer in _ops(qmodel):
         layer.quantizer.beta.assign(
             rng.uniform(0.3, 1.0, layer.quantizer.channels).astype(np.float32))
-    q8 = adj.int8_model(model, qmodel)
-    flatbuffer = tflite.convert(q8, "int8", images[:16])
+    q8 = int8_model(model, qmodel)
+    flatbuffer = convert(q8, "int8", images[:16])
     path = tmp_path / "m.tflite"
-    tflite.save(flatbuffer, path)
+    save(flatbuffer, path)
     runner = TFLiteRunner(path, 1)
     out = runner.scores(runner.run(runner.prepare(images[:64])))
     sim = np.asarray(q8(images[:64]))
     scale = float(runner.output["quantization"][0])
     assert np.max(np.abs(out - sim)) <= scale * 1.01
-    assert tflite.check_activation_grids(q8, str(path)) == []
-    kernels = adj.quantized_kernels(qmodel)
+    assert check_activation_grids(q8, str(path)) == []
+    kernels = quantized_kernels(qmodel)
     # the simulation's kernels are the adjustable model's quantized kernels, exactly
-    for layer in adj._ops(q8):
+    for layer in _ops(q8):
         np.testing.assert_allclose(np.asarray(layer.quantized_kernel()),
                                    kernels[layer.name][0], rtol=0, atol=1e-7)
 
 
 def test_saved_model_keeps_bit_bounds_and_outputs(setup, tmp_path):
-    import quantflow.fakequant  # noqa: F401 (registers the layers)
+    import quantflow.quant.layers  # noqa: F401 (registers the layers)
 
     model, _, _, images, _, _ = setup
-    settings = adj.Settings(min_bits=3, max_bits=6, calibration_batches=2)
-    qmodel = adj.build_model(model, settings)
-    adj.calibrate(qmodel, images, settings)
-    layer = adj._ops(qmodel)[0]
+    settings = Settings(min_bits=3, max_bits=6, calibration_batches=2)
+    qmodel = build_model(model, settings)
+    calibrate(qmodel, images, settings)
+    layer = _ops(qmodel)[0]
     layer.quantizer.beta.assign(np.full(layer.quantizer.channels, 0.1, np.float32))
     assert set(layer.quantizer.channel_bits().tolist()) == {3}  # clipped at min_bits
     path = tmp_path / "adj.keras"
     qmodel.save(path)
     loaded = keras.saving.load_model(path, compile=False)
-    q = adj._ops(loaded)[0].quantizer
+    q = _ops(loaded)[0].quantizer
     assert (q.min_bits, q.max_bits) == (3, 6)
     np.testing.assert_array_equal(np.asarray(loaded(images[:8])), np.asarray(qmodel(images[:8])))
 
 
 def test_micronet_imagenet_references(setup):
     model, qmodel, _, *_ = setup
-    graph = adj.ScoreGraph(qmodel, micronet.count_model(model), reference="micronet_imagenet")
+    graph = ScoreGraph(qmodel, count_model(model), reference="micronet_imagenet")
     assert (graph.p_ref, graph.f_ref) == (6.9e6, 1170e6)
     info = graph.quant_info()
     exact = graph.exact()
-    assert adj.score_from_quant_info(info, graph.counts)["score"] == exact["score"]
-    own = micronet.uniform_score(graph.counts, 8, 8, input_bits=8)
+    assert score_from_quant_info(info, graph.counts)["score"] == exact["score"]
+    own = uniform_score(graph.counts, 8, 8, input_bits=8)
     # the same storage and operations over other references
     assert exact["parameter_storage"] == pytest.approx(own["parameter_storage"])
     assert exact["score"] == pytest.approx(

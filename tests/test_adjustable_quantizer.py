@@ -9,13 +9,13 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 layers = keras.layers
 
-import quantflow.fakequant as fq  # noqa: E402
+from quantflow.quant.config import QuantConfig
+from quantflow.quant.calibrate import activation_quantizers, calibrate, thresholds, weight_quantizers
+from quantflow.quant.transform import fake_quant_model
 from quantflow.quant import calibrate as cal  # noqa: E402
-from quantflow.quant.adjustable import (  # noqa: E402
-    AdjustableActivationQuantizer,
-    AdjustableWeightQuantizer,
-)
-from quantflow.quant.quantizers import FatWeightQuantizer, quantizer_class  # noqa: E402
+from quantflow.quant.quantizers.adjustable import AdjustableActivationQuantizer, AdjustableWeightQuantizer
+from quantflow.quant.quantizers.fat import FatWeightQuantizer  # noqa: E402
+from quantflow.quant.registry import quantizer_class  # noqa: E402
 
 ADJ = {"*": {"weight_quantizer": "adjustable", "activation_quantizer": "adjustable"}}
 
@@ -147,18 +147,18 @@ def images(n, seed):
 @pytest.fixture  # fresh per test: some tests move its alphas and betas
 def adjusted():
     model = tiny_model()
-    qmodel = fq.fake_quant_model(model, overrides=ADJ)
-    fq.calibrate(qmodel, images(64, 1), 2)
+    qmodel = fake_quant_model(model, overrides=ADJ)
+    calibrate(qmodel, images(64, 1), 2)
     return model, qmodel
 
 
 def test_through_the_transform_close_to_float_at_8_bits(adjusted):
     model, qmodel = adjusted
-    acts = fq.activation_quantizers(qmodel)
-    ops = fq.weight_quantizers(qmodel)
+    acts = activation_quantizers(qmodel)
+    ops = weight_quantizers(qmodel)
     assert {type(l.quantizer) for l in acts} == {AdjustableActivationQuantizer}
     assert {type(l.quantizer) for l in ops} == {AdjustableWeightQuantizer}
-    info = fq.thresholds(qmodel)
+    info = thresholds(qmodel)
     assert info["stem/kernel"]["channel_bits"] == [8] * 8
     calibrated = {l.name: l for l in acts if l.fixed_range is None}
     # after ReLU (fused into stem / dw) and the pooling of a ReLU output: unsigned grids
@@ -182,7 +182,7 @@ def test_through_the_transform_close_to_float_at_8_bits(adjusted):
 
 def test_calibration_sets_per_channel_activation_maxima(adjusted):
     model, qmodel = adjusted
-    layer = next(l for l in fq.activation_quantizers(qmodel) if l.name.startswith("stem"))
+    layer = next(l for l in activation_quantizers(qmodel) if l.name.startswith("stem"))
     probe = keras.Model(qmodel.input, layer._inbound_nodes[0].input_tensors[0])
     with cal.float_mode(qmodel):
         values = np.concatenate(
@@ -204,7 +204,7 @@ def test_save_load_round_trip_after_training(adjusted, tmp_path):
     loaded = keras.saving.load_model(tmp_path / "adj.keras", compile=False)
     assert type(loaded.get_layer("stem").quantizer) is AdjustableWeightQuantizer
     assert np.asarray(loaded(x)).tobytes() == np.asarray(qmodel(x)).tobytes()
-    assert fq.thresholds(loaded) == fq.thresholds(qmodel)
+    assert thresholds(loaded) == thresholds(qmodel)
     bits = loaded.get_layer("stem").quantizer.channel_bits()
     assert np.all((bits >= 2) & (bits <= 8))
 
@@ -226,10 +226,10 @@ def test_gradients_from_the_output_reach_every_alpha_and_beta(adjusted):
 
 def test_a_config_default_selects_it_too(adjusted):
     model, qmodel = adjusted
-    config = fq.QuantConfig(
+    config = QuantConfig(
         {"weight_quantizer": "adjustable", "activation_quantizer": "adjustable"}
     )
-    other = fq.fake_quant_model(model, config=config)
+    other = fake_quant_model(model, config=config)
     assert [l.get_config() for l in other.layers] == [l.get_config() for l in qmodel.layers]
 
 

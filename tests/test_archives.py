@@ -1,4 +1,4 @@
-"""Tests for quantflow.archives: safe, all-or-nothing extraction of tar and zip archives."""
+"""Tests for quantflow.data.archives: safe, all-or-nothing extraction of tar and zip archives."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from quantflow import archives
-from quantflow.archives import extract_archive
+from quantflow.data import archives
+from quantflow.data.archives import extract_archive
 from quantflow.errors import QuantflowError
 
 # A member is (name, kind, payload): kind "file" (payload bytes), "dir", "symlink" or

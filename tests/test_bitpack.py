@@ -1,4 +1,4 @@
-"""quantflow.bitpack: per-channel mixed-precision weights packed at exactly their bit
+"""quantflow.formats.bitpack: per-channel mixed-precision weights packed at exactly their bit
 widths (1..16), bit-exact round trips of codes and dequantized weights, payload sizes
 worked by hand, refusal of out-of-range codes on pack and of corrupt, truncated or
 inconsistent files on load (one QuantflowError naming the tensor and the rule to rerun)."""
@@ -16,25 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantflow import bitpack
-from quantflow.bitpack import (
-    FORMAT,
-    KERAS_CHANNEL_AXIS,
-    PackedFile,
-    code_range,
-    dequantize,
-    file_storage,
-    load_packed,
-    pack_file,
-    pack_tensor,
-    packed_bits,
-    payload_bytes,
-    save_packed,
-    to_plain_dict,
-    unpack_tensor,
-)
+from quantflow.formats import bitpack
+from quantflow.formats.bitpack import FORMAT, KERAS_CHANNEL_AXIS, PackedFile, code_range, dequantize, file_storage, load_packed, pack_file, pack_tensor, packed_bits, payload_bytes, save_packed, to_plain_dict, unpack_tensor
 from quantflow.errors import QuantflowError
-from quantflow.safepickle import PLAIN_DTYPES, load_plain, save_plain
+from quantflow.formats.safepickle import PLAIN_DTYPES, load_plain, save_plain
 
 
 def random_codes(rng, shape, bits, channel_axis=-1, signed=True, extremes=True):
@@ -100,7 +85,8 @@ def test_payload_size_formula_by_hand():
 def test_payload_equals_micronet_weight_storage():
     """The file's payload / 32 is the parameter storage the MicroNet score counts for a
     Dense layer's kernel at these per-channel bits (its int32 bias counted separately)."""
-    from quantflow.micronet import LayerCount, score
+    from quantflow.quant.micronet.count import LayerCount
+    from quantflow.quant.micronet.score import score
 
     rng = np.random.default_rng(1)
     bits = np.array([2, 3, 8, 5])

@@ -7,13 +7,7 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from quantflow.comparison import (
-    cross_model_rows,
-    family,
-    grouped_rows,
-    plot_accuracy_vs,
-    verdict,
-)
+from quantflow.report.verdict import cross_model_rows, family, grouped_rows, plot_accuracy_vs, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 N = 10000  # test images: one image is 0.01 pp
@@ -248,8 +242,9 @@ def test_verdict_on_a_real_summary():
 
 
 def test_comparison_section_for_two_models_renders_to_markdown_and_html(tmp_path):
-    from quantflow import htmlreport, report
-    from quantflow.comparison import runs_on
+    from quantflow.report import render as htmlreport
+    from quantflow.report import render as report
+    from quantflow.report.verdict import runs_on
 
     first = run()
     second = with_deltas([rec("tflite-fp32", 0.85, 2_000_000, model="n"),

@@ -1,4 +1,4 @@
-"""Tests for quantflow.datasets and quantflow.safepickle: download, extract and load tiny
+"""Tests for quantflow.data.readers and quantflow.formats.safepickle: download, extract and load tiny
 copies of CIFAR-10 and Oxford-IIIT Pet served over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
@@ -19,18 +19,12 @@ import cv2
 import numpy as np
 import pytest
 
-from quantflow.archives import extract_archive
-from quantflow.datasets import (
-    CIFAR10_CLASSES,
-    find_cifar10_root,
-    load_cifar10,
-    load_oxford_pets,
-    parse_image_list,
-)
-from quantflow.download import download_file
+from quantflow.data.archives import extract_archive
+from quantflow.data.readers import CIFAR10_CLASSES, find_cifar10_root, load_cifar10, load_oxford_pets, parse_image_list
+from quantflow.data.download import download_file
 from quantflow.errors import QuantflowError
-from quantflow.imagelist import decode_image
-from quantflow.safepickle import safe_load
+from quantflow.data.stream import decode_image
+from quantflow.formats.safepickle import safe_load
 
 FAST = {"retries": 3, "backoff": 0.01, "timeout": 5, "progress": False}
 
@@ -420,25 +414,28 @@ def test_fetch_and_load_dataset_cifar10_through_the_workflow_functions(
 ) -> None:
     """quantflow.data's fetch_dataset / load_dataset / make_splits, as the download and
     prepare rules call them, against a local mirror of the CIFAR-10 tarball."""
-    from quantflow import data
+    from quantflow.data.readers import CIFAR10_CLASSES
+    from quantflow.data.sources import fetch_dataset
+    from quantflow.data.splits import Split
+    from quantflow.data.prepare import load_dataset, make_splits, save_split
 
     body, batches = cifar_tarball
     base, _ = serve({"/cifar-10-python.tar.gz": body})
     raw = tmp_path / "raw"
     with pytest.raises(QuantflowError, match="md5 mismatch"):  # the built-in official md5
-        data.fetch_dataset("cifar10", raw, mirrors=[base], retries=1)
+        fetch_dataset("cifar10", raw, mirrors=[base], retries=1)
     md5 = "md5:" + hashlib.md5(body).hexdigest()
-    manifest = data.fetch_dataset(
+    manifest = fetch_dataset(
         "cifar10", raw, mirrors=[base], checksums={"cifar-10-python.tar.gz": md5}, retries=1
     )
     assert manifest == {"dataset": "cifar10", "files": {"cifar-10-python.tar.gz": md5}}
     assert not (raw / "cifar-10-python.tar.gz").exists()  # unpacked, archive removed
-    loaded = data.load_dataset("cifar10", raw)
-    assert loaded["class_names"] == data.CIFAR10_CLASSES and loaded["val"] is None
-    splits = data.make_splits(loaded["train"], loaded["test"], validation_size=5, seed=0)
+    loaded = load_dataset("cifar10", raw)
+    assert loaded["class_names"] == CIFAR10_CLASSES and loaded["val"] is None
+    splits = make_splits(loaded["train"], loaded["test"], validation_size=5, seed=0)
     assert [len(splits[s][1]) for s in ("train", "val", "test")] == [10, 5, 4]
-    data.save_split(tmp_path / "train.npz", *splits["train"])
-    split = data.Split(tmp_path / "train.npz")
+    save_split(tmp_path / "train.npz", *splits["train"])
+    split = Split(tmp_path / "train.npz")
     assert split.image_size == (32, 32) and len(split) == 10
     x, _ = next(split.numpy_batches(4))
     assert x.dtype == np.float32 and x.shape == (4, 32, 32, 3) and x.max() <= 255

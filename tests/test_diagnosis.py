@@ -1,10 +1,10 @@
-"""Per-layer diagnosis of int8 models (quantflow.diagnosis): the metrics on hand-made
+"""Per-layer diagnosis of int8 models (quantflow.evaluate.diagnosis): the metrics on hand-made
 tensors, a deliberately damaged layer found first, refusal of a different network."""
 
 import numpy as np
 import pytest
 
-from quantflow import diagnosis
+from quantflow.evaluate import diagnosis
 from quantflow.errors import QuantflowError
 
 
@@ -35,8 +35,9 @@ def three_convs(seed: int):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from quantflow import fakequant as fq
-    from quantflow import tflite
+    from quantflow.deploy import convert as tflite
+    from quantflow.quant.calibrate import calibrate
+    from quantflow.quant.transform import fake_quant_model
 
     model = three_convs(seed=5)
     rng = np.random.default_rng(6)
@@ -44,8 +45,8 @@ def models(tmp_path_factory):
     work = tmp_path_factory.mktemp("diagnosis")
     fp32 = work / "fp32.tflite"
     fp32.write_bytes(tflite.convert(model, "fp32"))
-    qmodel = fq.fake_quant_model(model, input_range=None)
-    fq.calibrate(qmodel, images, 2)
+    qmodel = fake_quant_model(model, input_range=None)
+    calibrate(qmodel, images, 2)
     sound = work / "sound.tflite"
     sound.write_bytes(tflite.convert(qmodel, "int8", images[:16]))
     # damage conv2's output: its calibrated range forced 40 times too wide
@@ -76,7 +77,6 @@ def test_the_damaged_layer_comes_first(models):
 
 def test_a_different_network_is_refused(models, tmp_path):
     keras = pytest.importorskip("keras")
-    from quantflow import tflite
 
     x = keras.Input((12, 12, 3))
     other = keras.Model(x, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
@@ -94,8 +94,8 @@ def test_float_fallback_of_the_worst_layer_beats_full_int8(tmp_path):
     tensor). Leaving conv2 alone in float does not help: its output is quantized for
     conv3 all the same; leaving the two worst in float keeps that tensor float and
     recovers the float model's outputs far better than full int8."""
-    from quantflow import tflite
-    from quantflow.evaluate import TFLiteRunner
+    from quantflow.deploy import convert as tflite
+    from quantflow.deploy.litert import TFLiteRunner
 
     model = three_convs(seed=7)
     images = np.random.default_rng(8).uniform(0, 1, size=(96, 12, 12, 3)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Tests for quantflow.download against real HTTP servers on 127.0.0.1."""
+"""Tests for quantflow.data.download against real HTTP servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from quantflow.download import download_file, fetch_from_mirrors
+from quantflow.data.download import download_file, fetch_from_mirrors
 from quantflow.errors import QuantflowError
 
 PAYLOAD = bytes(range(256)) * 64 + b"the real payload"  # 16 KiB and a bit

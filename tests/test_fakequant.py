@@ -1,4 +1,4 @@
-"""The TFLite-manner fake-quant transform (quantflow.fakequant) on tiny models: BN folding,
+"""The TFLite-manner fake-quant transform (quantflow.quant.transform) on tiny models: BN folding,
 activation fusion, nested models, int8 TFLite agreement and clear errors."""
 
 import numpy as np
@@ -7,11 +7,14 @@ import pytest
 keras = pytest.importorskip("keras")
 from keras import layers  # noqa: E402
 
-from quantflow import fakequant as fq  # noqa: E402
+from quantflow.quant.layers import QDepthwiseConv2D  # noqa: E402
+from quantflow.quant.transform import fake_quant_model  # noqa: E402
+from quantflow.quant.layers import QuantizedOp as _QuantizedOp  # noqa: E402
+from quantflow.quant.calibrate import alpha_bounds, alpha_variables, calibrate, clip_alphas, thresholds  # noqa: E402
 from quantflow.errors import QuantflowError  # noqa: E402
-from quantflow.evaluate import TFLiteRunner  # noqa: E402
-from quantflow.models import tiny_mobilenet  # noqa: E402
-from quantflow.tflite import convert, tensor_types  # noqa: E402
+from quantflow.deploy.litert import TFLiteRunner  # noqa: E402
+from quantflow.models.tiny_mobilenet import tiny_mobilenet  # noqa: E402
+from quantflow.deploy.convert import convert, tensor_types  # noqa: E402
 
 SIZE, CLASSES = 16, 4
 
@@ -94,32 +97,32 @@ def test_16_bit_fake_quant_matches_float(case, request):
     graph rebuilding, which must reproduce the float model."""
     data = request.getfixturevalue(case)
     model, x = data["model"], data["test"]
-    qmodel = fq.fake_quant_model(model, weight_bits=16, activation_bits=16)
-    fq.calibrate(qmodel, x)  # the evaluated images themselves: no clipping
+    qmodel = fake_quant_model(model, weight_bits=16, activation_bits=16)
+    calibrate(qmodel, x)  # the evaluated images themselves: no clipping
     expected, got = np.asarray(model(x, training=False)), np.asarray(qmodel(x, training=False))
     assert np.abs(got - expected).max() < 2e-3 * np.abs(expected).max()
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.99
 
 
 def test_tiny_mobilenet_graph_is_folded_and_fused(tiny):
-    qmodel = fq.fake_quant_model(tiny["model"])
+    qmodel = fake_quant_model(tiny["model"])
     kinds = {type(layer).__name__ for layer in qmodel.layers}
     assert not kinds & {"BatchNormalization", "ReLU", "Dropout"}
-    quantized = {l.name: l for l in qmodel.layers if isinstance(l, fq._QuantizedOp)}
+    quantized = {l.name: l for l in qmodel.layers if isinstance(l, _QuantizedOp)}
     assert quantized["stem_conv"].activation == "relu6"
-    assert isinstance(quantized["block1_dw"], fq.QDepthwiseConv2D)
+    assert isinstance(quantized["block1_dw"], QDepthwiseConv2D)
     assert quantized["logits"].activation == "linear"
     assert qmodel.get_layer("image_quant").fixed_range == (0.0, 255.0)
     assert qmodel.get_layer("rescale_quant").fixed_range == pytest.approx((0.0, 1.0))
     assert qmodel.get_layer("stem_conv_quant").signed is False  # after ReLU6
     assert qmodel.get_layer("logits_quant").signed is True
     assert {v.path for v in qmodel.trainable_variables} == {
-        v.path for v in fq.alpha_variables(qmodel)
+        v.path for v in alpha_variables(qmodel)
     }
 
 
 def test_wrapped_model_is_flattened(wrapped):
-    qmodel = fq.fake_quant_model(wrapped["model"])
+    qmodel = fake_quant_model(wrapped["model"])
     names = [layer.name for layer in qmodel.layers]
     assert "backbone" not in names and not any(isinstance(l, keras.Model) for l in qmodel.layers)
     assert qmodel.get_layer("preprocess_mul_quant").fixed_range == pytest.approx((0.0, 2.0))
@@ -148,8 +151,8 @@ def _fully_int8(tflite: bytes) -> None:
 @pytest.mark.parametrize("case", ["tiny", "wrapped"])
 def test_int8_tflite_agrees_with_fake_quant(case, request, tmp_path):
     data = request.getfixturevalue(case)
-    qmodel = fq.fake_quant_model(data["model"])
-    fq.calibrate(qmodel, data["train"], 8)
+    qmodel = fake_quant_model(data["model"])
+    calibrate(qmodel, data["train"], 8)
     tflite = convert(qmodel, "int8", data["train"][:32])
     _fully_int8(tflite)
     path = tmp_path / "model.tflite"
@@ -158,7 +161,7 @@ def test_int8_tflite_agrees_with_fake_quant(case, request, tmp_path):
     assert runner.input["quantization"] == (1.0, -128)  # integer pixels are exact
     scores = runner.scores(runner.run(runner.prepare(data["test"])))
     fake = np.asarray(qmodel(data["test"], training=False))
-    from quantflow.tflite import agreement, check_activation_grids
+    from quantflow.deploy.check import agreement, check_activation_grids
 
     fit = agreement(fake, scores, runner.output["quantization"][0])
     print(f"{case}: int8 TFLite vs fake-quant {fit}")
@@ -174,10 +177,10 @@ def test_int8_tflite_agrees_with_fake_quant(case, request, tmp_path):
 
 def test_asymmetric_per_tensor_variant(tiny):
     model, x = tiny["model"], tiny["test"]
-    qmodel = fq.fake_quant_model(
+    qmodel = fake_quant_model(
         model, symmetric=False, per_channel=False, weight_bits=16, activation_bits=16
     )
-    info = fq.calibrate(qmodel, x, method="percentile", percentile=100.0, batch_size=len(x))
+    info = calibrate(qmodel, x, method="percentile", percentile=100.0, batch_size=len(x))
     assert info["stem_conv/kernel"]["per_channel"] is False
     assert np.ndim(info["stem_conv/kernel"]["t_max"]) == 0
     logits = info["logits_quant"]
@@ -187,24 +190,24 @@ def test_asymmetric_per_tensor_variant(tiny):
 
 
 def test_thresholds_report_and_bounds(tiny):
-    qmodel = fq.fake_quant_model(tiny["model"])
-    info = fq.calibrate(qmodel, tiny["train"], 2, method="percentile", percentile=99.0)
+    qmodel = fake_quant_model(tiny["model"])
+    info = calibrate(qmodel, tiny["train"], 2, method="percentile", percentile=99.0)
     head = info["head/kernel"]
     assert len(head["t_max"]) == 8 and head["alpha"] == [1.0] * 8
     kernel = np.asarray(qmodel.get_layer("head").kernel)
     assert head["t_max"] == pytest.approx(np.abs(kernel).max(axis=0), rel=1e-6)
     pool = info["pool_quant"]
     assert pool["signed"] is False and pool["range"] == pytest.approx([0.0, pool["t_max"]])
-    for variable, low, high in fq.alpha_bounds(qmodel):
+    for variable, low, high in alpha_bounds(qmodel):
         variable.assign(np.full(variable.shape, 3.0, np.float32))
-    fq.clip_alphas(qmodel)
-    assert all(np.all(np.asarray(v) == 1.0) for v in fq.alpha_variables(qmodel))
-    assert fq.thresholds(qmodel)["pool_quant"]["alpha"] == 1.0
+    clip_alphas(qmodel)
+    assert all(np.all(np.asarray(v) == 1.0) for v in alpha_variables(qmodel))
+    assert thresholds(qmodel)["pool_quant"]["alpha"] == 1.0
 
 
 def test_saved_fake_quant_model_reloads(tiny, tmp_path):
-    qmodel = fq.fake_quant_model(tiny["model"])
-    fq.calibrate(qmodel, tiny["train"], 2)
+    qmodel = fake_quant_model(tiny["model"])
+    calibrate(qmodel, tiny["train"], 2)
     qmodel.get_layer("logits").alpha.assign(np.full(4, 0.7, np.float32))
     path = tmp_path / "q.keras"
     qmodel.save(path)
@@ -220,13 +223,13 @@ class Doubler(layers.Layer):
 
 
 def test_weights_pickle_gives_the_same_fake_quant_model(tiny, tmp_path):
-    from quantflow.weights import extract_weights, load_weights, save_weights
+    from quantflow.formats.weights import extract_weights, load_weights, save_weights
 
     save_weights(extract_weights(tiny["model"]), tmp_path / "weights.pickle")
-    from_pickle = fq.fake_quant_model(load_weights(tmp_path / "weights.pickle"))
-    from_model = fq.fake_quant_model(tiny["model"])
+    from_pickle = fake_quant_model(load_weights(tmp_path / "weights.pickle"))
+    from_model = fake_quant_model(tiny["model"])
     for qmodel in (from_pickle, from_model):
-        fq.calibrate(qmodel, tiny["train"], 4)
+        calibrate(qmodel, tiny["train"], 4)
     x = tiny["test"][:64]
     assert np.array_equal(np.asarray(from_pickle(x)), np.asarray(from_model(x)))
 
@@ -239,31 +242,31 @@ def test_unsupported_custom_layer_is_named():
     x = layers.GlobalAveragePooling2D()(inner(x))
     model = keras.Model(inputs, layers.Dense(2)(x))
     with pytest.raises(QuantflowError, match=r"'inner/twice' \(Doubler\)"):
-        fq.fake_quant_model(model)
+        fake_quant_model(model)
 
 
 def test_unsupported_lstm_and_activation():
     inputs = keras.Input((8, 4))
     model = keras.Model(inputs, layers.Dense(2)(layers.LSTM(3, name="memory")(inputs)))
     with pytest.raises(QuantflowError, match=r"'memory' \(LSTM\)"):
-        fq.fake_quant_model(model)
+        fake_quant_model(model)
     inputs = keras.Input((4,))
     model = keras.Model(inputs, layers.Dense(2, activation="gelu", name="fc")(inputs))
     with pytest.raises(QuantflowError, match=r"'fc' \(Dense\).*gelu"):
-        fq.fake_quant_model(model)
+        fake_quant_model(model)
 
 
 def test_bad_options():
     model = keras.Sequential([keras.Input((4,)), layers.Dense(2)])
     with pytest.raises(QuantflowError, match="weight_bits"):
-        fq.fake_quant_model(model, weight_bits=1)
-    qmodel = fq.fake_quant_model(model)
+        fake_quant_model(model, weight_bits=1)
+    qmodel = fake_quant_model(model)
     with pytest.raises(QuantflowError, match="calibration method"):
-        fq.calibrate(qmodel, np.zeros((2, 4), np.float32), method="mean")
+        calibrate(qmodel, np.zeros((2, 4), np.float32), method="mean")
 
 
 def test_agreement_figures():
-    from quantflow.tflite import agreement
+    from quantflow.deploy.check import agreement
 
     fake = np.array([[0.0, 1.0, 5.0], [2.0, 2.1, 0.0], [1.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
     lite = np.array([[0.0, 1.0, 5.0], [2.2, 2.1, 0.0], [1.0, 0.0, 0.1], [0.0, 2.9, 0.3]])
@@ -290,12 +293,12 @@ def test_grayscale_tiled_to_rgb_keeps_the_input_grid():
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     model = keras.Model(image, layers.Dense(CLASSES, name="logits")(x))
     train, _ = synthetic_images(64, 1, seed=3)
-    qmodel = fq.fake_quant_model(model)
-    fq.calibrate(qmodel, train, 2)
+    qmodel = fake_quant_model(model)
+    calibrate(qmodel, train, 2)
     tflite = convert(qmodel, "int8", train[:32])
     from ai_edge_litert.interpreter import Interpreter
 
-    from quantflow.tflite import check_activation_grids
+    from quantflow.deploy.check import check_activation_grids
 
     names = [t["name"] for t in Interpreter(model_content=tflite).get_tensor_details()]
     assert any("gray_to_rgb" in n for n in names), names  # the concatenation is there

@@ -1,7 +1,7 @@
 """Every model of the zoo, and a user's transfer-learning model loaded from a .keras file,
-through the fake-quant transform (quantflow.fakequant): `fake_quant_model`, `calibrate` on
+through the fake-quant transform (quantflow.quant.transform): `fake_quant_model`, `calibrate` on
 training images, int8 TFLite conversion of the fake-quant model, which must be fully int8
-and agree with the fake-quant Keras model (quantflow.tflite.agreement): top-1 class on at
+and agree with the fake-quant Keras model (quantflow.deploy.check.agreement): top-1 class on at
 least 99.5% of the test images and on all whose top-2 margin exceeds 2 output steps, mean
 |logit difference| at most 0.5 output steps; every activation tensor on its fake-quant grid.
 
@@ -24,20 +24,18 @@ import pytest
 keras = pytest.importorskip("keras")
 from keras import layers  # noqa: E402
 
-from quantflow import fakequant as fq  # noqa: E402
-from quantflow import finetune, zoo  # noqa: E402
-from quantflow.evaluate import TFLiteRunner  # noqa: E402
-from quantflow.models import model_from_spec  # noqa: E402
-from quantflow.tflite import (  # noqa: E402
-    agreement,
-    check_activation_grids,
-    convert,
-    tensor_types,
-)
+from quantflow.quant.calibrate import calibrate  # noqa: E402
+from quantflow.quant.transform import fake_quant_model  # noqa: E402
+from quantflow.models import finetune  # noqa: E402
+from quantflow.models import keras_apps as zoo  # noqa: E402
+from quantflow.deploy.litert import TFLiteRunner  # noqa: E402
+from quantflow.models.registry import model_from_spec  # noqa: E402
+from quantflow.deploy.check import agreement, check_activation_grids
+from quantflow.deploy.convert import convert, tensor_types
 
 SIZE, CLASSES = 32, 4
 TRAIN_IMAGES, TEST_IMAGES = 512, 400
-# One bar for every model, the deep ones included (quantflow.tflite.agreement): top-1
+# One bar for every model, the deep ones included (quantflow.deploy.check.agreement): top-1
 # agreement, agreement on images whose fake-quant top-2 margin exceeds 2 output steps, and
 # the mean |logit difference| in output steps. ResNet50 needed 98.5% and EfficientNet-B0
 # reached 99.25% while the fake-quant layers kept float biases and float sums (one-step
@@ -194,9 +192,9 @@ def test_int8_tflite_agrees_with_fake_quant(case, data, request, tmp_path):
     float_logits = _top1(model, test)
     seconds = {"train": time.perf_counter() - start}
 
-    qmodel = fq.fake_quant_model(model)
+    qmodel = fake_quant_model(model)
     assert not any(isinstance(layer, keras.Model) for layer in qmodel.layers)  # flattened
-    fq.calibrate(qmodel, data["train"], 8)
+    calibrate(qmodel, data["train"], 8)
     seconds["transform"] = time.perf_counter() - start - sum(seconds.values())
     tflite = convert(qmodel, "int8", data["train"][:32])
     seconds["convert"] = time.perf_counter() - start - sum(seconds.values())
@@ -233,7 +231,7 @@ def test_int8_tflite_agrees_with_fake_quant(case, data, request, tmp_path):
 
     # the per-layer diagnosis pairs every op of the fp32 model with the same op of the
     # FAT export and of the converter's int8 PTQ model (nested and residual models too)
-    from quantflow.diagnosis import diagnose
+    from quantflow.evaluate.diagnosis import diagnose
 
     fp32 = tmp_path / "fp32.tflite"
     fp32.write_bytes(convert(model, "fp32"))

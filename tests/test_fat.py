@@ -1,4 +1,4 @@
-"""FAT threshold training (quantflow.fat) on a tiny random model: the held-out RMSE to the
+"""FAT threshold training (quantflow.quant.fat) on a tiny random model: the held-out RMSE to the
 float logits drops from a too-wide max calibration, and the alphas stay in their bounds."""
 
 import io
@@ -11,18 +11,13 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 from keras import layers  # noqa: E402
 
-from quantflow import fakequant as fq  # noqa: E402
+from quantflow.quant.calibrate import alpha_bounds, alpha_variables, calibrate, thresholds, weight_quantizers  # noqa: E402
+from quantflow.quant.transform import fake_quant_model  # noqa: E402
 from quantflow.errors import QuantflowError  # noqa: E402
-from quantflow.fat import (  # noqa: E402
-    alpha_values,
-    load_thresholds,
-    logits_rmse,
-    packed_size_bytes,
-    parse_scheme,
-    save_thresholds,
-    tflite_exportable,
-    train_thresholds,
-)
+from quantflow.quant.fat.thresholds import alpha_values, load_thresholds, save_thresholds
+from quantflow.quant.schemes import parse_scheme, tflite_exportable
+from quantflow.quant.fat.train import logits_rmse, train_thresholds
+from quantflow.quant.packed import packed_size_bytes
 
 SIZE = 16
 
@@ -62,15 +57,15 @@ def setup():
 
 
 def _quantized(model, calibration, **options):
-    qmodel = fq.fake_quant_model(model, weight_bits=4, activation_bits=4, **options)
-    fq.calibrate(qmodel, calibration, method="max")
+    qmodel = fake_quant_model(model, weight_bits=4, activation_bits=4, **options)
+    calibrate(qmodel, calibration, method="max")
     return qmodel
 
 
 def _in_bounds(qmodel) -> bool:
     return all(
         np.all((np.asarray(v) >= low) & (np.asarray(v) <= high))
-        for v, low, high in fq.alpha_bounds(qmodel)
+        for v, low, high in alpha_bounds(qmodel)
     )
 
 
@@ -96,7 +91,7 @@ def test_training_lowers_held_out_rmse(setup):
     assert result["final_val_rmse"] < 0.8 * result["initial_val_rmse"]
     assert logits_rmse(model, qmodel, val) == pytest.approx(result["final_val_rmse"], rel=1e-5)
     assert _in_bounds(qmodel)
-    alphas = np.concatenate([np.ravel(v) for v in fq.alpha_variables(qmodel)])
+    alphas = np.concatenate([np.ravel(v) for v in alpha_variables(qmodel)])
     assert alphas.min() < 0.95  # the too-wide ranges were narrowed
     assert "val RMSE" in log.getvalue()
 
@@ -115,7 +110,7 @@ def test_alphas_are_clipped_to_their_bounds(setup):
         learning_rate=1.0,
         steps_per_epoch=5,
         val_ds=val[:16],
-        on_epoch=lambda row, improved: trained.append(fq.thresholds(qmodel)),
+        on_epoch=lambda row, improved: trained.append(thresholds(qmodel)),
     )
     assert _in_bounds(qmodel)
     (info,) = trained
@@ -157,8 +152,8 @@ def test_epoch_callback_batches_and_shuffling(setup):
 
 
 def _captured_adam(monkeypatch) -> list:
-    """Patch quantflow.fat's optimizer factory to record the Adam it creates."""
-    from quantflow import fat
+    """Patch quantflow.quant.fat's optimizer factory to record the Adam it creates."""
+    from quantflow.quant.fat import train as fat
 
     created = []
 
@@ -206,7 +201,7 @@ def test_adam_moments_are_reinitialised_every_reset_every_batches(setup, monkeyp
         on_epoch=lambda row, improved: states.append(_adam_snapshot(created[0])),
     )
     assert len(created) == 1 and result["steps"] == 6
-    alphas = len(fq.alpha_variables(qmodel))
+    alphas = len(alpha_variables(qmodel))
     assert all(s["moments"] == 2 * alphas for s in states)  # first and second moments
     after_2, after_4, after_6 = states
     assert after_2["iterations"] == 2 and after_2["max_abs_moment"] > 0
@@ -222,7 +217,7 @@ def test_adam_moments_are_reinitialised_every_reset_every_batches(setup, monkeyp
 def test_learning_rate_schedules():
     """reset "lr": Keras' cosine decay with restarts, as before; reset "adam": the
     reference's lr * exp(-1e-4 * step) * |cos(pi * k / (4 * reset_every))| + 1e-7."""
-    from quantflow.fat import _learning_rate_at
+    from quantflow.quant.fat.train import _learning_rate_at
 
     cosine = keras.optimizers.schedules.CosineDecayRestarts(
         1e-3, first_decay_steps=400, t_mul=1.0, m_mul=1.0, alpha=0.0
@@ -239,7 +234,7 @@ def test_learning_rate_schedules():
 
 
 def test_smooth_l1_matches_a_hand_computed_value():
-    from quantflow.fat import smooth_l1
+    from quantflow.quant.fat.train import smooth_l1
 
     a = np.array([[1.0, 2.0, -1.0], [0.0, 0.0, 3.0]], dtype=np.float32)
     b = np.array([[1.0, 0.0, -1.5], [0.5, -1.0, 3.0]], dtype=np.float32)
@@ -335,14 +330,14 @@ def test_bad_scheme_names_are_explained(name):
 def test_thresholds_file_round_trip_and_refuses_code(setup, tmp_path):
     model, _, _, calibration = setup
     qmodel = _quantized(model, calibration)
-    info = fq.thresholds(qmodel)
+    info = thresholds(qmodel)
     path = tmp_path / "thresholds.pickle"
     save_thresholds(path, {"scheme": "w4a4-sym-pc", "initial": info, "trained": info})
     loaded = load_thresholds(path)
     assert loaded["trained"] == info and loaded["scheme"] == "w4a4-sym-pc"
     alphas = alpha_values(loaded["trained"])
     weights = sum(
-        len(np.ravel(v.numpy())) for v in fq.alpha_variables(qmodel) if "kernel" in v.path
+        len(np.ravel(v.numpy())) for v in alpha_variables(qmodel) if "kernel" in v.path
     )
     assert alphas["weight"].size == weights and np.all(alphas["activation"] == 1.0)
 
@@ -378,8 +373,8 @@ def test_packed_size_counts_bits_per_weight(setup):
     model, _, _, calibration = setup
     sizes = {}
     for bits in (4, 8):
-        qmodel = fq.fake_quant_model(model, weight_bits=bits)
-        layers_ = fq.weight_quantizers(qmodel)
+        qmodel = fake_quant_model(model, weight_bits=bits)
+        layers_ = weight_quantizers(qmodel)
         kernels = sum(int(np.prod(layer.kernel.shape)) for layer in layers_)
         extras = sum(
             int(np.prod(layer.bias.shape)) + int(np.prod(layer.t_max.shape)) for layer in layers_

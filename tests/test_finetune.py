@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from quantflow import finetune, zoo
+from quantflow.models import finetune
+from quantflow.models import keras_apps as zoo
 from quantflow.errors import QuantflowError
 
 

@@ -1,4 +1,4 @@
-"""Tests for quantflow.idx: round trips and every way an IDX file can be broken."""
+"""Tests for quantflow.data.idx: round trips and every way an IDX file can be broken."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from quantflow.errors import QuantflowError
-from quantflow.idx import read_idx, read_idx_bytes, write_idx
+from quantflow.data.idx import read_idx, read_idx_bytes, write_idx
 
 
 @pytest.fixture

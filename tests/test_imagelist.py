@@ -1,4 +1,4 @@
-"""Tests for quantflow.imagelist (decode, resize/crop, tf.data pipeline) and image lists."""
+"""Tests for quantflow.data.stream (decode, resize/crop, tf.data pipeline) and image lists."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from quantflow.datasets import parse_image_list
+from quantflow.data.readers import parse_image_list
 from quantflow.errors import QuantflowError
-from quantflow.imagelist import (
-    decode_image,
-    load_images,
-    make_dataset,
-    pipeline_errors,
-    quantflow_error_from,
-)
+from quantflow.data.stream import decode_image, load_images, make_dataset, pipeline_errors, quantflow_error_from
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -28,7 +28,7 @@ def test_litert_jobs_do_not_import_tensorflow(tmp_path):
         sys.path.insert(0, {str(REPO)!r})
         import numpy as np
         from quantflow import data
-        from quantflow.diagnosis import diagnose
+        from quantflow.evaluate.diagnosis import diagnose
         from quantflow.evaluate import evaluate_model, measure_latency
         split = data.Split({str(tmp_path / 'test.npz')!r})
         model = {str(path)!r}

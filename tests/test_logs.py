@@ -1,4 +1,4 @@
-"""quantflow.logs.run_logged: a step's output goes to its log, and afterwards sys.stdout,
+"""quantflow.workflow.logs.run_logged: a step's output goes to its log, and afterwards sys.stdout,
 sys.stderr and file descriptors 1 and 2 are the ones from before, whatever happened."""
 
 import os
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from quantflow.errors import QuantflowError
-from quantflow.logs import run_logged
+from quantflow.workflow.logs import run_logged
 
 
 def _state():

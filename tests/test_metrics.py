@@ -12,12 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from quantflow.metrics import (
-    classification_metrics,
-    confusion_matrix,
-    plot_confusion_matrix,
-    top_k_accuracy,
-)
+from quantflow.metrics import classification_metrics, confusion_matrix, plot_confusion_matrix, top_k_accuracy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""quantflow.micronet: counts of tiny models worked out by hand, the score's arithmetic
+"""quantflow.quant.micronet: counts of tiny models worked out by hand, the score's arithmetic
 (32 bits -> 2.0, 8 bits -> 0.5, per-channel bits, max(weight, activation) bits per
 multiplication), references, errors, and MobileNetV2 against Keras's own parameter count."""
 
@@ -12,17 +12,8 @@ import pytest
 from keras import layers
 
 from quantflow.errors import QuantflowError
-from quantflow.micronet import (
-    BIAS_BITS,
-    MICRONET_IMAGENET,
-    REFERENCES,
-    LayerCount,
-    activation_tensors,
-    count_model,
-    reference_counts,
-    score,
-    weight_layers,
-)
+from quantflow.quant.micronet.score import BIAS_BITS, MICRONET_IMAGENET, REFERENCES, activation_tensors, reference_counts, score, weight_layers
+from quantflow.quant.micronet.count import LayerCount, count_model
 
 
 def by_name(counts):
@@ -365,7 +356,7 @@ def test_unsupported_layers_are_named():
 
 def test_no_tensorflow_at_import():
     code = (
-        "import sys, quantflow.micronet; "
+        "import sys, quantflow.quant.micronet; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

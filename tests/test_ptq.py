@@ -1,48 +1,50 @@
-"""Post-training quantization with the TFLite converter (quantflow.tflite): every format
+"""Post-training quantization with the TFLite converter (quantflow.deploy.convert): every format
 converts and runs in LiteRT on a tiny model, uint8 I/O round-trips through the evaluator,
 and the calibration studies select the right images (seeded)."""
 
 import numpy as np
 import pytest
 
-from quantflow import tflite
+from quantflow.deploy.formats import AEQ_FORMATS, needs_calibration, parse_format
+from quantflow.deploy.convert import convert, save, select_calibration
+from quantflow.deploy.aeq import quantize_with_aeq
 from quantflow.errors import QuantflowError
 
 
 def test_format_names():
-    assert tflite.parse_format("fp16") == {"base": "fp16", "calibration": None}
-    assert tflite.parse_format("int8-cal100")["calibration"] == {"count": 100}
-    assert tflite.parse_format("int8-cal5pct")["calibration"] == {"percent": 5}
-    assert tflite.parse_format("int8-class3")["calibration"] == {"class": 3}
+    assert parse_format("fp16") == {"base": "fp16", "calibration": None}
+    assert parse_format("int8-cal100")["calibration"] == {"count": 100}
+    assert parse_format("int8-cal5pct")["calibration"] == {"percent": 5}
+    assert parse_format("int8-class3")["calibration"] == {"class": 3}
     for bad in ("int4", "fp16-cal10", "int8-cal0", "int8-cal101pct", "int8-", "dynamic-class1"):
         with pytest.raises(QuantflowError):
-            tflite.parse_format(bad)
-    assert tflite.needs_calibration("int16x8") and not tflite.needs_calibration("dynamic")
+            parse_format(bad)
+    assert needs_calibration("int16x8") and not needs_calibration("dynamic")
 
 
 def test_calibration_selection_is_seeded_nested_and_by_class():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, size=3000)
-    a = tflite.select_calibration(labels, "int8-cal100", 500, seed=7)
+    a = select_calibration(labels, "int8-cal100", 500, seed=7)
     assert len(a) == 100 and np.all(np.diff(a) > 0)
-    np.testing.assert_array_equal(a, tflite.select_calibration(labels, "int8-cal100", 9, 7))
-    assert not np.array_equal(a, tflite.select_calibration(labels, "int8-cal100", 500, 8))
+    np.testing.assert_array_equal(a, select_calibration(labels, "int8-cal100", 9, 7))
+    assert not np.array_equal(a, select_calibration(labels, "int8-cal100", 500, 8))
     # a sweep's samples are nested: the 100 are among the 1000
-    b = tflite.select_calibration(labels, "int8-cal1000", 500, seed=7)
+    b = select_calibration(labels, "int8-cal1000", 500, seed=7)
     assert set(a) <= set(b)
     # percentages of the training set
-    assert len(tflite.select_calibration(labels, "int8-cal10pct", 500, 7)) == 300
+    assert len(select_calibration(labels, "int8-cal10pct", 500, 7)) == 300
     # the baseline: calibration_images of them
-    assert len(tflite.select_calibration(labels, "int8", 500, 7)) == 500
+    assert len(select_calibration(labels, "int8", 500, 7)) == 500
     # one class only: that many images of class 3, all of class 3
-    c = tflite.select_calibration(labels, "int8-class3", 50, seed=7)
+    c = select_calibration(labels, "int8-class3", 50, seed=7)
     assert len(c) == 50 and set(labels[c]) == {3}
-    np.testing.assert_array_equal(c, tflite.select_calibration(labels, "int8-class3", 50, 7))
+    np.testing.assert_array_equal(c, select_calibration(labels, "int8-class3", 50, 7))
     # fewer images of the class than asked: all of them
     few = np.array([0] * 100 + [5] * 7)
-    assert len(tflite.select_calibration(few, "int8-class5", 50, 7)) == 7
+    assert len(select_calibration(few, "int8-class5", 50, 7)) == 7
     with pytest.raises(QuantflowError, match="no image of class 4"):
-        tflite.select_calibration(few, "int8-class4", 50, 7)
+        select_calibration(few, "int8-class4", 50, 7)
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +68,13 @@ def model_and_images():
     ("int8", "int8", "int8"), ("int8", "uint8", "uint8"), ("int16x8", "int8", "float32"),
 ])
 def test_every_format_converts_and_runs(model_and_images, tmp_path, fmt, io, input_dtype):
-    from quantflow.evaluate import TFLiteRunner, io_quantization
+    from quantflow.deploy.litert import TFLiteRunner
+    from quantflow.evaluate.accuracy import io_quantization
 
     model, images = model_and_images
-    calibration = images[:32] if tflite.needs_calibration(fmt) else None
+    calibration = images[:32] if needs_calibration(fmt) else None
     path = tmp_path / f"{fmt}-{io}.tflite"
-    types = tflite.save(tflite.convert(model, fmt, calibration, io=io), path)
+    types = save(convert(model, fmt, calibration, io=io), path)
     assert types["input"] == input_dtype
     runner = TFLiteRunner(path)
     scores = runner.scores(runner.run(runner.prepare(images)))
@@ -93,13 +96,13 @@ def test_uint8_and_int8_io_predict_the_same(model_and_images, tmp_path):
     """The same calibration with uint8 or int8 I/O: the evaluator's quantization of the
     inputs and dequantization of the outputs by each model's own parameters gives the
     same scores (zero points 128 apart)."""
-    from quantflow.evaluate import TFLiteRunner
+    from quantflow.deploy.litert import TFLiteRunner
 
     model, images = model_and_images
     scores = {}
     for io in ("int8", "uint8"):
         path = tmp_path / f"{io}.tflite"
-        tflite.save(tflite.convert(model, "int8", images[:32], io=io), path)
+        save(convert(model, "int8", images[:32], io=io), path)
         runner = TFLiteRunner(path)
         scores[io] = runner.scores(runner.run(runner.prepare(images)))
         zero = runner.input["quantization"][1]
@@ -127,7 +130,7 @@ def test_int4_weights_by_ai_edge_quantizer(tmp_path):
     keras = pytest.importorskip("keras")
     from ai_edge_litert.interpreter import Interpreter
 
-    from quantflow.evaluate import TFLiteRunner
+    from quantflow.deploy.litert import TFLiteRunner
 
     keras.utils.set_random_seed(3)
     x = keras.Input((8, 8, 1))
@@ -136,11 +139,11 @@ def test_int4_weights_by_ai_edge_quantizer(tmp_path):
     model = keras.Model(x, keras.layers.Dense(5)(y))
     images = np.random.default_rng(4).uniform(0, 255, size=(32, 8, 8, 1)).astype(np.float32)
     fp32 = tmp_path / "fp32.tflite"
-    tflite.save(tflite.convert(model, "fp32"), fp32)
+    save(convert(model, "fp32"), fp32)
     reference = np.asarray(model(images))
-    for fmt in tflite.AEQ_FORMATS:
+    for fmt in AEQ_FORMATS:
         path = tmp_path / f"{fmt}.tflite"
-        tflite.save(tflite.quantize_with_aeq(fp32, fmt), path)
+        save(quantize_with_aeq(fp32, fmt), path)
         assert path.stat().st_size < fp32.stat().st_size / 4
         runner = TFLiteRunner(path)
         scores = runner.scores(runner.run(runner.prepare(images)))
@@ -154,4 +157,4 @@ def test_int4_weights_by_ai_edge_quantizer(tmp_path):
         assert 8 <= np.unique(codes).size <= 16
         assert len(kernel["quantization_parameters"]["scales"]) == 128  # per channel
     with pytest.raises(QuantflowError, match="unknown ai-edge-quantizer format"):
-        tflite.quantize_with_aeq(fp32, "int3")
+        quantize_with_aeq(fp32, "int3")

@@ -1,10 +1,10 @@
-"""The TFLite lab's questions answered from the run's numbers (quantflow.ptqreport): the
+"""The TFLite lab's questions answered from the run's numbers (quantflow.report.ptq): the
 sentences follow the numbers, ties are called ties, the calibration plot is drawn."""
 
 import numpy as np
 import pytest
 
-from quantflow.ptqreport import calibration_points, compare, plot_calibration, ptq_study
+from quantflow.report.ptq import calibration_points, compare, plot_calibration, ptq_study
 
 INFO = {"sizes": {"train": 50000}, "class_names": [f"c{i}" for i in range(10)]}
 

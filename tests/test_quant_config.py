@@ -9,7 +9,7 @@ import pytest
 
 from quantflow.errors import QuantflowError
 from quantflow.quant.config import LayerQuant, QuantConfig
-from quantflow.schemes import parse_scheme
+from quantflow.quant.schemes import parse_scheme
 
 DATA = Path(__file__).parent / "data"
 
@@ -75,13 +75,11 @@ def test_bad_overrides_name_the_setting(overrides, message):
 keras = pytest.importorskip("keras")
 from keras import layers  # noqa: E402
 
-from quantflow import fakequant as fq  # noqa: E402
-from quantflow.quant.quantizers import (  # noqa: E402
-    FatWeightQuantizer,
-    Quantizer,
-    quantizer_class,
-    register_quantizer,
-)
+from quantflow.quant.calibrate import activation_quantizers, alpha_bounds, calibrate, thresholds, weight_quantizers  # noqa: E402
+from quantflow.quant.transform import fake_quant_model  # noqa: E402
+from quantflow.quant.quantizers.fat import FatWeightQuantizer
+from quantflow.quant.quantizers.base import Quantizer
+from quantflow.quant.registry import quantizer_class, register_quantizer
 
 
 def small_model():
@@ -104,8 +102,8 @@ def images(n=16, seed=0):
 
 
 def quantized(model, **kwargs):
-    qmodel = fq.fake_quant_model(model, **kwargs)
-    fq.calibrate(qmodel, images(32, 1), 2)
+    qmodel = fake_quant_model(model, **kwargs)
+    calibrate(qmodel, images(32, 1), 2)
     return qmodel
 
 
@@ -124,7 +122,7 @@ def test_default_config_reproduces_the_scheme_exactly():
                 l.get_config() for l in reference.layers
             ]
             assert np.asarray(other(x)).tobytes() == np.asarray(reference(x)).tobytes()
-            assert fq.thresholds(other) == fq.thresholds(reference)
+            assert thresholds(other) == thresholds(reference)
 
 
 def test_overrides_change_only_the_matched_layers():
@@ -138,17 +136,17 @@ def test_overrides_change_only_the_matched_layers():
             "pool": {"activation_bits": 16},
         },
     )
-    ops = {l.name: l for l in fq.weight_quantizers(qmodel)}
+    ops = {l.name: l for l in weight_quantizers(qmodel)}
     assert {n: (l.bits, l.per_channel) for n, l in ops.items()} == {
         "stem": (4, True),
         "block1_dw": (4, False),
         "block1_pw": (4, False),
         "logits": (8, True),
     }
-    acts = {l.name: l.bits for l in fq.activation_quantizers(qmodel)}
+    acts = {l.name: l.bits for l in activation_quantizers(qmodel)}
     assert acts.pop("pool_quant") == 16
     assert set(acts.values()) == {8}
-    info = fq.thresholds(qmodel)
+    info = thresholds(qmodel)
     assert np.ndim(info["block1_dw/kernel"]["t_max"]) == 0
     assert len(info["stem/kernel"]["t_max"]) == 4
     # the TFLite-exact integer path stays on where the grids are at most 8 bits
@@ -158,14 +156,14 @@ def test_overrides_change_only_the_matched_layers():
 
 def test_an_override_matching_no_layer_is_an_error():
     with pytest.raises(QuantflowError, match=r"\['logit'\] match no layer"):
-        fq.fake_quant_model(small_model(), overrides={"logit": {"weight_bits": 8}})
+        fake_quant_model(small_model(), overrides={"logit": {"weight_bits": 8}})
     with pytest.raises(QuantflowError, match="either `config` or the scheme"):
-        fq.fake_quant_model(small_model(), weight_bits=4, config=QuantConfig())
+        fake_quant_model(small_model(), weight_bits=4, config=QuantConfig())
 
 
 def test_every_quantizer_implements_the_interface():
     qmodel = quantized(small_model(), symmetric=False)
-    hosts = fq.activation_quantizers(qmodel) + fq.weight_quantizers(qmodel)
+    hosts = activation_quantizers(qmodel) + weight_quantizers(qmodel)
     owned = []
     for host in hosts:
         q = host.quantizer
@@ -201,10 +199,10 @@ class FrozenWeights(FatWeightQuantizer):
 def test_a_registered_quantizer_plugs_in_by_config(tmp_path):
     model, x = small_model(), images()
     qmodel = quantized(model, overrides={"block1_*": {"weight_quantizer": "test_frozen"}})
-    ops = {l.name: l for l in fq.weight_quantizers(qmodel)}
+    ops = {l.name: l for l in weight_quantizers(qmodel)}
     assert type(ops["block1_dw"].quantizer) is FrozenWeights
     assert type(ops["stem"].quantizer) is FatWeightQuantizer
-    bounded = {id(v) for v, _, _ in fq.alpha_bounds(qmodel)}
+    bounded = {id(v) for v, _, _ in alpha_bounds(qmodel)}
     assert id(ops["block1_dw"].alpha) not in bounded and id(ops["stem"].alpha) in bounded
     # same numbers as FAT at neutral thresholds; saved and reloaded with its name
     plain = quantized(model)
@@ -228,6 +226,6 @@ def test_a_model_saved_before_the_split_loads_and_computes_the_same():
     qmodel = keras.saving.load_model(DATA / "fakequant_wrapped_w4a8_asym.keras", compile=False)
     kinds = {type(l).__name__ for l in qmodel.layers}
     assert {"ActivationQuant", "QConv2D", "QDepthwiseConv2D", "QDense", "QAffine", "QAdd"} <= kinds
-    assert all(not q.symmetric for q in fq.activation_quantizers(qmodel))
+    assert all(not q.symmetric for q in activation_quantizers(qmodel))
     logits = np.asarray(qmodel(golden["images"].astype(np.float32), training=False))
     assert logits.tobytes() == golden["logits"].tobytes()

@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantflow import report
+from quantflow.report.records import REFERENCE_VARIANT
+from quantflow.report.methods import adjustable_rows, pareto_front, plot_bits_per_layer
+from quantflow.report.render import render
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "reports" / "summary.md.j2"
 
@@ -21,9 +23,9 @@ def test_pareto_front_hand_example():
         (1.0, 91.0),  # 5: dominated by 1 (same accuracy, higher score)
         (0.2, 84.0),  # 6: dominated by 4 (same score, lower accuracy)
     ]
-    assert report.pareto_front(points) == [0, 1, 3, 4]
-    assert report.pareto_front([]) == []
-    assert report.pareto_front([(1, 1)]) == [0]
+    assert pareto_front(points) == [0, 1, 3, 4]
+    assert pareto_front([]) == []
+    assert pareto_front([(1, 1)]) == [0]
 
 
 def _record(model, variant, accuracy, size_bytes, **extra):
@@ -95,7 +97,7 @@ def _inputs():
 
 def test_adjustable_rows():
     records, summaries, checks = _inputs()
-    small, big, other = report.adjustable_rows(records, summaries, checks)
+    small, big, other = adjustable_rows(records, summaries, checks)
     assert (small["dataset"], small["model"], small["target"]) == ("ds", "m", "small")
     assert small["metric_weight"] == 0.1 and small["target_score"] is None
     assert small["bounds"] == "2..8"
@@ -133,10 +135,10 @@ def test_adjustable_rows():
 
     # the delta add_comparisons adds is the one used
     compared = [dict(r, delta_accuracy_pp=r["accuracy"] - 0.9) for r in records]
-    assert report.adjustable_rows(compared, summaries[:1], [])[0]["sim_delta_pp"] == (
+    assert adjustable_rows(compared, summaries[:1], [])[0]["sim_delta_pp"] == (
         pytest.approx(0.8975 - 0.9)
     )
-    assert report.adjustable_rows([], [], []) == []
+    assert adjustable_rows([], [], []) == []
 
 
 def _assert_png(path):
@@ -173,25 +175,25 @@ def test_plot_bits_per_layer(tmp_path, kind):
         ("none", {}),
     ]:
         path = tmp_path / f"{kind}-{name}.png"
-        report.plot_bits_per_layer(infos, kind, path)
+        plot_bits_per_layer(infos, kind, path)
         _assert_png(path)
     with pytest.raises(ValueError):
-        report.plot_bits_per_layer({}, "biases", tmp_path / "x.png")
+        plot_bits_per_layer({}, "biases", tmp_path / "x.png")
 
 
 def _render(**adjustable_context):
     """The whole summary template with no variant groups and no weight-only or FAT rows."""
-    from quantflow.comparison import runs_on
+    from quantflow.report.verdict import runs_on
 
     context = {"size_plot": "size.png", "pareto_plot": "score.png", **adjustable_context}
-    return report.render(
+    return render(
         TEMPLATE,
         groups=[],
         cross_model=[],
         tolerance_pp=0.5,
         runs_on=runs_on,
         compact_table=False,
-        reference=report.REFERENCE_VARIANT,
+        reference=REFERENCE_VARIANT,
         weightquant=[],
         weightquant_plot="wq.png",
         fat=[],
@@ -219,7 +221,7 @@ def test_summary_template_adjustable_section():
     assert heading not in _render(adjustable=[], **figures)
 
     records, summaries, checks = _inputs()
-    rows = report.adjustable_rows(records, summaries, checks)
+    rows = adjustable_rows(records, summaries, checks)
     text = _render(adjustable=rows, **figures)
     assert heading in text
     assert "`adjq-small` and `adjq-small-int8`" in text

@@ -37,11 +37,14 @@ MICRO = {
     "diagnosis": {"images": 0},
     "evaluate": {"batch_size": 50, "latency_images": 5, "latency_batches": 1, "threads": 1},
     # kept: a temporary checkpoint would be made again whenever its evaluation reruns
-    "weightquant": {"algorithms": ["bin"], "bits": [8], "keep_checkpoints": True},
+    "weightquant": {"algorithms": ["bin", "fixed"], "bits": [8], "keep_checkpoints": True},
     "fat": {"schemes": ["w8a8-sym-pc"], "simulate": True, "images": 100,
             "validation_images": 50, "batch_size": 50, "epochs": 1, "reset_every": 10,
             "check_images": 50, "calibration": {"batches": 1}},
-    "adjustable": {"targets": None},
+    # one adjustable target, its ranges from FAT's thresholds: it reads FAT's output
+    "adjustable": {"targets": {"m0": {"target_score": 0.4}}, "init_from_fat": "w8a8-sym-pc",
+                   "images": 100, "validation_images": 50, "epochs": 1, "mini_epochs": 2,
+                   "batch_size": 50, "swa_epochs": 0, "check_images": 50},
     "variants": ["tflite-fp32"],
 }
 
@@ -172,7 +175,7 @@ def test_a_training_parameter_reruns_everything_downstream_of_training(micro):
 
 def test_editing_a_library_module_reruns_exactly_the_jobs_that_run_it(micro):
     repo, work, cfg, _ = micro
-    module = repo / "quantflow/tflite.py"
+    module = repo / "quantflow/deploy/convert.py"
     original = module.read_text()
     try:
         # touched, not changed: nothing to do
@@ -191,7 +194,7 @@ def test_editing_a_library_module_reruns_exactly_the_jobs_that_run_it(micro):
 
 def test_editing_the_fake_quant_module_reruns_fat_but_not_training(micro):
     repo, work, cfg, _ = micro
-    module = repo / "quantflow/fakequant.py"
+    module = repo / "quantflow/quant/transform.py"
     original = module.read_text()
     try:
         module.write_text(original + "\n# an edit\n")
@@ -200,6 +203,46 @@ def test_editing_the_fake_quant_module_reruns_fat_but_not_training(micro):
         assert not rules & {"download", "prepare", "train", "extract_weights", "weightquant"}
     finally:
         module.write_text(original)
+
+
+def edited(repo, work, cfg, relative):
+    """The jobs `snakemake -n` plans after an edit of one file of the workflow copy (the
+    file is restored afterwards, and then nothing is planned)."""
+    path = repo / relative
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        return planned(repo, work, cfg)
+    finally:
+        path.write_text(original)
+        assert planned(repo, work, cfg) == set()
+
+
+def test_an_edit_to_fat_training_plans_fat_and_what_reads_its_outputs(micro):
+    repo, work, cfg, _ = micro
+    scheme = dict(dataset="fashion_mnist", model="micro", scheme="w8a8-sym-pc")
+    target = dict(dataset="fashion_mnist", model="micro", target="m0")
+    assert edited(repo, work, cfg, "quantflow/quant/fat/train.py") == {
+        job("fat", **scheme), job("fat_tflite", **scheme),
+        # the adjustable target starts from FAT's thresholds (adjustable.init_from_fat)
+        job("adjustable", **target), job("adjustable_tflite", **target),
+        *variant_jobs("fat-w8a8-sym-pc", "fat-w8a8-sym-pc-sim", "adjq-m0", "adjq-m0-int8"),
+        *SUMMARY}
+
+
+def test_an_edit_to_the_fixed_point_code_plans_only_the_fixed_jobs(micro):
+    repo, work, cfg, _ = micro
+    assert edited(repo, work, cfg, "quantflow/quant/weightonly/fixed.py") == {
+        job("weightquant", dataset="fashion_mnist", model="micro", algorithm="fixed", bits="8"),
+        *variant_jobs("fixed-8"), *SUMMARY}
+
+
+@pytest.mark.parametrize("relative", ["reports/summary.md.j2", "reports/comparison.md.j2",
+                                      "quantflow/report/verdict.py",
+                                      "quantflow/report/methods.py"])
+def test_an_edit_to_the_report_plans_only_the_summary(micro, relative):
+    repo, work, cfg, _ = micro
+    assert edited(repo, work, cfg, relative) == SUMMARY
 
 
 def test_files_named_in_config_are_inputs_of_training(micro, tmp_path):

@@ -1,4 +1,4 @@
-"""quantflow.safepickle: plain-value pickles (weights.pickle, thresholds.pickle) name no code
+"""quantflow.formats.safepickle: plain-value pickles (weights.pickle, thresholds.pickle) name no code
 and allocate no more than the file holds; numpy pickles (CIFAR-10) build only plain numeric
 dtypes and arrays. Hostile files end in one QuantflowError, never a crash: the dangerous
 ones are loaded in a subprocess, whose death the test would see."""
@@ -21,17 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quantflow.atomic import write_atomic
+from quantflow.formats.atomic import write_atomic
 from quantflow.errors import QuantflowError
-from quantflow.safepickle import (
-    ARRAY_KEY,
-    PLAIN_DTYPES,
-    dumps_plain,
-    load_plain,
-    safe_load,
-    save_plain,
-    to_plain,
-)
+from quantflow.formats.safepickle import ARRAY_KEY, PLAIN_DTYPES, dumps_plain, load_plain, safe_load, save_plain, to_plain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,7 +194,7 @@ def test_forged_dtype_is_refused_and_never_crashes(tmp_path: Path) -> None:
     proc = run_isolated(
         """
         from quantflow.errors import QuantflowError
-        from quantflow.safepickle import load_plain, safe_load
+        from quantflow.formats.safepickle import load_plain, safe_load
         for path in sys.argv[2:]:
             for load in (load_plain, safe_load):
                 try:
@@ -361,7 +353,7 @@ FUZZ_LOADER = """
 import json, tracemalloc
 import numpy as np
 from quantflow.errors import QuantflowError
-from quantflow.safepickle import load_plain, safe_load
+from quantflow.formats.safepickle import load_plain, safe_load
 
 def touch(value, depth=0):
     # use everything that was loaded: copy every array (the forged-dtype crash site)

@@ -11,18 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from quantflow.errors import QuantflowError
-from quantflow.weightquant import (
-    ALGORITHMS,
-    FixedPointFormat,
-    _Grid,
-    bin_quantize,
-    fixed_point_format,
-    fixed_point_quantize,
-    fixed_point_quantize_with_format,
-    quantize_weights,
-    relative_error,
-    relative_error_pct,
-)
+from quantflow.quant.weightonly.apply import ALGORITHMS, quantize_weights, relative_error, relative_error_pct
+from quantflow.quant.weightonly.fixed import FixedPointFormat, fixed_point_format, fixed_point_quantize, fixed_point_quantize_with_format
+from quantflow.quant.weightonly.bin import _Grid, bin_quantize
 
 F32 = np.float32
 
@@ -717,7 +708,7 @@ def test_quantize_weights_refuses_bad_requests():
 
 
 def test_packed_size_counts_quantized_values_at_their_bit_width():
-    from quantflow.weightquant import packed_size_bytes
+    from quantflow.quant.weightonly.packed import packed_size_bytes
 
     data = {
         "format": "quantflow-weights/1",

@@ -9,14 +9,7 @@ import numpy as np
 import pytest
 
 from quantflow.errors import QuantflowError
-from quantflow.weights import (
-    FORMAT,
-    assign_weights,
-    extract_weights,
-    load_weights,
-    rebuild_model,
-    save_weights,
-)
+from quantflow.formats.weights import FORMAT, assign_weights, extract_weights, load_weights, rebuild_model, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +20,7 @@ def model():
     statistics updated by a few training-mode passes."""
     import keras
 
-    from quantflow.models import build_model
+    from quantflow.models.registry import build_model
 
     keras.utils.set_random_seed(0)
     m = build_model("tiny_mobilenet", (28, 28, 1), 10, width=0.25, head=64)
@@ -117,7 +110,7 @@ def test_nested_models_are_flattened_and_rebuilt(inputs):
 
 
 def test_quantized_weights_rebuild_and_keep_moving_statistics(model, inputs):
-    from quantflow.weightquant import quantize_weights
+    from quantflow.quant.weightonly.apply import quantize_weights
 
     data = extract_weights(model)
     quantized, errors = quantize_weights(data, "bin", 4)
@@ -225,7 +218,7 @@ def test_garbage_and_missing_files_are_refused(tmp_path):
 
 
 def test_arrays_of_every_plain_dtype_round_trip(tmp_path):
-    from quantflow.safepickle import PLAIN_DTYPES
+    from quantflow.formats.safepickle import PLAIN_DTYPES
 
     rng = np.random.default_rng(3)
     layers = {"l": {name: (rng.random((2, 3)) * 50).astype(name) for name in PLAIN_DTYPES}}

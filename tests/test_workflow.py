@@ -121,7 +121,7 @@ def test_weight_only_quantization_variants(tiny_run):
 
 
 def test_fat_outputs_and_variants(tiny_run):
-    from quantflow.fat import load_thresholds
+    from quantflow.quant.fat.thresholds import load_thresholds
 
     work, _ = tiny_run
     by = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
@@ -247,7 +247,8 @@ def test_no_working_mirror_lists_each_and_says_how_to_get_the_data(tmp_path):
 
 
 def test_adjustable_target_files_score_and_report(tiny_run):
-    from quantflow import adjustable, bitpack
+    from quantflow.quant.adjustable import score as adjustable
+    from quantflow.formats import bitpack
 
     work, _ = tiny_run
     base = work / "results/fashion_mnist/tiny/adjustable/t1"
@@ -328,7 +329,7 @@ def test_per_layer_diagnosis_and_float_fallback(tiny_run):
     assert [row["op"] for row in report["layers"]][-1] == "FULLY_CONNECTED"
     assert all(row["cosine"] > 0.9 and row["scale"] > 0 for row in report["layers"])
     # the fallback model: the worst layer of that diagnosis runs in float
-    from quantflow.tflite import float_ops
+    from quantflow.deploy.convert import float_ops
 
     worst = report["layers"][report["worst"][0]]
     assert float_ops(str(base / "tflite/int8-float1.tflite")) == [worst["op"]]

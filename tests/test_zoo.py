@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-from quantflow import zoo
+from quantflow.models.keras_apps import BN_MOMENTUM, ZOO_ARCHITECTURES, build_zoo_model, default_input_size, reverse_input_channels
+from quantflow.models.user import load_user_model
 from quantflow.errors import QuantflowError
-from quantflow.mnasnet import _make_divisible, mnasnet_a1
-from quantflow.tflite import convert
+from quantflow.models.mnasnet import _make_divisible, mnasnet_a1
+from quantflow.deploy.convert import convert
 
 # Ops whose int32 outputs are shape arithmetic (EfficientNet's SE Reshape), not activations.
 SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "PACK"}
@@ -52,7 +53,7 @@ def _run_litert(tflite: bytes, images: np.ndarray):
     ],
 )
 def test_zoo_model_trains_and_converts_to_int8(arch, options, shape):
-    model = zoo.build_zoo_model(arch, shape, NUM_CLASSES, **options)
+    model = build_zoo_model(arch, shape, NUM_CLASSES, **options)
     assert model.input_shape == (None, *shape)
     assert model.output_shape == (None, NUM_CLASSES)
     assert model.layers[-1].name == "logits" and model.layers[-1].activation.__name__ == "linear"
@@ -111,12 +112,12 @@ def test_resnet_channel_flip_equals_caffe_preprocessing():
     """Random weights stand in for pretrained ones: RGB minus the means into the flipped
     network equals keras' caffe preprocess_input (BGR, minus means) into the original."""
     shape = (32, 32, 3)
-    model = zoo.build_zoo_model("resnet50", shape, NUM_CLASSES, dropout=0.0)
+    model = build_zoo_model("resnet50", shape, NUM_CLASSES, dropout=0.0)
     base = keras.applications.ResNet50(
         include_top=False, weights=None, input_shape=shape, pooling="avg"
     )
     _copy_by_name(model, base)
-    zoo.reverse_input_channels(model, "conv1_conv")
+    reverse_input_channels(model, "conv1_conv")
     features = keras.Model(model.input, model.get_layer("avg_pool").output)
     x = _images(shape, 4)
     expected = _call(base, keras.applications.resnet.preprocess_input(x.copy()))
@@ -157,7 +158,7 @@ def test_weights_file_equals_keras_imagenet_model(tmp_path, keras_imagenet_from,
     path = tmp_path / f"{arch}.weights.h5"
     source.save_weights(path)
 
-    model = zoo.build_zoo_model(arch, shape, NUM_CLASSES, weights=str(path), dropout=0.0)
+    model = build_zoo_model(arch, shape, NUM_CLASSES, weights=str(path), dropout=0.0)
     keras_imagenet_from(path)
     reference = app(include_top=False, weights="imagenet", input_shape=shape, pooling="avg")
     module = keras.applications.resnet if arch == "resnet50" else keras.applications.efficientnet
@@ -173,7 +174,7 @@ def test_imagenet_offline_raises_with_a_hint(monkeypatch):
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(QuantflowError) as err:
-        zoo.build_zoo_model("mobilenet_v2", (32, 32, 3), 3, weights="imagenet", alpha=0.35)
+        build_zoo_model("mobilenet_v2", (32, 32, 3), 3, weights="imagenet", alpha=0.35)
     message = str(err.value)
     assert "could not download" in message
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in message
@@ -182,15 +183,15 @@ def test_imagenet_offline_raises_with_a_hint(monkeypatch):
 
 def test_weights_rules():
     with pytest.raises(QuantflowError, match="no ImageNet weights for mnasnet_a1"):
-        zoo.build_zoo_model("mnasnet_a1", (32, 32, 3), 3, weights="imagenet")
+        build_zoo_model("mnasnet_a1", (32, 32, 3), 3, weights="imagenet")
     with pytest.raises(QuantflowError, match="not found"):
-        zoo.build_zoo_model("resnet50", (32, 32, 3), 3, weights="/nonexistent/r50.weights.h5")
+        build_zoo_model("resnet50", (32, 32, 3), 3, weights="/nonexistent/r50.weights.h5")
     with pytest.raises(QuantflowError, match="restore_weights"):
-        zoo.build_zoo_model("resnet50", (32, 32, 3), 3, weights="/some/model.keras")
+        build_zoo_model("resnet50", (32, 32, 3), 3, weights="/some/model.keras")
     with pytest.raises(QuantflowError, match="alpha must be|ImageNet weights exist for alpha"):
-        zoo.build_zoo_model("mobilenet_v2", (32, 32, 3), 3, weights="imagenet", alpha=0.6)
+        build_zoo_model("mobilenet_v2", (32, 32, 3), 3, weights="imagenet", alpha=0.6)
     with pytest.raises(QuantflowError, match="no pretrained weights"):
-        zoo.build_zoo_model("tiny_mobilenet", (28, 28, 1), 3, weights="imagenet")
+        build_zoo_model("tiny_mobilenet", (28, 28, 1), 3, weights="imagenet")
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Keras warns before it fails
@@ -198,23 +199,23 @@ def test_weights_file_of_another_architecture_is_refused(tmp_path):
     path = tmp_path / "mnas.weights.h5"
     mnasnet_a1((32, 32, 3), 0.5).save_weights(path)
     with pytest.raises(QuantflowError, match="does not fit the mnasnet_a1 backbone"):
-        zoo.build_zoo_model("mnasnet_a1", (32, 32, 3), 3, weights=str(path))
+        build_zoo_model("mnasnet_a1", (32, 32, 3), 3, weights=str(path))
 
 
 def test_argument_checks():
     with pytest.raises(QuantflowError, match="unknown zoo architecture"):
-        zoo.build_zoo_model("vgg16", (32, 32, 3), 3)
+        build_zoo_model("vgg16", (32, 32, 3), 3)
     with pytest.raises(QuantflowError, match="minimum"):
-        zoo.build_zoo_model("mobilenet_v2", (16, 16, 3), 3)
+        build_zoo_model("mobilenet_v2", (16, 16, 3), 3)
     with pytest.raises(QuantflowError, match="alpha"):
-        zoo.build_zoo_model("resnet50", (32, 32, 3), 3, alpha=0.5)
+        build_zoo_model("resnet50", (32, 32, 3), 3, alpha=0.5)
     with pytest.raises(QuantflowError, match="depth_multiplier"):
-        zoo.build_zoo_model("mobilenet_v2", (32, 32, 3), 3, depth_multiplier=0.5)
+        build_zoo_model("mobilenet_v2", (32, 32, 3), 3, depth_multiplier=0.5)
     with pytest.raises(QuantflowError, match="1 or 3 channels"):
-        zoo.build_zoo_model("mobilenet_v2", (32, 32, 4), 3)
-    assert zoo.default_input_size("resnet101") == 224
-    assert zoo.default_input_size("tiny_mobilenet") == 28
-    assert set(zoo.ZOO_ARCHITECTURES) == {
+        build_zoo_model("mobilenet_v2", (32, 32, 4), 3)
+    assert default_input_size("resnet101") == 224
+    assert default_input_size("tiny_mobilenet") == 28
+    assert set(ZOO_ARCHITECTURES) == {
         "mobilenet_v2",
         "resnet50",
         "resnet101",
@@ -225,7 +226,7 @@ def test_argument_checks():
 
 
 def test_preprocessing_layers_are_in_the_model():
-    model = zoo.build_zoo_model("mnasnet_a1", (32, 32, 1), 3, depth_multiplier=0.5)
+    model = build_zoo_model("mnasnet_a1", (32, 32, 1), 3, depth_multiplier=0.5)
     names = [l.name for l in model.layers[:3]]
     assert names == ["image", "gray_to_rgb", "preprocess"]
     scale = model.get_layer("preprocess")
@@ -245,10 +246,10 @@ def _user_model(path, head=True):
 
 def test_load_user_model_replaces_the_head(tmp_path):
     original = _user_model(tmp_path / "user.keras")
-    same = zoo.load_user_model(tmp_path / "user.keras", num_classes=10)
+    same = load_user_model(tmp_path / "user.keras", num_classes=10)
     assert same.output_shape == (None, 10) and same.layers[-1].name == "predictions"
 
-    model = zoo.load_user_model(tmp_path / "user.keras", num_classes=3)
+    model = load_user_model(tmp_path / "user.keras", num_classes=3)
     assert model.output_shape == (None, 3)
     head = model.layers[-1]
     assert head.name == "logits" and head.activation.__name__ == "linear"
@@ -260,14 +261,14 @@ def test_load_user_model_replaces_the_head(tmp_path):
 
 def test_load_user_model_errors(tmp_path):
     with pytest.raises(QuantflowError, match="not found"):
-        zoo.load_user_model(tmp_path / "missing.keras")
+        load_user_model(tmp_path / "missing.keras")
     bad = tmp_path / "bad.keras"
     bad.write_text("not a model")
     with pytest.raises(QuantflowError, match="not a loadable Keras model"):
-        zoo.load_user_model(bad)
+        load_user_model(bad)
     _user_model(tmp_path / "headless.keras", head=False)
     with pytest.raises(QuantflowError, match="no Dense layer"):
-        zoo.load_user_model(tmp_path / "headless.keras", num_classes=3)
+        load_user_model(tmp_path / "headless.keras", num_classes=3)
 
 
 def test_batchnorm_momentum_is_capped_for_short_training():
@@ -281,8 +282,8 @@ def test_batchnorm_momentum_is_capped_for_short_training():
             elif isinstance(layer, keras.layers.BatchNormalization):
                 yield layer
 
-    model = zoo.build_zoo_model("mobilenet_v2", (32, 32, 1), 3, alpha=0.35)
+    model = build_zoo_model("mobilenet_v2", (32, 32, 1), 3, alpha=0.35)
     momenta = {layer.momentum for layer in batchnorms(model)}
-    assert momenta == {zoo.BN_MOMENTUM} and zoo.BN_MOMENTUM == 0.99
+    assert momenta == {BN_MOMENTUM} and BN_MOMENTUM == 0.99
     config = model.get_config()  # saved with the model
     assert '"momentum": 0.999' not in str(config).replace("'", '"')

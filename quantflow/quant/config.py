@@ -94,7 +94,7 @@ class QuantConfig:
         """A FAT scheme (a name such as "w8a8-sym-pc", or `parse_scheme`'s dict) as the
         defaults, plus `overrides`."""
         if isinstance(scheme, str):
-            from quantflow.schemes import parse_scheme
+            from quantflow.quant.schemes import parse_scheme
 
             scheme = parse_scheme(scheme)
         return cls(dict(scheme), overrides)

@@ -1,7 +1,7 @@
 """The float graph a fake-quant model is built from: the layer calls of a functional (or
 Sequential) Keras model in topological order, nested models expanded in place
 (`flatten_graph`), each call's arguments with its input tensors replaced by `Ref`s to
-tensor keys. Also read by `quantflow.micronet` to count a model's operations."""
+tensor keys. Also read by `quantflow.quant.micronet` to count a model's operations."""
 
 from __future__ import annotations
 

@@ -13,8 +13,14 @@ import tensorflow as tf
 from keras import layers
 
 from quantflow.errors import QuantflowError
-from quantflow.quant.ops import exporting, f32_step, fixed_point_add, requantized, ste_round
-from quantflow.quant.quantizers import quantizer_class
+from quantflow.quant.ops import (
+    exporting,
+    f32_step,
+    fixed_point_add,
+    requantized,
+    ste_round,
+)
+from quantflow.quant.registry import quantizer_class
 from quantflow.quant.rules import ACTIVATIONS, FUSED_ACTIVATIONS
 
 DEFAULT_QUANTIZER = "fat"

@@ -24,7 +24,7 @@ _EXPORT = [False]  # set by `export_mode`: layers trace the graph the converter 
 @contextmanager
 def export_mode():
     """Within the block, fake-quant models trace as the TFLite converter wants them (for
-    `quantflow.tflite.convert`): plain fake-quant ops without the FAT custom gradients (the
+    `quantflow.deploy.check.convert`): plain fake-quant ops without the FAT custom gradients (the
     conversion takes about half the time) and each quantized layer as fake-quant kernel ->
     op -> bias, the bias already on TFLite's int32 grid, instead of the exact integer
     arithmetic the layers simulate otherwise (see `quantflow.quant.layers.QuantizedOp`).

@@ -1,0 +1,263 @@
+"""The adjustable search: training ranges and bit widths under the MicroNet score, in
+mini-epochs, then SWA fine-tuning (see quantflow.quant.adjustable)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from quantflow.errors import QuantflowError
+from quantflow.quant.adjustable.score import ScoreGraph, bit_summary
+from quantflow.quant.adjustable.settings import Settings, _activations, _ops
+
+
+def _variables(model):
+    """(weights and ranges, betas): the trainable variables by learning rate."""
+    weights, betas = [], []
+    for layer in _ops(model):
+        weights += [layer.kernel, layer.bias]
+    hosts = [layer.quantizer for layer in _ops(model)] + [a.quantizer for a in _activations(model)]
+    for q in hosts:
+        if hasattr(q, "beta") and getattr(q, "fixed_range", None) is None:
+            weights.append(q.alpha)
+            betas.append(q.beta)
+    return weights, betas
+
+
+def accuracy(model, images, labels, batch_size: int = 250) -> float:
+    """Top-1 of `model` on `images` (ties count 1/k, as quantflow.metrics does)."""
+    from quantflow.metrics import top_k_accuracy
+
+    return top_k_accuracy(labels, predict(model, images, batch_size), 1)
+
+
+def predict(model, images, batch_size: int = 250) -> np.ndarray:
+    return np.concatenate(
+        [np.asarray(model(images[i : i + batch_size], training=False))
+         for i in range(0, len(images), batch_size)]
+    )
+
+
+class _Averager:
+    """Stochastic weight averaging of a list of variables."""
+
+    def __init__(self, variables):
+        self.variables = variables
+        self.sums = None
+        self.count = 0
+
+    def add(self) -> None:
+        values = [np.array(v.numpy(), np.float64) for v in self.variables]
+        self.sums = values if self.sums is None else [s + v for s, v in zip(self.sums, values)]
+        self.count += 1
+
+    def assign(self) -> None:
+        for v, s in zip(self.variables, self.sums):
+            v.assign((s / self.count).astype(np.float32))
+
+
+def train(
+    float_model,
+    model,
+    graph: ScoreGraph,
+    data: dict,
+    settings: Settings,
+    *,
+    seed: int = 0,
+    on_checkpoint=None,
+    log=print,
+) -> dict:
+    """Train `model` (built and calibrated) on data["images"], data["labels"] (training
+    images, float32 pixels), selecting on data["val_images"], data["val_labels"]; see the
+    module doc. `on_checkpoint(state, best)` is called after every mini-epoch with the
+    state row (the model holds its weights then) and whether it is the new best.
+    Returns {"history": [...], "best": state, "float_accuracy", "swa": {...}, "steps"}."""
+    import keras
+    import tensorflow as tf
+
+    from quantflow.quant.calibrate import clip_alphas
+
+    images, labels = data["images"], data["labels"].astype(np.int32)
+    val_images, val_labels = data["val_images"], data["val_labels"].astype(np.int32)
+    batch = settings.batch_size
+    targets = predict(float_model, images).astype(np.float32)
+    float_acc = accuracy(float_model, val_images, val_labels)
+    weights, betas = _variables(model)
+    if not betas:
+        raise QuantflowError("the model has no adjustable quantizers: build it with build_model")
+    opt_w = keras.optimizers.Adam(settings.learning_rate)
+    opt_b = keras.optimizers.Adam(settings.bits_learning_rate)
+    opt_w.build(weights)
+    opt_b.build(betas)
+    gamma = float(settings.gamma)
+    target = settings.target_score
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def losses(x, y, t):
+        logits = model(x, training=True)
+        cls = ce(y, logits)
+        kd = tf.reduce_mean(tf.square(logits - t))
+        p, f = graph.terms(gamma)
+        metric = p + f
+        if target is not None:  # the reference's sign: above the target lower the bits
+            metric = tf.where(metric > target, metric, -metric)
+        total = (settings.cls_weight * cls + settings.kd_weight * kd
+                 + settings.metric_weight * metric)
+        return total, cls, kd, p + f
+
+    def make_step(train_bits: bool, optimizer_w):
+        variables = weights + (betas if train_bits else [])
+        # the tf.Variables (kernels and biases are not trainable Keras variables)
+        sources = [v.value for v in variables]
+
+        @tf.function(reduce_retracing=True)
+        def step(x, y, t):
+            with tf.GradientTape() as tape:
+                tape.watch(sources)
+                total, cls, kd, score = losses(x, y, t)
+            grads = tape.gradient(total, sources)
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+            optimizer_w.apply_gradients(zip(grads[: len(weights)], weights))
+            if train_bits:
+                opt_b.apply_gradients(zip(grads[len(weights):], betas))
+            return total, cls, kd, score
+
+        return step
+
+    steps_fn = {True: make_step(True, opt_w), False: make_step(False, opt_w)}
+
+    def run_steps(step, order, first: int, stop: int):
+        """Steps first..stop-1 of an epoch in `order`; yields each step's loss terms."""
+        for s in range(first, stop):
+            idx = np.sort(order[s * batch : (s + 1) * batch])
+            values = step(tf.constant(images[idx]), tf.constant(labels[idx]),
+                          tf.constant(targets[idx]))
+            clip_alphas(model)
+            yield values
+
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = max(1, len(images) // batch)
+    bounds = np.linspace(0, steps_per_epoch, settings.mini_epochs + 1).round().astype(int)
+
+    def evaluate_state(mini_epoch: int, train_bits, row_losses) -> dict:
+        acc = accuracy(model, val_images, val_labels)
+        exact = graph.exact()
+        info = graph.quant_info()
+        summary = bit_summary(info)
+        row = {
+            "mini_epoch": mini_epoch,
+            "bits_trained": train_bits,
+            "loss": row_losses.get("loss"),
+            "cross_entropy": row_losses.get("cls"),
+            "distillation_mse": row_losses.get("kd"),
+            "score_term": row_losses.get("score"),
+            "val_accuracy": acc,
+            "score": exact["score"],
+            "parameter_score": exact["parameter_score"],
+            "operation_score": exact["operation_score"],
+            "mean_weight_bits": exact["mean_weight_bits"],
+            "mean_activation_bits": exact["mean_activation_bits"],
+            "mean_weight_channel_bits": summary["weights"]["mean_channel_bits"],
+            "mean_activation_channel_bits": summary["activations"]["mean_channel_bits"],
+        }
+        return row
+
+    def better(row, best) -> bool:
+        ok = row["val_accuracy"] >= float_acc - settings.tolerance / 100.0 - 1e-12
+        best_ok = best["within_tolerance"]
+        if ok != best_ok:
+            return ok
+        if ok:
+            return (row["score"], -row["val_accuracy"]) < (best["score"], -best["val_accuracy"])
+        return row["val_accuracy"] > best["val_accuracy"]
+
+    def finish_row(row):
+        row["within_tolerance"] = bool(
+            row["val_accuracy"] >= float_acc - settings.tolerance / 100.0 - 1e-12
+        )
+        return row
+
+    history = []
+    row = finish_row(evaluate_state(0, False, {}))
+    history.append(row)
+    best = dict(row)
+    best_values = [np.array(v.numpy()) for v in weights + betas]
+    if on_checkpoint is not None:
+        on_checkpoint(row, True)
+    log(f"float held-out top-1 {100 * float_acc:.2f}%; initial: top-1 "
+        f"{100 * row['val_accuracy']:.2f}%, score {row['score']:.4f}, mean bits w "
+        f"{row['mean_weight_bits']:.2f} a {row['mean_activation_bits']:.2f}")
+    start, step_count, mini = time.perf_counter(), 0, 0
+    for epoch in range(settings.epochs):
+        order = rng.permutation(len(images))
+        for m in range(settings.mini_epochs):
+            mini += 1
+            train_bits = mini % 2 == 1
+            sums = {"loss": 0.0, "cls": 0.0, "kd": 0.0, "score": 0.0}
+            for values in run_steps(steps_fn[train_bits], order, bounds[m], bounds[m + 1]):
+                for k, v in zip(sums, values):
+                    sums[k] += float(v)
+            n = max(int(bounds[m + 1] - bounds[m]), 1)
+            step_count += int(bounds[m + 1] - bounds[m])
+            means = {k: v / n for k, v in sums.items()}
+            row = finish_row(evaluate_state(mini, train_bits, means))
+            row["epoch"] = epoch + 1
+            history.append(row)
+            improved = better(row, best)
+            if improved:
+                best = dict(row)
+                best_values = [np.array(v.numpy()) for v in weights + betas]
+            if on_checkpoint is not None:
+                on_checkpoint(row, improved)
+            log(f"mini-epoch {mini} ({'bits' if train_bits else 'fixed bits'}): loss "
+                f"{means['loss']:.4f} (CE {means['cls']:.4f}, KD {means['kd']:.4f}, score "
+                f"{means['score']:.4f}); held-out top-1 {100 * row['val_accuracy']:.2f}%, "
+                f"score {row['score']:.4f}, mean bits w {row['mean_weight_bits']:.2f} a "
+                f"{row['mean_activation_bits']:.2f}{' (best)' if improved else ''}")
+    search_seconds = time.perf_counter() - start
+    for v, value in zip(weights + betas, best_values):
+        v.assign(value)
+
+    # fine-tuning with SWA, bit widths fixed
+    swa = {"epochs": settings.swa_epochs, "used": False, "before": best["val_accuracy"]}
+    start = time.perf_counter()
+    if settings.swa_epochs > 0:
+        opt_s = keras.optimizers.Adam(settings.swa_learning_rate)
+        opt_s.build(weights)
+        fine = make_step(False, opt_s)
+        averager = _Averager(weights)
+        every = max(1, int(round(settings.swa_freq * steps_per_epoch)))
+        delay = int(round(settings.swa_delay * steps_per_epoch))
+        count = 0
+        for _ in range(settings.swa_epochs):
+            for _ in run_steps(fine, rng.permutation(len(images)), 0, steps_per_epoch):
+                count += 1
+                step_count += 1
+                if count >= delay and (count - delay) % every == 0:
+                    averager.add()
+        if averager.count == 0:
+            averager.add()
+        averager.assign()
+        after = accuracy(model, val_images, val_labels)
+        swa.update(after=after, samples=averager.count, every_steps=every, delay_steps=delay)
+        if after >= best["val_accuracy"]:
+            swa["used"] = True
+        else:
+            for v, value in zip(weights, best_values[: len(weights)]):
+                v.assign(value)
+        log(f"SWA fine-tuning ({settings.swa_epochs} epoch(s), {averager.count} samples): "
+            f"held-out top-1 {100 * best['val_accuracy']:.2f}% -> {100 * after:.2f}% "
+            f"({'kept' if swa['used'] else 'discarded'})")
+    swa["seconds"] = time.perf_counter() - start
+    final = graph.exact()
+    return {
+        "history": history,
+        "best": best,
+        "float_accuracy": float_acc,
+        "final_accuracy": swa["after"] if swa["used"] else best["val_accuracy"],
+        "final_score": final["score"],
+        "swa": swa,
+        "steps": step_count,
+        "search_seconds": search_seconds,
+    }
