@@ -27,10 +27,11 @@ def test_litert_jobs_do_not_import_tensorflow(tmp_path):
         import sys
         sys.path.insert(0, {str(REPO)!r})
         import numpy as np
-        from quantflow import data
+        from quantflow.data.splits import Split
         from quantflow.evaluate.diagnosis import diagnose
-        from quantflow.evaluate import evaluate_model, measure_latency
-        split = data.Split({str(tmp_path / 'test.npz')!r})
+        from quantflow.evaluate.accuracy import evaluate_model
+        from quantflow.evaluate.latency import measure_latency
+        split = Split({str(tmp_path / 'test.npz')!r})
         model = {str(path)!r}
         record = evaluate_model(model, split, 3, batch_size=16, threads=1)
         timing = measure_latency(model, split, batch_size=16, latency_images=10,

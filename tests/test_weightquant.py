@@ -419,34 +419,36 @@ def test_fixed_point_float32_fast_path_redoes_values_next_to_half_steps():
 
 # ------------------------------------------------------------------ both: refusals and dtypes
 
+QUANTIZERS = {"bin": bin_quantize, "fixed": fixed_point_quantize}
+
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 @pytest.mark.parametrize("bits", [0, 33, -1, 2.5, "8", True, None])
 def test_bad_bits_are_refused(algorithm, bits):
     with pytest.raises(QuantflowError, match="bits"):
-        ALGORITHMS[algorithm](f32(0, 1), bits)
+        QUANTIZERS[algorithm](f32(0, 1), bits)
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_values_are_refused_with_the_tensor_name(algorithm, bad):
     with pytest.raises(QuantflowError, match="conv1/kernel.*NaN or infinite"):
-        ALGORITHMS[algorithm](f32(0, 1, bad), 8, name="conv1/kernel")
+        QUANTIZERS[algorithm](f32(0, 1, bad), 8, name="conv1/kernel")
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_integer_tensors_are_refused(algorithm):
     with pytest.raises(QuantflowError, match="dtype int"):
-        ALGORITHMS[algorithm](np.arange(4), 8)
+        QUANTIZERS[algorithm](np.arange(4), 8)
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_dtype_and_shape_are_preserved(algorithm, dtype):
     x = np.linspace(-2, 3, 24).astype(dtype).reshape(2, 3, 4)
-    q = ALGORITHMS[algorithm](x, 4)
+    q = QUANTIZERS[algorithm](x, 4)
     assert q.dtype == dtype and q.shape == x.shape
-    empty = ALGORITHMS[algorithm](np.zeros((0, 3), dtype), 4)
+    empty = QUANTIZERS[algorithm](np.zeros((0, 3), dtype), 4)
     assert empty.dtype == dtype and empty.shape == (0, 3)
 
 
@@ -620,7 +622,7 @@ def test_quantize_weights_quantizes_every_trainable_variable(algorithm):
         if key.startswith("bn/moving"):
             np.testing.assert_array_equal(q, a)
         else:
-            np.testing.assert_array_equal(q, ALGORITHMS[algorithm](a, 3))
+            np.testing.assert_array_equal(q, QUANTIZERS[algorithm](a, 3))
             # in percent
             assert errors["relative_error_pct"][key] == pytest.approx(100 * relative_error(a, q))
             if algorithm == "fixed":
