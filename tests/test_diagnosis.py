@@ -77,6 +77,7 @@ def test_the_damaged_layer_comes_first(models):
 
 def test_a_different_network_is_refused(models, tmp_path):
     keras = pytest.importorskip("keras")
+    from quantflow.deploy import convert as tflite
 
     x = keras.Input((12, 12, 3))
     other = keras.Model(x, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))

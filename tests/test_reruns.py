@@ -186,7 +186,8 @@ def test_editing_a_library_module_reruns_exactly_the_jobs_that_run_it(micro):
         assert planned(repo, work, cfg) == {
             job("tflite", dataset="fashion_mnist", model="micro", fmt="fp32"),
             job("fat_tflite", dataset="fashion_mnist", model="micro", scheme="w8a8-sym-pc"),
-            *variant_jobs("tflite-fp32", "fat-w8a8-sym-pc"), *SUMMARY}
+            job("adjustable_tflite", dataset="fashion_mnist", model="micro", target="m0"),
+            *variant_jobs("tflite-fp32", "fat-w8a8-sym-pc", "adjq-m0-int8"), *SUMMARY}
     finally:
         module.write_text(original)
     assert planned(repo, work, cfg) == set()
