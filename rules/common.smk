@@ -1,7 +1,6 @@
 # Config validation, wildcard constraints and the input functions every stage shares.
 
 import os
-import re
 import sys
 
 import yaml
@@ -10,9 +9,9 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 from quantflow.workflow.codedeps import code_digest as _code_digest
-from quantflow.quant.schemes import parse_scheme, tflite_exportable
 from quantflow.deploy.formats import parse_format
-from quantflow.variants import timed_variant
+from quantflow import variants
+from quantflow.quant.adjustable.targets import target_settings
 
 # mappings a --configfile replaces instead of merging into (Snakemake merges key by key)
 REPLACED_SECTIONS = (("models",), ("adjustable", "targets"))
@@ -65,60 +64,19 @@ validate_config()
 DATASET = config["dataset"]["name"]
 MODELS = list(config["models"])
 WEIGHTQUANT = config["weightquant"]
-# Weight-only quantized checkpoints are variants too: bin-8, fixed-4, ...
-WEIGHTQUANT_VARIANTS = [
-    f"{algorithm}-{bits}" for algorithm in WEIGHTQUANT["algorithms"] for bits in WEIGHTQUANT["bits"]
-]
 FAT = config["fat"]
 FAT_SCHEMES = FAT["schemes"]
-
-
-def fat_exportable(scheme):
-    """LiteRT's int8 kernels run 8-bit activations and weights of at most 8 bits."""
-    return tflite_exportable(parse_scheme(scheme))
-
-
-# FAT variants: fat-<scheme> is the int8 TFLite model (LiteRT), fat-<scheme>-sim the
-# fake-quant Keras model (the only one for schemes TFLite cannot run exactly).
-FAT_VARIANTS = [
-    variant
-    for scheme in FAT_SCHEMES
-    for variant in (
-        [f"fat-{scheme}"] * fat_exportable(scheme)
-        + [f"fat-{scheme}-sim"] * (FAT["simulate"] or not fat_exportable(scheme))
-    )
-]
 ADJUSTABLE = config["adjustable"]
 ADJUSTABLE_TARGETS = list(ADJUSTABLE.get("targets") or {})
-_ADJUSTABLE_SECTION_ONLY = ("targets", "init_from_fat", "threads", "check_images")
 
 
 def adjustable_settings(target):
     """A target's settings: the section's, overridden by the target's own (the rest take
     quantflow.quant.adjustable.settings.Settings' defaults)."""
-    settings = {k: v for k, v in ADJUSTABLE.items() if k not in _ADJUSTABLE_SECTION_ONLY}
-    settings.update(ADJUSTABLE["targets"][target] or {})
-    return settings
+    return target_settings(ADJUSTABLE, target)
 
 
-def adjustable_exportable(target):
-    """The int8 TFLite export holds channels of at most 8 bits."""
-    return adjustable_settings(target).get("max_bits", 8) <= 8
-
-
-# adjq-<target>: the simulated mixed-precision model; adjq-<target>-int8: its int8 TFLite
-ADJUSTABLE_VARIANTS = [
-    variant
-    for target in ADJUSTABLE_TARGETS
-    for variant in [f"adjq-{target}"] + [f"adjq-{target}-int8"] * adjustable_exportable(target)
-]
 TFLITE = config["tflite"]
-# the int8 calibration studies: N images, P percent of the training set, one class only
-CALIBRATION_VARIANTS = (
-    [f"tflite-int8-cal{n}" for n in TFLITE["calibration_sizes"]]
-    + [f"tflite-int8-cal{p}pct" for p in TFLITE["calibration_percents"]]
-    + [f"tflite-int8-class{k}" for k in TFLITE["calibration_classes"]]
-)
 # int8 with the k layers tflite-int8's diagnosis finds worst left in float
 if TFLITE["float_fallback"] and not config["diagnosis"]["images"]:
     print(
@@ -127,27 +85,9 @@ if TFLITE["float_fallback"] and not config["diagnosis"]["images"]:
         file=sys.stderr,
     )
     sys.exit(1)
-FALLBACK_VARIANTS = [f"tflite-int8-float{k}" for k in TFLITE["float_fallback"]]
 DIAGNOSIS = config["diagnosis"]
-
-
-def int8_variant(variant):
-    """A fully int8 TFLite variant: the converter's int8 models, FAT and adjustable exports."""
-    return bool(
-        re.fullmatch(r"tflite-int8(-cal[0-9]+(pct)?|-class[0-9]+)?", variant)
-        or (re.fullmatch(r"fat-(.+)", variant) and not variant.endswith("-sim"))
-        or re.fullmatch(r"adjq-[a-z0-9]+-int8", variant)
-    )
-
-
-VARIANTS = (
-    config["variants"]
-    + CALIBRATION_VARIANTS
-    + FALLBACK_VARIANTS
-    + WEIGHTQUANT_VARIANTS
-    + FAT_VARIANTS
-    + ADJUSTABLE_VARIANTS
-)
+# every evaluated variant, in order (quantflow.variants: the one table of families)
+VARIANTS = variants.enumerate(config)
 REPO = workflow.basedir
 ENV = "../envs/quantflow.yaml"
 
@@ -176,34 +116,20 @@ def split_file(split):
     return f"data/{{dataset}}/splits/{split}.npz"
 
 
-# Every evaluated variant and the model file it is measured from (tflite-<fmt>: the
-# converter's tflite/<fmt>.tflite).
-VARIANT_FILES = {
-    "keras-float": "results/{dataset}/{model}/float/model.keras",
-}
+def result_dir(wildcards):
+    return f"results/{wildcards.dataset}/{wildcards.model}"
+
+
+def parsed_variant(wildcards):
+    variant = variants.parse(wildcards.variant)
+    if variant is None:
+        raise WorkflowError(f"quantflow: unknown variant {wildcards.variant!r} (quantflow/variants.py lists the families)")
+    return variant
 
 
 def variant_model(wildcards):
-    """The model file a variant is evaluated from: a weight-quantized checkpoint for
-    bin-<bits> and fixed-<bits>, a FAT model for fat-<scheme>[-sim], else VARIANT_FILES."""
-    weightquant = re.fullmatch(r"(bin|fixed)-([0-9]+)", wildcards.variant)
-    fat = re.fullmatch(r"fat-(.+?)(-sim)?", wildcards.variant)
-    adjustable = re.fullmatch(r"adjq-([a-z0-9]+)(-int8)?", wildcards.variant)
-    converted = re.fullmatch(r"tflite-(.+)", wildcards.variant)
-    if weightquant:
-        algorithm, bits = weightquant.groups()
-        path = f"results/{{dataset}}/{{model}}/weightquant/{algorithm}_{bits}bits/weights.pickle"
-    elif fat:
-        scheme, sim = fat.groups()
-        path = f"results/{{dataset}}/{{model}}/fat/{scheme}/model.{'keras' if sim else 'tflite'}"
-    elif adjustable:
-        target, int8 = adjustable.groups()
-        path = f"results/{{dataset}}/{{model}}/adjustable/{target}/model.{'tflite' if int8 else 'keras'}"
-    elif converted:
-        path = f"results/{{dataset}}/{{model}}/tflite/{converted.group(1)}.tflite"
-    else:
-        path = VARIANT_FILES[wildcards.variant]
-    return path.format(dataset=wildcards.dataset, model=wildcards.model)
+    """The model file a variant is evaluated from (quantflow.variants)."""
+    return f"{result_dir(wildcards)}/{parsed_variant(wildcards).model_file}"
 
 
 def tflite_params(wildcards):
@@ -222,12 +148,8 @@ def tflite_params(wildcards):
 def variant_extras(wildcards):
     """Files an evaluation merges besides the model: the MicroNet score of an adjustable
     variant (its bits are its own; the summary scores the uniform variants itself)."""
-    adjustable = re.fullmatch(r"adjq-([a-z0-9]+)(-int8)?", wildcards.variant)
-    if not adjustable:
-        return {}
-    target, int8 = adjustable.groups()
-    name = "score_int8.json" if int8 else "score.json"
-    return {"score": f"results/{wildcards.dataset}/{wildcards.model}/adjustable/{target}/{name}"}
+    extras = parsed_variant(wildcards).extras
+    return {k: f"{result_dir(wildcards)}/{path}" for k, path in extras.items()}
 
 
 def model_spec(wildcards):
@@ -283,10 +205,10 @@ def all_latencies():
     for the simulations: quantflow.variants.timed_variant)."""
     return sorted(
         {
-            f"results/{DATASET}/{model}/eval/{timed_variant(variant)}/latency.json"
+            f"results/{DATASET}/{model}/eval/{variants.timed_variant(variant)}/latency.json"
             for model in MODELS
             for variant in VARIANTS
-            if timed_variant(variant)
+            if variants.timed_variant(variant)
         }
     )
 
@@ -296,7 +218,7 @@ def all_weightquant_errors():
         "results/{dataset}/{model}/weightquant/{variant}/errors.json",
         dataset=DATASET,
         model=MODELS,
-        variant=[v.replace("-", "_") + "bits" for v in WEIGHTQUANT_VARIANTS],
+        variant=[f"{a}_{b}bits" for a in WEIGHTQUANT["algorithms"] for b in WEIGHTQUANT["bits"]],
     )
 
 
@@ -310,7 +232,7 @@ def all_fat(name):
     """A per-scheme FAT file (fat.json, history.csv, tflite.json) of every model."""
     schemes = FAT_SCHEMES
     if name == "tflite.json":
-        schemes = [s for s in FAT_SCHEMES if fat_exportable(s)]
+        schemes = [s for s in FAT_SCHEMES if variants.fat_exportable(s)]
     return expand(
         "results/{dataset}/{model}/fat/{scheme}/{name}",
         dataset=DATASET,
@@ -327,7 +249,7 @@ def all_adjustable(name):
     """A per-target adjustable file of every model (tflite.json only for exportable ones)."""
     targets = ADJUSTABLE_TARGETS
     if name == "tflite.json":
-        targets = [t for t in targets if adjustable_exportable(t)]
+        targets = [t for t in targets if variants.adjustable_target_exportable(config, t)]
     return expand(
         "results/{dataset}/{model}/adjustable/{target}/{name}",
         dataset=DATASET,
@@ -355,5 +277,5 @@ def all_diagnoses():
         "results/{dataset}/{model}/eval/{variant}/diagnosis.json",
         dataset=DATASET,
         model=MODELS,
-        variant=[v for v in VARIANTS if int8_variant(v)],
+        variant=[v for v in VARIANTS if variants.parse(v).family.int8],
     )

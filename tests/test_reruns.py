@@ -282,3 +282,40 @@ def test_make_report_passes_the_config_file():
                          capture_output=True, text=True, timeout=60)
     line = next(line for line in out.stdout.splitlines() if "--forcerun summary" in line)
     assert "--configfile my.yaml" in line and line.rstrip().endswith("-- results/summary.md")
+
+
+TOY_FAMILY = '''
+# a toy method, one entry: the weight-only checkpoints evaluated under another name
+FAMILIES.append(Family("toy", "toy method", "toy-{algorithm}-{bits}",
+                       "weightquant/{algorithm}_{bits}bits/weights.pickle", "simulation",
+                       "TensorFlow", "keras-float", _weight_only_bits, "weightquant"))
+'''
+
+
+def test_a_new_variant_family_is_one_entry_planned_evaluated_and_reported(micro):
+    repo, work, cfg, _ = micro
+    registry = repo / "quantflow/variants.py"
+    original = registry.read_text()
+    try:
+        registry.write_text(original + TOY_FAMILY)
+        # planned: its evaluations (its timing is keras-float's, already there) and the
+        # summary, whose report reads the registry
+        assert planned(repo, work, cfg) == {
+            *(job("evaluate", dataset="fashion_mnist", model="micro", variant=v)
+              for v in ("toy-bin-8", "toy-fixed-8")), *SUMMARY}
+        snakemake(repo, work, cfg)
+        records = json.loads((work / "results/summary.json").read_text())
+        by = {r["variant"]: r for r in records}
+        for algorithm in ("bin", "fixed"):
+            toy, same = by[f"toy-{algorithm}-8"], by[f"{algorithm}-8"]
+            # evaluated from the file its entry names: the weight-only checkpoint's numbers
+            assert toy["accuracy"] == same["accuracy"] and toy["size_bytes"] == same["size_bytes"]
+            assert toy["latency_variant"] == "keras-float"
+            assert toy["ms_per_image_b1"] == same["ms_per_image_b1"]  # keras-float's
+            assert toy["score"] == same["score"]  # scored with the bits its entry gives
+        md = (work / "results/summary.md").read_text()
+        assert "toy method" in md and "toy-bin-8" in md
+    finally:
+        registry.write_text(original)
+        snakemake(repo, work, cfg)  # the summary again without it
+    assert planned(repo, work, cfg) == set()

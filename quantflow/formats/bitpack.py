@@ -32,7 +32,7 @@ Layout
 File (written by `save_packed` with `quantflow.formats.safepickle.save_plain`, atomically; read
 by `load_packed` with `load_plain`, so it holds only plain values and array records)::
 
-    {"format": "quantflow.formats.bitpack", "version": 1,
+    {"format": "quantflow.bitpack", "version": 1,
      "bit_order": "lsb-first", "layout": "channel-major",
      "tensors": {name: {"shape": [int, ...], "channel_axes": [int, ...],
                         "signed": bool, "bits": uint8 (C,), "scales": float32 (C,),
@@ -64,7 +64,7 @@ import numpy as np
 
 from quantflow.errors import QuantflowError
 
-FORMAT = "quantflow.formats.bitpack"
+FORMAT = "quantflow.bitpack"  # the file format's name (not a module path: it stays)
 VERSION = 1
 BIT_ORDER = "lsb-first"
 LAYOUT = "channel-major"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quantflow import variants
 from quantflow.report.records import REFERENCE_VARIANT
 
 
@@ -15,7 +16,8 @@ def weightquant_rows(records: list[dict], errors: list[dict]) -> list[dict]:
     by_variant = {(r["dataset"], r["model"], r["variant"]): r for r in records}
     rows = []
     for e in errors:
-        record = by_variant.get((e["dataset"], e["model"], f"{e['algorithm']}-{e['bits']}"))
+        name = variants.name("weight-only", algorithm=e["algorithm"], bits=e["bits"])
+        record = by_variant.get((e["dataset"], e["model"], name))
         if record:
             rows.append({**record, "algorithm": e["algorithm"], "bits": e["bits"],
                          "error_min_pct": e["relative_error_pct_min"],
@@ -68,8 +70,8 @@ def fat_rows(records: list[dict], summaries: list[dict], checks: list[dict]) -> 
         key = (s["dataset"], s["model"])
         fp32 = by_variant.get((*key, REFERENCE_VARIANT))
         ptq = by_variant.get((*key, "tflite-int8"))
-        tflite = by_variant.get((*key, f"fat-{s['scheme']}"))
-        sim = by_variant.get((*key, f"fat-{s['scheme']}-sim"))
+        tflite = by_variant.get((*key, variants.name("fat", scheme=s["scheme"])))
+        sim = by_variant.get((*key, variants.name("fat-sim", scheme=s["scheme"])))
         deployed = tflite or sim
 
         def delta(a, b):
@@ -172,8 +174,8 @@ def adjustable_rows(records: list[dict], summaries: list[dict], checks: list[dic
         key = (s["dataset"], s["model"])
         target = s["target"]
         ref = by_variant.get((*key, REFERENCE_VARIANT))
-        sim = by_variant.get((*key, f"adjq-{target}"))
-        int8 = by_variant.get((*key, f"adjq-{target}-int8"))
+        sim = by_variant.get((*key, variants.name("adjq", target=target)))
+        int8 = by_variant.get((*key, variants.name("adjq-int8", target=target)))
         check = by_check.get((*key, target)) or {}
         settings = s.get("settings") or {}
         score = s.get("score") or (sim or {})

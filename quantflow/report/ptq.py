@@ -11,12 +11,22 @@ A difference of at most `TIE_IMAGES` test images is called a tie, whatever its s
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from quantflow.variants import parse
+
 TIE_IMAGES = 5
-CALIBRATED = re.compile(r"tflite-int8-cal([0-9]+)(pct)?")
-ONE_CLASS = re.compile(r"tflite-int8-class([0-9]+)")
+
+
+def _family(variant: str) -> str | None:
+    v = parse(variant)
+    return v.family.key if v else None
+
+
+def _field(variant: str, key: str, name: str):
+    """A field of `variant` if it is of family `key` (quantflow.variants), else None."""
+    v = parse(variant)
+    return v.fields[name] if v and v.family.key == key else None
 
 
 def faster(reference_ms: float, ms: float) -> str:
@@ -45,16 +55,16 @@ def calibration_points(records: list[dict], train_size: int | None) -> list[dict
     (P percent -> round(P% of the training set), as the conversion computes it)."""
     points = []
     for r in records:
-        match = CALIBRATED.fullmatch(r["variant"])
-        if not match:
-            continue
-        number, pct = int(match.group(1)), bool(match.group(2))
-        if pct:
+        number, percent = (_field(r["variant"], "int8-cal", "images"),
+                           _field(r["variant"], "int8-calpct", "percent"))
+        if percent is not None:
             if not train_size:
                 continue
-            images = max(1, int(round(train_size * number / 100)))
-        else:
+            images = max(1, int(round(train_size * percent / 100)))
+        elif number is not None:
             images = min(number, train_size) if train_size else number
+        else:
+            continue
         points.append({"variant": r["variant"], "images": images, "accuracy": r["accuracy"],
                        "g_mean": r["g_mean"]})
     return sorted(points, key=lambda p: (p["images"], p["variant"]))
@@ -100,8 +110,8 @@ def ptq_study(records: list[dict], info: dict | None = None,
             f"{native['ms_per_image_b1']:.3f} ms ("
             f"{faster(native['ms_per_image_b1'], fp32['ms_per_image_b1'])} in LiteRT)."
         )
-    int8 = [r for r in records if r["variant"] == "tflite-int8"
-            or CALIBRATED.fullmatch(r["variant"]) or ONE_CLASS.fullmatch(r["variant"])]
+    int8 = [r for r in records
+            if _family(r["variant"]) in ("int8", "int8-cal", "int8-calpct", "int8-class")]
     if fp32 and int8:
         best = max(int8, key=lambda r: (r["accuracy"], r["g_mean"]))
         pp = 100.0 * (best["accuracy"] - fp32["accuracy"])
@@ -122,10 +132,9 @@ def ptq_study(records: list[dict], info: dict | None = None,
     names = (info or {}).get("class_names") or []
     base = by.get("tflite-int8")
     for r in records:
-        match = ONE_CLASS.fullmatch(r["variant"])
-        if not match:
+        k = _field(r["variant"], "int8-class", "label")
+        if k is None:
             continue
-        k = int(match.group(1))
         name = f" ({names[k]})" if k < len(names) else ""
         parts = []
         if base:
@@ -144,8 +153,8 @@ def ptq_study(records: list[dict], info: dict | None = None,
             f"top-1 (G-mean {100 * r['g_mean']:.2f}%): {'; '.join(parts) or 'nothing to compare'}."
         )
     fallback = sorted(
-        (int(m.group(1)), r) for r in records
-        if (m := re.fullmatch(r"tflite-int8-float([0-9]+)", r["variant"])))
+        (k, r) for r in records
+        if (k := _field(r["variant"], "float-fallback", "k")) is not None)
     if base and fallback:
         parts = []
         for k, r in fallback:
@@ -206,8 +215,10 @@ def plot_calibration(studies: list[dict], path: str | Path) -> None:
     plt.close(fig)
 
 
-# the int8 models the per-layer plot draws (the calibration studies only in the table)
-PLOTTED = re.compile(r"tflite-int8|fat-.+|adjq-[a-z0-9]+-int8")
+def plotted(variant: str) -> bool:
+    """The int8 models the per-layer plot draws (the calibration studies only in the table)."""
+    v = parse(variant)
+    return bool(v and v.family.int8 and not v.family.study)
 
 
 def diagnosis_rows(diagnoses: list[dict], worst: int = 3) -> list[dict]:
@@ -232,7 +243,7 @@ def plot_diagnosis(diagnoses: list[dict], path: str | Path) -> None:
 
     groups: dict[tuple, list] = {}
     for d in diagnoses:
-        if PLOTTED.fullmatch(d["variant"]):
+        if plotted(d["variant"]):
             groups.setdefault((d.get("dataset"), d.get("model")), []).append(d)
     fig, axes = plt.subplots(max(1, len(groups)), 1, figsize=(9, 3.8 * max(1, len(groups))),
                              squeeze=False)

@@ -23,10 +23,11 @@ from pathlib import Path
 from quantflow.report.methods import _figure, pareto_front
 from quantflow.report.ptq import TIE_IMAGES, image_count
 from quantflow.report.records import REFERENCE_VARIANT
+from quantflow.variants import FAMILIES, method
 
 LATENCY_TIE = 0.10
 FLOOR_PP = 3.0  # the plots show top-1 down to this far below the reference
-FAMILIES = {  # method family: (marker, colour), in the tables' order
+STYLES = {  # method family: (marker, colour) in the plots
     "float": ("s", "tab:grey"),
     "post-training quantization": ("P", "tab:red"),
     "weight-only": ("^", "tab:blue"),
@@ -37,18 +38,18 @@ FAMILIES = {  # method family: (marker, colour), in the tables' order
 
 
 def family(variant: str) -> str:
-    """The method family of a variant name."""
-    if variant in ("keras-float", REFERENCE_VARIANT):
-        return "float"
-    if variant.startswith("tflite-"):
-        return "post-training quantization"
-    if variant.startswith(("bin-", "fixed-")):
-        return "weight-only"
-    if variant.startswith("fat-"):
-        return "FAT"
-    if variant.startswith("adjq-"):
-        return "adjustable"
-    return "other"
+    """The method family of a variant name (quantflow.variants; "other" if it has none)."""
+    return method(variant)
+
+
+def families() -> list[str]:
+    """The method families in the tables' order: quantflow.variants' order, then "other"."""
+    return [*dict.fromkeys(f.method for f in FAMILIES), "other"]
+
+
+def style(fam: str) -> tuple[str, str]:
+    """(marker, colour) of a method family in the plots (a new family: "other"'s)."""
+    return STYLES.get(fam, STYLES["other"])
 
 
 def deployable(record: dict) -> bool:
@@ -232,9 +233,9 @@ def _fastest(within: list[dict], tolerance_pp: float, ref_text: str) -> dict:
 
 
 def grouped_rows(records: list[dict]) -> list[dict]:
-    """The records in FAMILIES order (stable within a family), each with "family" and
+    """The records in `families()` order (stable within a family), each with "family" and
     "first_in_family" added, for a table grouped by method."""
-    order = list(FAMILIES)
+    order = families()
     ranked = sorted(enumerate(records), key=lambda ir: (order.index(family(ir[1]["variant"])), ir[0]))
     rows, seen = [], set()
     for _, record in ranked:
@@ -317,7 +318,8 @@ def plot_accuracy_vs(records: list[dict], path: str | Path, x: str = "size_bytes
         rows = shown
         xs = [r[x] * scale for r in rows]
         ys = [100 * r["accuracy"] for r in rows]
-        for fam, (marker, colour) in FAMILIES.items():
+        for fam in families():
+            marker, colour = style(fam)
             for shipped in (True, False):
                 idx = [i for i, r in enumerate(rows)
                        if family(r["variant"]) == fam and deployable(r) == shipped]

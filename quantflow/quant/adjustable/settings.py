@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from quantflow.errors import QuantflowError
+from quantflow.quant.adjustable.targets import DEFAULT_MAX_BITS
 from quantflow.quant.micronet import score as micronet
 
 QUANT_INFO_FORMAT = 1
@@ -21,7 +22,7 @@ class Settings:
     weight_bits: int = 8  # initial bit width n (beta = 1)
     activation_bits: int = 8
     min_bits: int = 2
-    max_bits: int = 8
+    max_bits: int = DEFAULT_MAX_BITS
     metric_weight: float = 1.0
     target_score: float | None = None
     cls_weight: float = 1.0
