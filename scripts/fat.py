@@ -1,114 +1,23 @@
 """fat: FAT threshold training of one quantization scheme of a float model (a fake-quant
-model whose thresholds are trained to match the float logits on unlabelled images)."""
+model whose thresholds are trained to match the float logits on unlabelled images):
+quantflow.quant.fat.job."""
 
-import csv
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.errors import QuantflowError
 from quantflow.workflow.logs import run_logged
 from quantflow.workflow.threads import configure_threads
 
 
-def main(inp, out, scheme_name, cfg, seed, threads):
+def main(inp, out, scheme, cfg, seed, threads):
     configure_threads(threads, seed)
-    import keras
-    import numpy as np
+    from quantflow.quant.fat.job import FatFiles, FatOutputs, run
 
-    from quantflow.data import splits as data
-    from quantflow.quant.calibrate import calibrate, thresholds
-    from quantflow.quant.transform import fake_quant_model
-    from quantflow.quant.fat.thresholds import alpha_values, save_thresholds
-    from quantflow.quant.schemes import parse_scheme
-    from quantflow.quant.fat.train import logits_rmse, train_thresholds
-    from quantflow.quant.packed import packed_size_bytes
-
-    scheme = parse_scheme(scheme_name)
-    size = data.read_info(inp.info)["input_shape"][:2]
-    model = keras.saving.load_model(inp.model, compile=False)
-    train, val = data.Split(inp.train, size), data.Split(inp.val, size)
-    rng = np.random.default_rng(seed)
-    images = train.take(np.sort(rng.permutation(len(train))[: cfg["images"]]))
-    held_out = val.take(np.sort(rng.permutation(len(val))[: cfg["validation_images"]]))
-    batch = cfg["batch_size"]
-    print(f"scheme {scheme_name}: {scheme}; {len(images)} unlabelled training images, "
-          f"{len(held_out)} held-out validation images, batch {batch}")
-
-    qmodel = fake_quant_model(model, **scheme)
-    calibration = cfg["calibration"]
-    calibrate(qmodel, images, calibration["batches"], method=calibration["method"],
-                 percentile=calibration["percentile"], batch_size=batch)
-    initial = thresholds(qmodel)
-    print(f"calibrated {len(initial)} quantizers on {calibration['batches']} batches "
-          f"({calibration['method']}); activation ranges:")
-    for name, row in initial.items():
-        if row["kind"] == "activation":
-            print(f"  {name}: [{row['range'][0]:.4g}, {row['range'][1]:.4g}]"
-                  f"{' (fixed)' if row['fixed'] else ''}")
-
-    for path in (out.ckpt, out.best_ckpt):
-        Path(path).mkdir(parents=True, exist_ok=True)
-
-    def checkpoint(row, improved):
-        dirs = [out.ckpt] + ([out.best_ckpt] if improved else [])
-        for path in dirs:
-            qmodel.save_weights(str(Path(path) / "model.weights.h5"))
-            (Path(path) / "state.json").write_text(json.dumps(row, indent=2) + "\n")
-
-    qmodel.save_weights(str(Path(out.best_ckpt) / "model.weights.h5"))  # epoch 0: calibrated
-    (Path(out.best_ckpt) / "state.json").write_text(json.dumps({"epoch": 0}) + "\n")
-    start = time.perf_counter()
-    result = train_thresholds(
-        model, qmodel, images, epochs=cfg["epochs"], learning_rate=cfg["learning_rate"],
-        reset_every=cfg["reset_every"], val_ds=held_out, batch_size=batch, seed=seed,
-        on_epoch=checkpoint, log_stream=sys.stderr, loss=cfg["loss"], reset=cfg["reset"],
-    )
-    seconds = time.perf_counter() - start
-    qmodel.load_weights(str(Path(out.best_ckpt) / "model.weights.h5"))
-    final = logits_rmse(model, qmodel, held_out, batch_size=batch)
-    if abs(final - result["final_val_rmse"]) > 1e-5 * max(final, 1e-9):
-        raise QuantflowError(
-            f"{out.best_ckpt}: the kept thresholds give held-out RMSE {final:.6g}, not the "
-            f"{result['final_val_rmse']:.6g} recorded when they were saved; rerun the fat rule"
-        )
-    qmodel.save(out.model)
-    trained = thresholds(qmodel)
-    save_thresholds(out.thresholds, {"scheme": scheme_name, **scheme, "initial": initial,
-                                     "trained": trained})
-    with open(out.history, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "train_rmse", "val_rmse", "learning_rate"])
-        writer.writeheader()
-        writer.writerow({"epoch": 0, "train_rmse": "", "val_rmse": result["initial_val_rmse"],
-                         "learning_rate": ""})
-        writer.writerows(result["history"])
-    alphas = alpha_values(trained)
-    summary = {
-        "scheme": scheme_name, **scheme, "images": len(images), "validation_images": len(held_out),
-        "batch_size": batch, "epochs": cfg["epochs"], "steps": result["steps"],
-        "learning_rate": cfg["learning_rate"], "reset_every": cfg["reset_every"],
-        "loss": cfg["loss"], "reset": cfg["reset"], "calibration": calibration, "seconds": seconds, "threads": threads,
-        "initial_val_rmse": result["initial_val_rmse"], "final_val_rmse": result["final_val_rmse"],
-        "best_epoch": result["best_epoch"], "packed_size_bytes": packed_size_bytes(qmodel),
-        "alphas": {kind: _stats(v) for kind, v in alphas.items()},
-    }
-    Path(out.summary).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"threshold training {seconds:.1f} s: held-out RMSE {result['initial_val_rmse']:.5f} "
-          f"-> {result['final_val_rmse']:.5f} (epoch {result['best_epoch']} kept)")
-
-
-def _stats(values):
-    import numpy as np
-
-    if values.size == 0:
-        return {"count": 0}
-    return {"count": int(values.size), "min": float(values.min()), "median": float(np.median(values)),
-            "max": float(values.max()), "mean": float(values.mean()),
-            "at_lower_bound": float(np.mean(values <= 0.5 + 1e-6)),
-            "below_one": float(np.mean(values < 1 - 1e-6))}
+    run(FatFiles(inp.model, inp.train, inp.val, inp.info),
+        FatOutputs(**{k: getattr(out, k) for k in FatOutputs.__dataclass_fields__}),
+        scheme, cfg, seed, threads)
 
 
 run_logged(

@@ -12,6 +12,7 @@ from quantflow.deploy.litert import interpreter
 from quantflow.errors import QuantflowError
 from quantflow.quant.calibrate import activation_quantizers
 from quantflow.quant.layers import ActivationQuant
+from quantflow.quant.lowering import SAME_GRID_OPS, SHARED_GRID_OPS
 
 
 def activation_ranges(tflite_path: str) -> list[dict]:
@@ -78,12 +79,6 @@ def agreement(fq_logits, tflite_logits, output_scale: float,
         "mean_abs_logit_difference_steps": float(steps.mean()),
         "max_abs_logit_difference_steps": float(steps.max()),
     }
-
-
-# TFLite ops whose int8 output has its input's scale and zero point (no quantizer of their own)
-SAME_GRID_OPS = ("PAD", "PADV2", "MAX_POOL_2D", "RESHAPE", "SQUEEZE", "EXPAND_DIMS",
-                 "STRIDED_SLICE", "SLICE", "TRANSPOSE", "GATHER", "SPACE_TO_DEPTH",
-                 "DEPTH_TO_SPACE", "AVERAGE_POOL_2D", "MAXIMUM", "MINIMUM")
 
 
 def check_activation_grids(qmodel, tflite_model: bytes | str, rtol: float = 1e-5) -> list[dict]:
@@ -186,9 +181,6 @@ def check_activation_grids(qmodel, tflite_model: bytes | str, rtol: float = 1e-5
             else:
                 compare(index, op["op_name"], None, None, "no fake-quant op in the Keras model")
     return mismatches
-
-
-SHARED_GRID_OPS = ("CONCATENATION", "MAXIMUM", "MINIMUM")  # inputs take the output's grid
 
 
 def _shared_grid(index: int, ops: list, readers: dict) -> int | None:

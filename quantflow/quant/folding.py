@@ -11,7 +11,7 @@ from keras import layers
 
 from quantflow.errors import QuantflowError
 from quantflow.quant.graph import Node
-from quantflow.quant.rules import TIE_MARGIN
+from quantflow.quant.lowering import TIE_MARGIN
 
 
 def channel_vector(values, node: Node, what: str) -> np.ndarray:
@@ -99,14 +99,6 @@ def float_kernel(layer, node: Node) -> tuple[np.ndarray, np.ndarray]:
         else np.zeros(channels, np.float32)
     )
     return kernel, bias
-
-
-def foldable_bn(layer, rank: int) -> bool:
-    """Whether `layer` is a BatchNormalization over the last axis of a rank-`rank` tensor."""
-    if type(layer) is not layers.BatchNormalization:
-        return False
-    axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
-    return axis in (-1, rank - 1)
 
 
 def fold_batch_norm(layer, kernel, bias, bn) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from quantflow.quant.ops import (
 # the implementations register themselves on import: every quantizer a layer may name
 import quantflow.quant.quantizers  # noqa: F401
 from quantflow.quant.registry import quantizer_class
-from quantflow.quant.rules import ACTIVATIONS, FUSED_ACTIVATIONS
+from quantflow.quant.lowering import ACTIVATIONS, FUSED_ACTIVATIONS
 
 DEFAULT_QUANTIZER = "fat"
 

@@ -70,7 +70,7 @@ graph TFLite's int8 kernels execute, every rounding explicit. Conv2D, DepthwiseC
 Dense become `QConv2D`, `QDepthwiseConv2D`, `QDense` with a following BatchNormalization
 folded and a ReLU / ReLU6 fused (their only consumer), as TFLite does; activation
 quantizers (`ActivationQuant`) are placed where TFLite has an int8 tensor with its own
-scale (the rules: `quantflow.quant.rules`; see `quantflow.quant.transform` for the full list).
+scale (the rules: `quantflow.quant.lowering`; see `quantflow.quant.transform` for the full list).
 What each layer gets (bits, granularity, symmetry, which quantizer implementation) is
 asked of the per-layer config (`quantflow.quant.config.QuantConfig`), never decided here."""
 
@@ -89,7 +89,6 @@ from quantflow.quant.folding import (
     affine_steps,
     float_kernel,
     fold_batch_norm,
-    foldable_bn,
 )
 from quantflow.quant.graph import Graph, Node, Ref, flatten_graph, unique_name
 from quantflow.quant.layers import (
@@ -100,13 +99,11 @@ from quantflow.quant.layers import (
     QDense,
     QDepthwiseConv2D,
 )
-from quantflow.quant.rules import (
+from quantflow.quant.lowering import (
     ACTIVATION_LAYERS,
     ACTIVATIONS,
     AFFINE,
     DROPPED,
-    FUSED_ACTIVATIONS,
-    FUSING_MERGES,
     MERGES,
     NON_NEGATIVE_ACTIVATIONS,
     POOLS,
@@ -114,6 +111,8 @@ from quantflow.quant.rules import (
     SHARED_SCALE_MERGES,
     SUPPORTED_LAYERS,
     WEIGHTED,
+    Lowered,
+    Plan,
     activation_name,
     fixed_output_range,
 )
@@ -135,7 +134,7 @@ class _Transform:
     """Builds the fake-quant graph from a flattened float graph (see fake_quant_model)."""
 
     def __init__(self, graph: Graph, config: QuantConfig, input_names: list[str]):
-        self.graph, self.users = graph, graph.consumers()
+        self.graph, self.plan = graph, Plan(graph)
         self.config = config
         # the layer (name, path) whose settings apply to each tensor's quantizers: model
         # inputs by their names, a node's outputs by its layer (fused ones: the layer they
@@ -146,7 +145,10 @@ class _Transform:
                 self.owners[key] = (node.layer.name, node.path)
         self.spec: LayerQuant = config.default  # of the layer being rewritten
         self.tensors: dict[int, _Tensor] = {}
-        self.skip: set[int] = set()  # nodes folded or fused into an earlier one
+        # nodes folded or fused into a weighted layer (a ReLU fused into a merge stays in
+        # the Keras graph: it clamps the merge's output before its quantizer)
+        self.skip = {node for node, into in self.plan.absorbed.items()
+                     if type(graph.nodes[into].layer) in WEIGHTED}
         self.link_after: dict[int, tuple] = {}  # tensor key -> (QAdd, input grids) to link
         self.names: set[str] = set()
 
@@ -158,22 +160,6 @@ class _Transform:
     # ---- helpers
     def name(self, base: str) -> str:
         return unique_name(self.names, base)
-
-    def sole_user(self, key: int) -> int | None:
-        """The index of the only node reading tensor `key` (None if it is a model output or
-        read by several nodes)."""
-        users = self.users.get(key, [])
-        if len(users) != 1 or key in self.graph.outputs:
-            return None
-        return users[0]
-
-    def feeds_shared_scale(self, key: int) -> bool:
-        """Whether tensor `key` only reaches a Concatenate / Maximum / Minimum (possibly
-        through same-grid ops): TFLite quantizes it with that op's output range."""
-        user = self.sole_user(key)
-        while user is not None and type(self.graph.nodes[user].layer) in SAME_GRID:
-            user = self.sole_user(self.graph.nodes[user].outputs[0])
-        return user is not None and type(self.graph.nodes[user].layer) in SHARED_SCALE_MERGES
 
     def quantizer(self, name: str, non_negative: bool, fixed=None) -> ActivationQuant:
         return ActivationQuant(
@@ -194,7 +180,7 @@ class _Transform:
     def finish(self, key: int, x, name: str, non_negative: bool, fixed=None) -> None:
         """Set tensor `key` to `x` quantized by its own quantizer, unless TFLite gives it the
         range of the Concatenate (...) it feeds, whose quantizer then rounds it once."""
-        if fixed is None and self.feeds_shared_scale(key):
+        if fixed is None and self.plan.feeds_shared_scale(key):
             self.tensors[key] = _Tensor(x, non_negative)
         else:
             self.tensors[key] = self.quantized(x, name, non_negative, fixed)
@@ -237,7 +223,7 @@ class _Transform:
         for i, node in enumerate(self.graph.nodes):
             if i not in self.skip:
                 self.settings((node.layer.name, node.path))
-                self.visit(node)
+                self.visit(i, node)
         outputs = []
         for key in self.graph.outputs:
             t = self.tensors[key]
@@ -253,10 +239,10 @@ class _Transform:
             name=f"{model.name}_fakequant",
         )
 
-    def visit(self, node: Node) -> None:
+    def visit(self, i: int, node: Node) -> None:
         layer, kind = node.layer, type(node.layer)
         if kind in WEIGHTED:
-            return self.weighted(node)
+            return self.weighted(node, self.plan.ops[i])
         if len(node.outputs) != 1:
             raise self.unsupported(node, "it has several outputs")
         key, ins = node.outputs[0], [self.tensors[k] for k in node.inputs]
@@ -268,7 +254,7 @@ class _Transform:
         elif kind in ACTIVATION_LAYERS:
             self.activation(node, ins[0])
         elif kind in MERGES:
-            self.merge(node, ins)
+            self.merge(node, ins, self.plan.ops.get(i))
         elif kind is layers.AveragePooling2D and ins[0].grid is not None:
             # AVERAGE_POOL_2D keeps its input's scale: round back onto the input's grid
             out = ins[0].grid(self.clone_call(node))
@@ -280,7 +266,7 @@ class _Transform:
         else:
             raise self.unsupported(node)
 
-    def merge(self, node: Node, ins: list[_Tensor]) -> None:
+    def merge(self, node: Node, ins: list[_Tensor], lowered: Lowered | None) -> None:
         layer, key = node.layer, node.outputs[0]
         grids = [t.grid for t in ins]
         exact_add = type(layer) is layers.Add and len(ins) == 2 and None not in grids
@@ -293,25 +279,14 @@ class _Transform:
         fixed = ins[0].fixed
         if type(layer) in SHARED_SCALE_MERGES and fixed and all(t.fixed == fixed for t in ins):
             self.tensors[key] = _Tensor(out, nonneg, fixed, ins[0].grid)  # e.g. gray -> RGB
-        elif type(layer) in FUSING_MERGES and self.fusable_activation(key):
-            self.tensors[key] = _Tensor(out, nonneg)  # quantized after the fused ReLU
+        elif lowered is not None:  # quantized after the ReLU fused into it
+            self.tensors[key] = _Tensor(out, nonneg)
             if exact_add:
-                self.link_after[self.graph.nodes[self.sole_user(key)].outputs[0]] = (add, grids)
+                self.link_after[lowered.output] = (add, grids)
         else:
             self.finish(key, out, layer.name, nonneg)
             if exact_add:
                 add.link(grids, self.tensors[key].grid)
-
-    def fusable_activation(self, key: int) -> str | None:
-        """relu / relu6 when the only reader of `key` is such an activation layer."""
-        user = self.sole_user(key)
-        if user is None or user in self.skip:
-            return None
-        layer = self.graph.nodes[user].layer
-        if type(layer) not in (layers.ReLU, layers.Activation):
-            return None
-        name = activation_name(layer)
-        return name if name in ("relu", "relu6") else None
 
     def activation(self, node: Node, x: _Tensor) -> None:
         layer, key = node.layer, node.outputs[0]
@@ -371,29 +346,19 @@ class _Transform:
             else:
                 x = self.quantized(value, name, nonneg, fixed)
 
-    def weighted(self, node: Node) -> None:
+    def weighted(self, node: Node, lowered: Lowered) -> None:
         """Conv2D / DepthwiseConv2D / Dense (+ folded BN, + fused ReLU/ReLU6) -> Q layer."""
         layer = node.layer
         kernel, bias = float_kernel(layer, node)
-        activation = activation_name(layer)
+        activation = lowered.activation
         if activation is None:
             what = getattr(layer.activation, "__name__", layer.activation)
             raise self.unsupported(
                 node, f"activation {what!r} (supported: {', '.join(ACTIVATIONS)})"
             )
-        key = node.outputs[0]
-        if activation == "linear":
-            user = self.sole_user(key)
-            if user is not None and foldable_bn(self.graph.nodes[user].layer, node.ranks[0]):
-                kernel, bias = fold_batch_norm(layer, kernel, bias, self.graph.nodes[user].layer)
-                self.skip.add(user)
-                key = self.graph.nodes[user].outputs[0]
-            fused = self.fusable_activation(key)
-            if fused:
-                user = self.sole_user(key)
-                self.skip.add(user)
-                key, activation = self.graph.nodes[user].outputs[0], fused
-        split = activation not in FUSED_ACTIVATIONS
+        if lowered.bn is not None:
+            kernel, bias = fold_batch_norm(layer, kernel, bias, self.graph.nodes[lowered.bn].layer)
+        key, split = lowered.output, lowered.split
         q = _quantized_layer(
             layer, "linear" if split else activation, self.spec, self.name(layer.name)
         )

@@ -48,10 +48,8 @@ ACTIVATION_OPS = {
     "silu": (3, 1),
     "hard_silu": (2, 1),
     "softmax": (2, 1),
+    "clamp": (0, 1),  # a ReLU with another max_value
 }
-
-
-FUSABLE = ("relu", "relu6")
 
 
 @dataclass
@@ -116,11 +114,12 @@ def count_model(model) -> list[LayerCount]:
     import keras
 
     from quantflow.quant.graph import Ref, flatten_graph
+    from quantflow.quant.lowering import Plan
 
     if not isinstance(model, keras.Model):
         raise QuantflowError(f"count_model needs a Keras model, got {type(model).__name__}")
     graph = flatten_graph(model)
-    return _Counter(graph, model, keras, Ref).run()
+    return _Counter(graph, model, keras, Ref, Plan(graph)).run()
 
 
 def _np(value) -> np.ndarray:
@@ -136,13 +135,12 @@ def _prod(values) -> int:
 class _Counter:
     """One pass over a flattened graph: shapes (symbolic), tensor names, records."""
 
-    def __init__(self, graph, model, keras, ref_type):
+    def __init__(self, graph, model, keras, ref_type, plan):
         self.graph, self.model, self.keras, self.ref = graph, model, keras, ref_type
         self.layers = keras.layers
-        self.users = graph.consumers()
+        self.plan = plan  # quant.lowering: what folds and fuses, as the transform does it
         self.shapes: dict = {}  # tensor key -> shape
         self.info: dict = {}  # tensor key -> (name, channels, elements per channel)
-        self.skip: set[int] = set()  # nodes folded or fused into an earlier one
         self.records: list[LayerCount] = []
         self.names = {node.path for node in graph.nodes}
 
@@ -161,12 +159,6 @@ class _Counter:
             f"{', '.join(sorted(ACTIVATION_OPS))}, linear; nested models are flattened)"
         )
 
-    def sole_user(self, key) -> int | None:
-        users = self.users.get(key, [])
-        if len(users) != 1 or key in self.graph.outputs:
-            return None
-        return users[0]
-
     def read(self, key, view_shape: tuple | None = None) -> dict:
         """The description of an operation's read of tensor `key`."""
         name, channels, elements = self.info[key]
@@ -184,44 +176,14 @@ class _Counter:
         self.info[key] = (name, _channels(shape), _prod(shape[1:-1]))
 
     def activation_name(self, layer) -> str | None:
-        """The activation a ReLU / LeakyReLU / Softmax / Activation layer (or a layer's
-        `activation`) computes: "linear", a key of ACTIVATION_OPS, or None."""
-        L = self.layers
-        if isinstance(layer, L.ReLU):
-            if float(layer.negative_slope) != 0.0:
-                return "leaky_relu"
-            if float(layer.threshold) != 0.0:
-                return None
-            if layer.max_value is not None and float(layer.max_value) == 6.0:
-                return "relu6"
-            return "relu"  # another clamp: the same cost
-        if isinstance(layer, L.LeakyReLU):
-            return "leaky_relu"
-        if isinstance(layer, L.Softmax):
-            return "softmax"
-        name = getattr(getattr(layer, "activation", None), "__name__", None)
-        name = {"swish": "silu", "hard_swish": "hard_silu"}.get(name, name)
-        return name if name == "linear" or name in ACTIVATION_OPS else None
+        from quantflow.quant.lowering import activation_name  # keras: not at import time
 
-    def fusable(self, key) -> int | None:
-        """The node index of a ReLU / ReLU6 that is the only reader of `key`, else None."""
-        user = self.sole_user(key)
-        if user is None or user in self.skip:
-            return None
-        layer = self.graph.nodes[user].layer
-        if type(layer) not in (self.layers.ReLU, self.layers.Activation):
-            return None
-        return user if self.activation_name(layer) in FUSABLE else None
+        return activation_name(layer)
 
-    def fuse(self, key, folded: list):
-        """Skip the fusable ReLU reading `key`, if any: returns the key of the tensor the
-        fused operation writes and the name it gets."""
-        user = self.fusable(key)
-        if user is None:
-            return key, None
-        self.skip.add(user)
-        folded.append(self.graph.nodes[user].path)
-        return self.graph.nodes[user].outputs[0], self.graph.nodes[user].path
+    def foldable_bn(self, layer, rank: int) -> bool:
+        from quantflow.quant.lowering import foldable_bn
+
+        return foldable_bn(layer, rank)
 
     def infer_shapes(self, node) -> None:
         keras = self.keras
@@ -257,20 +219,20 @@ class _Counter:
         for node in self.graph.nodes:
             self.infer_shapes(node)
         for i, node in enumerate(self.graph.nodes):
-            if i not in self.skip:
-                self.visit(node)
+            if i not in self.plan.absorbed:  # folded or fused into an earlier one
+                self.visit(i, node)
         return self.records
 
-    def visit(self, node) -> None:
+    def visit(self, i: int, node) -> None:
         L, kind, key = self.layers, type(node.layer), node.outputs[0]
         if kind in (L.Conv2D, L.DepthwiseConv2D, L.Dense):
-            self.weighted(node)
+            self.weighted(node, self.plan.ops[i])
         elif kind in _layer_types(L, _FREE):
             self.info[key] = self.info[node.inputs[0]]
         elif kind is L.Concatenate:
             self.define(key, node.path)
         elif kind in _layer_types(L, _MERGES):
-            self.merge(node)
+            self.merge(node, self.plan.ops.get(i))
         elif kind in _layer_types(L, _POOLS):
             self.pool(node)
         elif kind in _layer_types(L, _ACTIVATION_LAYERS):
@@ -295,14 +257,14 @@ class _Counter:
             )
         )
 
-    def weighted(self, node) -> None:
+    def weighted(self, node, lowered) -> None:
         """Conv2D / DepthwiseConv2D / Dense (+ folded BatchNormalization, + fused ReLU)."""
         L, layer = self.layers, node.layer
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise self.unsupported(node, "only channels_last is supported")
         if len(node.inputs) != 1:
             raise self.unsupported(node, "it takes several input tensors")
-        activation = self.activation_name(layer)
+        activation = lowered.activation  # after the ReLU fused into it, if any
         if activation is None:
             what = getattr(layer.activation, "__name__", layer.activation)
             raise self.unsupported(node, f"activation {what!r}")
@@ -311,16 +273,14 @@ class _Counter:
         out_channels, spatial = _channels(out_shape), _prod(out_shape[1:-1])
         kernel = [int(d) for d in layer.kernel.shape]
         folded, bias = [], out_channels if layer.use_bias else 0
-        if activation == "linear":
-            user = self.sole_user(key)
-            if user is not None and self.foldable_bn(self.graph.nodes[user].layer, key):
-                self.skip.add(user)
-                folded.append(self.graph.nodes[user].path)
-                bias = out_channels
-                key = self.graph.nodes[user].outputs[0]
-            key, _ = self.fuse(key, folded)
-        elif activation in FUSABLE:
+        if lowered.bn is not None:
+            folded.append(self.graph.nodes[lowered.bn].path)
+            bias = out_channels
+        if lowered.fused is not None:
+            folded.append(self.graph.nodes[lowered.fused].path)
+        elif activation != "linear" and not lowered.split:  # its own ReLU / ReLU6
             folded.append(activation)
+        key = lowered.output
         read = self.read(in_key)
         if type(layer) is L.Dense:
             kind, groups = "dense", 1
@@ -334,7 +294,7 @@ class _Counter:
             per_channel = kernel[0] * kernel[1] * kernel[2]
             pair_macs = kernel[0] * kernel[1] * spatial
         macs = pair_macs * out_channels * (read["view_channels"] // groups)
-        split = activation not in ("linear",) + FUSABLE  # TFLite runs it as its own op
+        split = lowered.split  # TFLite runs the activation as its own op
         out_key = ("linear", node.path) if split else key
         self.shapes[out_key] = self.shapes[key]
         self.define(out_key, self.derived(f"{node.path}_linear") if split else node.path)
@@ -359,13 +319,7 @@ class _Counter:
             self.define(key, name)
             self.activation_record(node, activation, name, out_key, key)
 
-    def foldable_bn(self, layer, key) -> bool:
-        if type(layer) is not self.layers.BatchNormalization:
-            return False
-        axis = layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis
-        return axis in (-1, len(self.shapes[key]) - 1)
-
-    def merge(self, node) -> None:
+    def merge(self, node, lowered) -> None:
         """Add, Subtract, Multiply (+ fused ReLU), Average, Maximum, Minimum."""
         L, layer, key = self.layers, node.layer, node.outputs[0]
         channels = _channels(self.shapes[key])
@@ -378,9 +332,10 @@ class _Counter:
                     f"output {channels}",
                 )
         folded, name = [], node.path
-        if type(layer) in (L.Add, L.Subtract, L.Multiply):
-            key, fused_name = self.fuse(key, folded)
-            name = fused_name or name
+        if lowered is not None:  # Add, Subtract, Multiply + the ReLU fused into it
+            name = self.graph.nodes[lowered.fused].path
+            folded.append(name)
+            key = lowered.output
         self.define(key, name)
         n, k = _prod(self.shapes[key][1:]), len(reads) - 1
         kind, mults, adds = {
@@ -426,7 +381,7 @@ class _Counter:
         """A ReLU / Activation / LeakyReLU / Softmax layer not fused into the layer before."""
         layer, key = node.layer, node.outputs[0]
         name = self.activation_name(layer)
-        if name is None:
+        if name is None or name not in ("linear", *ACTIVATION_OPS):
             what = getattr(getattr(layer, "activation", None), "__name__", None)
             raise self.unsupported(node, f"activation {what!r}" if what else "")
         if name == "linear":
@@ -473,7 +428,7 @@ class _Counter:
             mean, var = vector(layer.mean, "mean"), vector(layer.variance, "variance")
             steps = [("add", -mean), ("mul", 1.0 / np.maximum(np.sqrt(var), 1e-7))]
         else:
-            if not self.foldable_bn(layer, key):
+            if not self.foldable_bn(layer, len(self.shapes[key])):
                 raise self.unsupported(node, f"BatchNormalization over axis {layer.axis}")
             mean = vector(layer.moving_mean, "moving mean")
             var = vector(layer.moving_variance, "moving variance")
