@@ -57,7 +57,7 @@ slurm:
 		echo "note: SLURM not installed (no root apt); tests/cluster will be skipped"; \
 	fi
 
-# Headless Chromium (Debian's package) for tests/test_workflow.py's browser checks of the
+# Headless Chromium (Debian's package) for tests/workflow/test_workflow.py's browser checks of the
 # HTML report; skipped there without it.
 browser:
 	@if command -v chromium >/dev/null 2>&1; then :; \
@@ -76,11 +76,16 @@ report: install
 dry-run: install
 	$(BIN)/snakemake -n $(SNAKEMAKE_CONFIG)
 
+PYTHON_SOURCES = quantflow scripts tests benchmarks
+
 lint: install-dev
+	$(BIN)/ruff check $(PYTHON_SOURCES)
+	$(BIN)/black --check $(PYTHON_SOURCES)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules
 
 format: install-dev
+	$(BIN)/black $(PYTHON_SOURCES)
 	$(BIN)/snakefmt Snakefile rules
 
 bench: install data

@@ -18,7 +18,6 @@ import shutil
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -49,8 +48,12 @@ TARGET_SETS = {
     DEFAULT_MODEL: {
         "s24": {"target_score": 0.24},
         "s20": {"target_score": 0.20, "metric_weight": 5.0, "bits_learning_rate": 0.02},
-        "s15": {"target_score": 0.15, "metric_weight": 20.0, "bits_learning_rate": 0.02,
-                "tolerance": 100.0},
+        "s15": {
+            "target_score": 0.15,
+            "metric_weight": 20.0,
+            "bits_learning_rate": 0.02,
+            "tolerance": 100.0,
+        },
     },
     "mobilenet": {"s24": {"target_score": 0.24}},
 }
@@ -63,10 +66,23 @@ def pick(record: dict, keys) -> dict:
 def model_figures(by: dict, base: Path) -> dict:
     """Per variant family: accuracy, Δ vs fp32 (pp), score; per target its bits and time."""
     fp32 = by["tflite-fp32"]
-    keys = ("accuracy", "delta_accuracy_pp", "score", "parameter_score", "operation_score",
-            "mean_weight_bits", "mean_activation_bits", "size_bytes", "tie_rate")
-    out = {"fp32": pick(fp32, keys), "ptq_int8": pick(by["tflite-int8"], keys), "fat": {},
-           "adjustable": {}}
+    keys = (
+        "accuracy",
+        "delta_accuracy_pp",
+        "score",
+        "parameter_score",
+        "operation_score",
+        "mean_weight_bits",
+        "mean_activation_bits",
+        "size_bytes",
+        "tie_rate",
+    )
+    out = {
+        "fp32": pick(fp32, keys),
+        "ptq_int8": pick(by["tflite-int8"], keys),
+        "fat": {},
+        "adjustable": {},
+    }
     for scheme in FAT_SCHEMES:
         row = {}
         for variant, key in ((f"fat-{scheme}", "tflite"), (f"fat-{scheme}-sim", "sim")):
@@ -76,24 +92,32 @@ def model_figures(by: dict, base: Path) -> dict:
     for target_dir in sorted(p for p in (base / "adjustable").iterdir() if p.is_dir()):
         target = target_dir.name
         summary = json.loads((target_dir / "adjustable.json").read_text())
-        row = {"sim": pick(by[f"adjq-{target}"], keys),
-               "settings": summary["settings"],
-               "training_seconds": round(summary["seconds"], 1),
-               "steps": summary["steps"],
-               "held_out_accuracy": summary["val_accuracy"],
-               "float_held_out_accuracy": summary["float_val_accuracy"],
-               "best_mini_epoch": summary["best"]["mini_epoch"],
-               "swa": summary["swa"],
-               "mean_channel_bits": {k: v["mean_channel_bits"] for k, v in summary["bits"].items()},
-               "bit_histograms": {k: v["histogram"] for k, v in summary["bits"].items()},
-               "packed_file_bytes": summary["packed"]["file_bytes"],
-               "packed_payload_bits": summary["packed"]["payload_bits"]}
+        row = {
+            "sim": pick(by[f"adjq-{target}"], keys),
+            "settings": summary["settings"],
+            "training_seconds": round(summary["seconds"], 1),
+            "steps": summary["steps"],
+            "held_out_accuracy": summary["val_accuracy"],
+            "float_held_out_accuracy": summary["float_val_accuracy"],
+            "best_mini_epoch": summary["best"]["mini_epoch"],
+            "swa": summary["swa"],
+            "mean_channel_bits": {k: v["mean_channel_bits"] for k, v in summary["bits"].items()},
+            "bit_histograms": {k: v["histogram"] for k, v in summary["bits"].items()},
+            "packed_file_bytes": summary["packed"]["file_bytes"],
+            "packed_payload_bits": summary["packed"]["payload_bits"],
+        }
         if f"adjq-{target}-int8" in by:
             row["int8"] = pick(by[f"adjq-{target}-int8"], keys)
             check = json.loads((target_dir / "tflite.json").read_text())
-            row["int8_vs_simulation"] = pick(check, (
-                "top1_agreement", "top1_agreement_clear_margin",
-                "mean_abs_logit_difference_steps", "max_abs_logit_difference_steps"))
+            row["int8_vs_simulation"] = pick(
+                check,
+                (
+                    "top1_agreement",
+                    "top1_agreement_clear_margin",
+                    "mean_abs_logit_difference_steps",
+                    "max_abs_logit_difference_steps",
+                ),
+            )
         out["adjustable"][target] = row
     return out
 
@@ -107,18 +131,33 @@ def comparisons(fig: dict) -> list[dict]:
         sim = fat.get("sim")
         if not sim or "score" not in sim:
             continue
-        cheaper = [(t, row["sim"]) for t, row in fig["adjustable"].items()
-                   if row["sim"]["score"] <= sim["score"]]
+        cheaper = [
+            (t, row["sim"])
+            for t, row in fig["adjustable"].items()
+            if row["sim"]["score"] <= sim["score"]
+        ]
         if not cheaper:
-            rows.append({"scheme": scheme, "scheme_score": round(sim["score"], 4),
-                         "target": None, "verdict": "no target scores as low"})
+            rows.append(
+                {
+                    "scheme": scheme,
+                    "scheme_score": round(sim["score"], 4),
+                    "target": None,
+                    "verdict": "no target scores as low",
+                }
+            )
             continue
         target, best = max(cheaper, key=lambda item: item[1]["accuracy"])
         pp = round(100 * (best["accuracy"] - sim["accuracy"]), 3)
-        rows.append({"scheme": scheme, "scheme_score": round(sim["score"], 4),
-                     "target": target, "target_score": round(best["score"], 4), "pp": pp,
-                     "verdict": "tie" if abs(pp) <= TIE_PP else
-                     ("higher" if pp > 0 else "lower")})
+        rows.append(
+            {
+                "scheme": scheme,
+                "scheme_score": round(sim["score"], 4),
+                "target": target,
+                "target_score": round(best["score"], 4),
+                "pp": pp,
+                "verdict": "tie" if abs(pp) <= TIE_PP else ("higher" if pp > 0 else "lower"),
+            }
+        )
     return rows
 
 
@@ -128,14 +167,16 @@ def targets_met(fig: dict) -> dict:
     met = {
         "score_max": bool(reaching),
         "vs_fp32_pp_max_drop": any(
-            -adj[t]["sim"]["delta_accuracy_pp"] <= TARGETS["vs_fp32_pp_max_drop"]
-            for t in reaching),
+            -adj[t]["sim"]["delta_accuracy_pp"] <= TARGETS["vs_fp32_pp_max_drop"] for t in reaching
+        ),
         "training_seconds_max": all(
-            row["training_seconds"] <= TARGETS["training_seconds_max"] for row in adj.values()),
+            row["training_seconds"] <= TARGETS["training_seconds_max"] for row in adj.values()
+        ),
     }
     compared = comparisons(fig)
     met["beats_uniform_fat_at_equal_or_higher_score"] = bool(compared) and all(
-        c["verdict"] in ("higher", "tie") for c in compared)
+        c["verdict"] in ("higher", "tie") for c in compared
+    )
     return met
 
 
@@ -165,10 +206,14 @@ def main() -> int:
         out_path,
         "adjustable mixed precision vs uniform FAT, int8 PTQ and fp32 TFLite on the MicroNet "
         "score (P_ref, F_ref: the float model's own counts; fp32 2.0), side by side per run",
-        figures, met,
+        figures,
+        met,
         reference="Texas-EIC MicroNet entry: EfficientNet-B0 on ImageNet, score 0.183 at "
-                  "75.09%, mean bits 3.04 (weights) / 5.07 (activations)",
-        targets=TARGETS, tie_pp=TIE_PP, targets_apply_to=DEFAULT_MODEL, runs=details,
+        "75.09%, mean bits 3.04 (weights) / 5.07 (activations)",
+        targets=TARGETS,
+        tie_pp=TIE_PP,
+        targets_apply_to=DEFAULT_MODEL,
+        runs=details,
     )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -48,17 +48,31 @@ from pathlib import Path
 
 import numpy as np
 
-TIMING = re.compile(r"(^|_)(ms|seconds|secs|time|times|timestamp|elapsed|duration|wall)(_|$)"
-                    r"|^speed_?ratio|^speedup|^(created|date_saved)$")
-ENV = re.compile(r"(^|_)(threads|cores|cpu|cpus|machine|platform|hostname)(_|$)|_version$|^versions$")
+TIMING = re.compile(
+    r"(^|_)(ms|seconds|secs|time|times|timestamp|elapsed|duration|wall)(_|$)"
+    r"|^speed_?ratio|^speedup|^(created|date_saved)$"
+)
+ENV = re.compile(
+    r"(^|_)(threads|cores|cpu|cpus|machine|platform|hostname)(_|$)|_version$|^versions$"
+)
 SKIP_PARTS = {"benchmarks", "logs", ".snakemake"}
 SKIP_NAMES = {"summary.md", "summary.html", "report_front.html"}
 SKIP_SUFFIXES = {".png", ".svg"}
-NUMPY_GLOBALS = {(f"numpy{core}.multiarray", name) for core in (".core", "._core")
-                 for name in ("_reconstruct", "scalar")}
+NUMPY_GLOBALS = {
+    (f"numpy{core}.multiarray", name)
+    for core in (".core", "._core")
+    for name in ("_reconstruct", "scalar")
+}
 NUMPY_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
-CATEGORIES = ("byte-identical", "equal array by array", "equal except timing",
-              "timing only (exists in both)", "differing", "missing", "not compared")
+CATEGORIES = (
+    "byte-identical",
+    "equal array by array",
+    "equal except timing",
+    "timing only (exists in both)",
+    "differing",
+    "missing",
+    "not compared",
+)
 
 
 class Diff(Exception):
@@ -77,8 +91,10 @@ def compare_values(a, b, where, env):
     skipped, environment keys differing are appended to `env`."""
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
-            raise Diff(f"{where}: keys only before {sorted(map(str, a.keys() - b.keys()))}, "
-                       f"only after {sorted(map(str, b.keys() - a.keys()))}")
+            raise Diff(
+                f"{where}: keys only before {sorted(map(str, a.keys() - b.keys()))}, "
+                f"only after {sorted(map(str, b.keys() - a.keys()))}"
+            )
         for key in a:
             name = str(key)
             if TIMING.search(name):
@@ -111,8 +127,10 @@ def compare_arrays(a, b, where):
     if not np.array_equal(a, b, equal_nan=nan):
         diff = (a != b) & ~(np.isnan(a) & np.isnan(b)) if nan else a != b
         index = tuple(int(i) for i in np.argwhere(diff)[0])
-        raise Diff(f"{where}{list(index)}: {a[index].tolist()!r} before, {b[index].tolist()!r} after "
-                   f"({int(diff.sum())} of {a.size} values differ)")
+        raise Diff(
+            f"{where}{list(index)}: {a[index].tolist()!r} before, {b[index].tolist()!r} after "
+            f"({int(diff.sum())} of {a.size} values differ)"
+        )
 
 
 def _short(value):
@@ -138,16 +156,21 @@ def h5_arrays(source):
 
     out = {}
     with h5py.File(io.BytesIO(source) if isinstance(source, bytes) else source, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
     return out
 
 
 def compare_h5(a, b, where):
     wa, wb = h5_arrays(a), h5_arrays(b)
     if wa.keys() != wb.keys():
-        raise Diff(f"{where}: datasets only before {sorted(wa.keys() - wb.keys())[:5]}, "
-                   f"only after {sorted(wb.keys() - wa.keys())[:5]}")
+        raise Diff(
+            f"{where}: datasets only before {sorted(wa.keys() - wb.keys())[:5]}, "
+            f"only after {sorted(wb.keys() - wa.keys())[:5]}"
+        )
     for name in sorted(wa):
         compare_arrays(np.asarray(wa[name]), np.asarray(wb[name]), f"{where}:{name}")
 
@@ -160,7 +183,9 @@ def canonical(obj, ids, modules):
         for k, v in obj.items():
             if k == "shared_object_id":
                 v = ids.setdefault(v, len(ids))
-            elif k == "module" and modules and isinstance(v, str) and v.split(".")[0] == "quantflow":
+            elif (
+                k == "module" and modules and isinstance(v, str) and v.split(".")[0] == "quantflow"
+            ):
                 v = "<quantflow module>"
             out[k] = canonical(v, ids, modules)
         return out
@@ -187,7 +212,10 @@ def compare_keras(a, b, notes, rel):
 
 def compare_csv(a, b):
     ra, rb = (list(csv.DictReader(io.StringIO(p.read_text()))) for p in (a, b))
-    strip = lambda rows: [{k: v for k, v in r.items() if not TIMING.search(k)} for r in rows]
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if not TIMING.search(k)} for r in rows]
+
     compare_values(strip(ra), strip(rb), "rows", [])
 
 
@@ -204,7 +232,10 @@ def compare_file(a: Path, b: Path, rel: str, env: list, notes: list) -> str:
         env.extend({"file": rel, **e} for e in found)
         return "equal except timing"
     if suffix == ".pickle":
-        load = lambda p: decode_records(NumpyUnpickler(io.BytesIO(p.read_bytes())).load())
+
+        def load(p):
+            return decode_records(NumpyUnpickler(io.BytesIO(p.read_bytes())).load())
+
         compare_values(load(a), load(b), "$", [])
         return "equal array by array"
     if suffix in (".keras", ".h5"):
@@ -219,8 +250,12 @@ def compare_file(a: Path, b: Path, rel: str, env: list, notes: list) -> str:
 
 
 def skipped(rel: Path) -> bool:
-    return (bool(SKIP_PARTS & set(rel.parts[:-1])) or rel.name in SKIP_NAMES
-            or rel.name.startswith(".snakemake") or rel.suffix in SKIP_SUFFIXES)
+    return (
+        bool(SKIP_PARTS & set(rel.parts[:-1]))
+        or rel.name in SKIP_NAMES
+        or rel.name.startswith(".snakemake")
+        or rel.suffix in SKIP_SUFFIXES
+    )
 
 
 def compare_trees(before: Path, after: Path) -> dict:
@@ -236,19 +271,37 @@ def compare_trees(before: Path, after: Path) -> dict:
             files["not compared"].append(str(rel))
         elif rel not in trees[0] or rel not in trees[1]:
             files["missing"].append(str(rel))
-            differences.append({"file": str(rel), "first": "only " + (
-                "after" if rel not in trees[0] else "before")})
+            differences.append(
+                {
+                    "file": str(rel),
+                    "first": "only " + ("after" if rel not in trees[0] else "before"),
+                }
+            )
         else:
             try:
-                files[compare_file(trees[0][rel], trees[1][rel], str(rel), env, notes)].append(str(rel))
+                files[compare_file(trees[0][rel], trees[1][rel], str(rel), env, notes)].append(
+                    str(rel)
+                )
             except Exception as e:  # a Diff, or unreadable: a difference too, with the reason
                 files["differing"].append(str(rel))
-                differences.append({"file": str(rel), "first": str(e) if isinstance(e, Diff)
-                                    else f"{type(e).__name__}: {e}"})
-    return {"before": str(before), "after": str(after), "equal": not differences,
-            "counts": {c: len(v) for c, v in files.items()}, "files": files,
-            "differences": differences, "environment": env, "notes": notes,
-            "timing_rule": TIMING.pattern, "environment_rule": ENV.pattern}
+                differences.append(
+                    {
+                        "file": str(rel),
+                        "first": str(e) if isinstance(e, Diff) else f"{type(e).__name__}: {e}",
+                    }
+                )
+    return {
+        "before": str(before),
+        "after": str(after),
+        "equal": not differences,
+        "counts": {c: len(v) for c, v in files.items()},
+        "files": files,
+        "differences": differences,
+        "environment": env,
+        "notes": notes,
+        "timing_rule": TIMING.pattern,
+        "environment_rule": ENV.pattern,
+    }
 
 
 def main(argv=None) -> int:
@@ -258,8 +311,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="write the comparison as a JSON record")
     args = parser.parse_args(argv)
     record = compare_trees(args.before, args.after)
-    print(f"{args.before}/results vs {args.after}/results: "
-          + ("EQUAL" if record["equal"] else "DIFFERENT"))
+    print(
+        f"{args.before}/results vs {args.after}/results: "
+        + ("EQUAL" if record["equal"] else "DIFFERENT")
+    )
     for category, count in record["counts"].items():
         print(f"  {category:30} {count}")
     for d in record["differences"]:

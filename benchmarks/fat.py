@@ -36,23 +36,30 @@ TARGETS = {
     "training_seconds_max": 120.0,  # threshold training of the default model, 2 cores
 }
 DEFAULT_MODEL = "tiny_mobilenet"
-MOBILENET = {"mobilenet_v2_035": {"arch": "mobilenet_v2", "alpha": 0.35, "weights": "none",
-                                  "dropout": 0.2}}
+MOBILENET = {
+    "mobilenet_v2_035": {"arch": "mobilenet_v2", "alpha": 0.35, "weights": "none", "dropout": 0.2}
+}
 
 
 def model_figures(records: dict, fat_dir: Path) -> dict:
     fp32, ptq = records["tflite-fp32"], records["tflite-int8"]
-    out = {"fp32_accuracy": fp32["accuracy"], "ptq_int8_accuracy": ptq["accuracy"],
-           "ptq_vs_fp32_pp": round(ptq["delta_accuracy_pp"], 3),
-           "fp32_size_bytes": fp32["size_bytes"], "ptq_size_bytes": ptq["size_bytes"]}
+    out = {
+        "fp32_accuracy": fp32["accuracy"],
+        "ptq_int8_accuracy": ptq["accuracy"],
+        "ptq_vs_fp32_pp": round(ptq["delta_accuracy_pp"], 3),
+        "fp32_size_bytes": fp32["size_bytes"],
+        "ptq_size_bytes": ptq["size_bytes"],
+    }
     for scheme_dir in sorted(p for p in fat_dir.iterdir() if p.is_dir()):
         scheme = scheme_dir.name
         summary = json.loads((scheme_dir / "fat.json").read_text())
-        row = {"training_seconds": round(summary["seconds"], 1),
-               "steps": summary["steps"],
-               "val_rmse_calibrated": summary["initial_val_rmse"],
-               "val_rmse_trained": summary["final_val_rmse"],
-               "packed_size_bytes": summary["packed_size_bytes"]}
+        row = {
+            "training_seconds": round(summary["seconds"], 1),
+            "steps": summary["steps"],
+            "val_rmse_calibrated": summary["initial_val_rmse"],
+            "val_rmse_trained": summary["final_val_rmse"],
+            "packed_size_bytes": summary["packed_size_bytes"],
+        }
         for variant, key in ((f"fat-{scheme}", "tflite"), (f"fat-{scheme}-sim", "sim")):
             r = records.get(variant)
             if r:
@@ -74,16 +81,19 @@ def targets_met(fig: dict) -> dict:
     w8, w4 = fig.get("w8a8-sym-pc", {}), fig.get("w4a8-sym-pc", {})
     met = {}
     if "tflite_accuracy" in w8:
-        met["w8a8_vs_fp32_pp_max_abs"] = abs(w8["tflite_vs_fp32_pp"]) <= TARGETS[
-            "w8a8_vs_fp32_pp_max_abs"]
+        met["w8a8_vs_fp32_pp_max_abs"] = (
+            abs(w8["tflite_vs_fp32_pp"]) <= TARGETS["w8a8_vs_fp32_pp_max_abs"]
+        )
         met["w8a8_vs_ptq_pp_min"] = w8["tflite_vs_ptq_pp"] >= TARGETS["w8a8_vs_ptq_pp_min"]
     if "tflite_accuracy" in w4:
-        met["w4a8_vs_fp32_pp_max_drop"] = -w4["tflite_vs_fp32_pp"] <= TARGETS[
-            "w4a8_vs_fp32_pp_max_drop"]
+        met["w4a8_vs_fp32_pp_max_drop"] = (
+            -w4["tflite_vs_fp32_pp"] <= TARGETS["w4a8_vs_fp32_pp_max_drop"]
+        )
     if w8:
-        met["training_seconds_max"] = max(
-            row["training_seconds"] for row in fig.values() if isinstance(row, dict)
-        ) <= TARGETS["training_seconds_max"]
+        met["training_seconds_max"] = (
+            max(row["training_seconds"] for row in fig.values() if isinstance(row, dict))
+            <= TARGETS["training_seconds_max"]
+        )
     return met
 
 
@@ -93,8 +103,17 @@ def run(config: dict, work: Path, cores: str) -> tuple[list[dict], float, list[s
     shutil.rmtree(work / "results", ignore_errors=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     snakemake = Path(sys.executable).with_name("snakemake")
-    cmd = [str(snakemake), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(work / "config.yaml"), "--cores", cores]
+    cmd = [
+        str(snakemake),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(work / "config.yaml"),
+        "--cores",
+        cores,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -106,9 +125,12 @@ def run(config: dict, work: Path, cores: str) -> tuple[list[dict], float, list[s
 
 def run_details(work: Path, wall: float, cmd: list[str], config: dict) -> dict:
     """What a benchmark records of one `run`: wall time, config, command, rule times."""
-    return {"wall_seconds": None if wall is None else round(wall, 1), "config": config,
-            "command": " ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
-            "rules": rule_benchmarks(work / "results")}
+    return {
+        "wall_seconds": None if wall is None else round(wall, 1),
+        "config": config,
+        "command": " ".join(cmd[:1] + cmd[cmd.index("--configfile") :]),
+        "rules": rule_benchmarks(work / "results"),
+    }
 
 
 def benchmark_parser(doc: str, name: str) -> argparse.ArgumentParser:
@@ -116,8 +138,11 @@ def benchmark_parser(doc: str, name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--cores", default="2")
     parser.add_argument("--keep", help="run in this directory and keep it")
-    parser.add_argument("--only", choices=["default", "mobilenet"],
-                        help="one of the two runs; its figures replace that run's in --out")
+    parser.add_argument(
+        "--only",
+        choices=["default", "mobilenet"],
+        help="one of the two runs; its figures replace that run's in --out",
+    )
     parser.add_argument("--out", help=f"default: benchmarks/results/{name}.json")
     return parser
 
@@ -164,15 +189,20 @@ def main() -> int:
     for model, config in runs.items():
         records, wall, cmd = run(config, work / model, args.cores)
         by = {r["variant"]: r for r in records if r["model"] == model}
-        figures[model] = model_figures(by, work / model / "results" / config["dataset"]["name"]
-                                       / model / "fat")
+        figures[model] = model_figures(
+            by, work / model / "results" / config["dataset"]["name"] / model / "fat"
+        )
         met[model] = targets_met(figures[model]) if model == DEFAULT_MODEL else {}
         details[model] = run_details(work / model, wall, cmd, config)
     write_result(
         out_path,
         "FAT vs int8 PTQ vs fp32 TFLite, side by side per run: the default config "
         "(weight-only grid off); MobileNetV2 alpha 0.35 from scratch at 32x32",
-        figures, met, targets=TARGETS, targets_apply_to=DEFAULT_MODEL, runs=details,
+        figures,
+        met,
+        targets=TARGETS,
+        targets_apply_to=DEFAULT_MODEL,
+        runs=details,
     )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -49,10 +49,14 @@ from quantflow.workflow.environment import package_versions  # noqa: E402
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MODELS = {
-    "tiny_mobilenet": {"spec": {"arch": "tiny_mobilenet", "width": 1.0, "dropout": 0.2,
-                                "head": 1024}, "size": None},
-    "mobilenet_v2_035": {"spec": {"arch": "mobilenet_v2", "alpha": 0.35, "weights": "none",
-                                  "dropout": 0.2}, "size": (32, 32)},
+    "tiny_mobilenet": {
+        "spec": {"arch": "tiny_mobilenet", "width": 1.0, "dropout": 0.2, "head": 1024},
+        "size": None,
+    },
+    "mobilenet_v2_035": {
+        "spec": {"arch": "mobilenet_v2", "alpha": 0.35, "weights": "none", "dropout": 0.2},
+        "size": (32, 32),
+    },
 }
 OPTIMIZERS = {
     "quantflow": {"loss": "rmse", "reset": "lr"},
@@ -106,8 +110,9 @@ def load_splits(size, seed: int, validation_size: int) -> dict:
     return splits
 
 
-def float_model(name: str, splits: dict, train_cfg: dict, epochs: int | None, seed: int,
-                cache: Path):
+def float_model(
+    name: str, splits: dict, train_cfg: dict, epochs: int | None, seed: int, cache: Path
+):
     import keras
     import tensorflow as tf
 
@@ -123,16 +128,27 @@ def float_model(name: str, splits: dict, train_cfg: dict, epochs: int | None, se
     keras.utils.set_random_seed(seed)
     model = model_from_spec(MODELS[name]["spec"], x.shape[1:], 10)
     batch = train_cfg["batch_size"]
-    train = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
-             .batch(batch).map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2))
-    val = (tf.data.Dataset.from_tensor_slices(splits["val"]).batch(256)
-           .map(lambda a, b: (tf.cast(a, tf.float32), b)))
+    train = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x), seed=seed)
+        .batch(batch)
+        .map(lambda a, b: (tf.cast(a, tf.float32), b))
+        .prefetch(2)
+    )
+    val = (
+        tf.data.Dataset.from_tensor_slices(splits["val"])
+        .batch(256)
+        .map(lambda a, b: (tf.cast(a, tf.float32), b))
+    )
     stages = [dict(s, epochs=epochs or s["epochs"]) for s in train_cfg["stages"]]
     result = fine_tune(model, train, val, stages=stages, log_stream=sys.stderr)
     model = inference_copy(model)
-    info = {"train_seconds": round(result["seconds"], 1), "epochs": stages[0]["epochs"],
-            "best_val_accuracy": result["best"]["val_accuracy"],
-            "test_accuracy": top1(model, splits["test"])}
+    info = {
+        "train_seconds": round(result["seconds"], 1),
+        "epochs": stages[0]["epochs"],
+        "best_val_accuracy": result["best"]["val_accuracy"],
+        "test_accuracy": top1(model, splits["test"]),
+    }
     cache.mkdir(parents=True, exist_ok=True)
     model.save(path)
     meta.write_text(json.dumps(info, indent=2) + "\n")
@@ -142,18 +158,23 @@ def float_model(name: str, splits: dict, train_cfg: dict, epochs: int | None, se
 def top1(model, split, batch_size: int = 250) -> float:
     import tensorflow as tf
 
-    predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1),
-                          reduce_retracing=True)
+    predict = tf.function(
+        lambda x: tf.argmax(model(x, training=False), axis=-1), reduce_retracing=True
+    )
     x, y = split
     correct = 0
     for i in range(0, len(x), batch_size):
-        correct += int(np.sum(predict(x[i:i + batch_size].astype(np.float32)).numpy()
-                              == y[i:i + batch_size]))
+        correct += int(
+            np.sum(
+                predict(x[i : i + batch_size].astype(np.float32)).numpy() == y[i : i + batch_size]
+            )
+        )
     return correct / len(x)
 
 
-def fat_run(model, splits: dict, scheme_name: str, options: dict, cfg: dict, seed: int,
-            calibrated: bool) -> dict:
+def fat_run(
+    model, splits: dict, scheme_name: str, options: dict, cfg: dict, seed: int, calibrated: bool
+) -> dict:
     """What scripts/fat.py does, without its files; plus top-1 on the test split."""
     import keras
 
@@ -167,40 +188,69 @@ def fat_run(model, splits: dict, scheme_name: str, options: dict, cfg: dict, see
     train_x, val_x = splits["train"][0], splits["val"][0]
     images = train_x[np.sort(rng.permutation(len(train_x))[: cfg["images"]])].astype(np.float32)
     held_out = val_x[np.sort(rng.permutation(len(val_x))[: cfg["validation_images"]])].astype(
-        np.float32)
+        np.float32
+    )
     batch = cfg["batch_size"]
     qmodel = fake_quant_model(model, **parse_scheme(scheme_name))
     calibration = cfg["calibration"]
-    calibrate(qmodel, images, calibration["batches"], method=calibration["method"],
-                 percentile=calibration.get("percentile", 99.99), batch_size=batch)
+    calibrate(
+        qmodel,
+        images,
+        calibration["batches"],
+        method=calibration["method"],
+        percentile=calibration.get("percentile", 99.99),
+        batch_size=batch,
+    )
     calibrated_top1 = top1(qmodel, splits["test"]) if calibrated else None
-    settings = {"loss": options["loss"], "reset": options["reset"],
-                "reset_every": options.get("reset_every", cfg["reset_every"])}
+    settings = {
+        "loss": options["loss"],
+        "reset": options["reset"],
+        "reset_every": options.get("reset_every", cfg["reset_every"]),
+    }
     start = time.perf_counter()
-    result = train_thresholds(model, qmodel, images, epochs=cfg["epochs"],
-                              learning_rate=cfg["learning_rate"], val_ds=held_out,
-                              batch_size=batch, seed=seed, log_stream=sys.stderr, **settings)
+    result = train_thresholds(
+        model,
+        qmodel,
+        images,
+        epochs=cfg["epochs"],
+        learning_rate=cfg["learning_rate"],
+        val_ds=held_out,
+        batch_size=batch,
+        seed=seed,
+        log_stream=sys.stderr,
+        **settings,
+    )
     seconds = time.perf_counter() - start
-    return {**settings, "training_seconds": round(seconds, 1), "steps": result["steps"],
-            "restarts": (result["steps"] - 1) // settings["reset_every"],
-            "val_rmse_calibrated": round(result["initial_val_rmse"], 5),
-            "val_rmse_trained": round(result["final_val_rmse"], 5),
-            "best_epoch": result["best_epoch"],
-            "val_rmse_per_epoch": [round(r["val_rmse"], 5) for r in result["history"]],
-            **({"sim_top1_calibrated": calibrated_top1} if calibrated else {}),
-            "sim_top1": top1(qmodel, splits["test"])}
+    return {
+        **settings,
+        "training_seconds": round(seconds, 1),
+        "steps": result["steps"],
+        "restarts": (result["steps"] - 1) // settings["reset_every"],
+        "val_rmse_calibrated": round(result["initial_val_rmse"], 5),
+        "val_rmse_trained": round(result["final_val_rmse"], 5),
+        "best_epoch": result["best_epoch"],
+        "val_rmse_per_epoch": [round(r["val_rmse"], 5) for r in result["history"]],
+        **({"sim_top1_calibrated": calibrated_top1} if calibrated else {}),
+        "sim_top1": top1(qmodel, splits["test"]),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir())
-                                               / "quantflow-fat-optimizer"))
+    parser.add_argument(
+        "--cache", default=str(Path(tempfile.gettempdir()) / "quantflow-fat-optimizer")
+    )
     parser.add_argument("--only", choices=sorted(MODELS))
-    parser.add_argument("--runs", nargs="*", choices=sorted(OPTIMIZERS),
-                        help="optimisers to run (default: all listed in RUNS)")
-    parser.add_argument("--missing", action="store_true",
-                        help="only the runs without a row in --out yet")
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        choices=sorted(OPTIMIZERS),
+        help="optimisers to run (default: all listed in RUNS)",
+    )
+    parser.add_argument(
+        "--missing", action="store_true", help="only the runs without a row in --out yet"
+    )
     parser.add_argument("--mobilenet-epochs", type=int, default=2)
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/fat_optimizer.json"))
     args = parser.parse_args()
@@ -209,48 +259,70 @@ def main() -> int:
     configure_threads(args.threads, seed)
     out_path = Path(args.out)
     result = json.loads(out_path.read_text()) if out_path.exists() else {}
-    result.update({
-        "benchmark": "FAT threshold training: quantflow's optimiser (RMSE, cosine lr restarts, "
-                     "Adam moments kept) against the FAT reference's (smoothed L1, Adam "
-                     "re-initialised every reset_every batches), one run each",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine_description(),
-        "threads": args.threads,
-        "versions": package_versions(),
-        "optimizers": OPTIMIZERS,
-        "fat_config": {k: v for k, v in cfg.items() if k not in ("loss", "reset", "schemes")},
-        "selection": "the epoch with the lowest held-out RMSE (1,000 validation images), the "
-                     "calibrated alphas included, whatever the training loss",
-        "ties": "top-1 on 10,000 test images: 0.01 pp per image; differences of a few images "
-                "are ties, and training seconds vary with other jobs on the cores",
-        "noise": "the max calibration is not bit-reproducible across processes (oneDNN float "
-                 "rounding moves a maximum): rows of one invocation start from the same "
-                 "calibrated thresholds (same val_rmse_calibrated); rows of different "
-                 "invocations start from slightly different ones (tiny_mobilenet w4a8 held-out "
-                 "RMSE 1.0607 vs 1.0613, MobileNetV2 w8a8 0.151 vs 0.156): compare within one",
-    })
+    result.update(
+        {
+            "benchmark": "FAT threshold training: quantflow's optimiser (RMSE, cosine lr restarts, "
+            "Adam moments kept) against the FAT reference's (smoothed L1, Adam "
+            "re-initialised every reset_every batches), one run each",
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine_description(),
+            "threads": args.threads,
+            "versions": package_versions(),
+            "optimizers": OPTIMIZERS,
+            "fat_config": {k: v for k, v in cfg.items() if k not in ("loss", "reset", "schemes")},
+            "selection": "the epoch with the lowest held-out RMSE (1,000 validation images), the "
+            "calibrated alphas included, whatever the training loss",
+            "ties": "top-1 on 10,000 test images: 0.01 pp per image; differences of a few images "
+            "are ties, and training seconds vary with other jobs on the cores",
+            "noise": "the max calibration is not bit-reproducible across processes (oneDNN float "
+            "rounding moves a maximum): rows of one invocation start from the same "
+            "calibrated thresholds (same val_rmse_calibrated); rows of different "
+            "invocations start from slightly different ones (tiny_mobilenet w4a8 held-out "
+            "RMSE 1.0607 vs 1.0613, MobileNetV2 w8a8 0.151 vs 0.156): compare within one",
+        }
+    )
     result.setdefault("models", {})
-    invocation = 1 + max((row.get("invocation", 0) for scheme in result["models"].values()
-                          for rows in scheme.values() if isinstance(rows, dict)
-                          for row in rows.values() if isinstance(row, dict)), default=0)
-    runs = [r for r in RUNS if (args.only in (None, r[0])) and (not args.runs or r[2] in args.runs)
-            and not (args.missing and r[2] in result["models"].get(r[0], {}).get(r[1], {}))]
+    invocation = 1 + max(
+        (
+            row.get("invocation", 0)
+            for scheme in result["models"].values()
+            for rows in scheme.values()
+            if isinstance(rows, dict)
+            for row in rows.values()
+            if isinstance(row, dict)
+        ),
+        default=0,
+    )
+    runs = [
+        r
+        for r in RUNS
+        if (args.only in (None, r[0]))
+        and (not args.runs or r[2] in args.runs)
+        and not (args.missing and r[2] in result["models"].get(r[0], {}).get(r[1], {}))
+    ]
     loaded = {}
     for name, scheme, optimizer in runs:
         if name not in loaded:
             spec = MODELS[name]
             splits = load_splits(spec["size"], seed, config["dataset"]["validation_size"])
             epochs = args.mobilenet_epochs if name == "mobilenet_v2_035" else None
-            model, info = float_model(name, splits, config["train"], epochs, seed,
-                                      Path(args.cache))
+            model, info = float_model(name, splits, config["train"], epochs, seed, Path(args.cache))
             loaded = {name: (model, splits)}
             entry = result["models"].setdefault(name, {})
-            entry.update({"spec": spec["spec"], "input_size": spec["size"] or [28, 28],
-                          "float": info})
+            entry.update(
+                {"spec": spec["spec"], "input_size": spec["size"] or [28, 28], "float": info}
+            )
         model, splits = loaded[name]
         print(f"== {name} {scheme} {optimizer}", file=sys.stderr, flush=True)
-        row = fat_run(model, splits, scheme, OPTIMIZERS[optimizer], cfg, seed,
-                      calibrated=optimizer == "quantflow")
+        row = fat_run(
+            model,
+            splits,
+            scheme,
+            OPTIMIZERS[optimizer],
+            cfg,
+            seed,
+            calibrated=optimizer == "quantflow",
+        )
         row["invocation"] = invocation
         print(json.dumps(row), file=sys.stderr, flush=True)
         result["models"][name].setdefault(scheme, {})[optimizer] = row

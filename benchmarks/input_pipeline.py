@@ -78,8 +78,10 @@ def main() -> int:
         loader_ips = images_per_second(loader, len(entries))
 
         model = build_zoo_model("mobilenet_v2", (224, 224, 3), 1000, alpha=1.0)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         x = tf.random.uniform((args.batch_size, 224, 224, 3), 0, 255)
         y = tf.zeros((args.batch_size,), tf.int32)
         synthetic = tf.data.Dataset.from_tensors((x, y)).repeat(args.train_steps)
@@ -99,12 +101,19 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_description(),
         "versions": package_versions(),
-        "settings": {"images": args.images, "jpeg_size": [500, 375], "batch_size": args.batch_size,
-                     "threads": args.threads, "train_steps": args.train_steps},
-        "figures": {"loader_images_per_s": round(loader_ips, 1),
-                    "train_step_images_per_s": round(train_ips, 2),
-                    "train_fed_by_loader_images_per_s": round(fed_ips, 2),
-                    "loader_over_train_ratio": round(loader_ips / train_ips, 2)},
+        "settings": {
+            "images": args.images,
+            "jpeg_size": [500, 375],
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "train_steps": args.train_steps,
+        },
+        "figures": {
+            "loader_images_per_s": round(loader_ips, 1),
+            "train_step_images_per_s": round(train_ips, 2),
+            "train_fed_by_loader_images_per_s": round(fed_ips, 2),
+            "loader_over_train_ratio": round(loader_ips / train_ips, 2),
+        },
         "target": "loader_images_per_s >= train_step_images_per_s",
         "target_met": loader_ips >= train_ips,
     }

@@ -44,8 +44,9 @@ def models(workdir: Path) -> dict[str, Path]:
     from quantflow.models.registry import model_from_spec
     from quantflow.deploy.convert import convert
 
-    model = model_from_spec({"arch": "tiny_mobilenet", "width": 1.0, "dropout": 0.2,
-                             "head": 1024}, [28, 28, 1], 10)
+    model = model_from_spec(
+        {"arch": "tiny_mobilenet", "width": 1.0, "dropout": 0.2, "head": 1024}, [28, 28, 1], 10
+    )
     calibration = np.random.default_rng(0).uniform(0, 255, (64, 28, 28, 1)).astype(np.float32)
     paths = {}
     for fmt in ("fp32", "int8"):
@@ -62,15 +63,18 @@ def time_models(paths, images, threads, batch_size, latency_images, batches):
     for fmt, path in paths.items():
         runner = load_runner(path, threads)
         chunks = [images[i : i + batch_size] for i in range(0, batch_size * batches, batch_size)]
-        out[fmt] = {"ms_per_image_b1": latency_batch1(runner, images, latency_images),
-                    "ms_per_image_batched": latency_batched(runner, chunks)}
+        out[fmt] = {
+            "ms_per_image_b1": latency_batch1(runner, images, latency_images),
+            "ms_per_image_batched": latency_batched(runner, chunks),
+        }
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="LiteRT threads (evaluate.latency_threads)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="LiteRT threads (evaluate.latency_threads)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/latency.json"))
     args = parser.parse_args()
@@ -81,37 +85,49 @@ def main() -> int:
         paths = models(Path(tmp))
         rounds = {"exclusive": [], "shared": []}
         for _ in range(args.rounds):  # alternate, so drift in the machine hits both alike
-            rounds["exclusive"].append(time_models(paths, images, args.threads, batch_size,
-                                                   latency_images, batches))
+            rounds["exclusive"].append(
+                time_models(paths, images, args.threads, batch_size, latency_images, batches)
+            )
             stop = mp.Event()
             burners = [mp.Process(target=_burn, args=(stop,)) for _ in range(os.cpu_count() or 1)]
             for p in burners:
                 p.start()
             time.sleep(0.5)
             try:
-                rounds["shared"].append(time_models(paths, images, args.threads, batch_size,
-                                                    latency_images, batches))
+                rounds["shared"].append(
+                    time_models(paths, images, args.threads, batch_size, latency_images, batches)
+                )
             finally:
                 stop.set()
                 for p in burners:
                     p.join()
     figures = {}
     for condition, runs in rounds.items():
-        med = {fmt: {k: float(np.median([r[fmt][k] for r in runs])) for k in runs[0][fmt]}
-               for fmt in runs[0]}
+        med = {
+            fmt: {k: float(np.median([r[fmt][k] for r in runs])) for k in runs[0][fmt]}
+            for fmt in runs[0]
+        }
         ratios = {k: [r["fp32"][k] / r["int8"][k] for r in runs] for k in runs[0]["fp32"]}
         figures[condition] = {
             "ms_per_image": med,
-            "int8_speed_ratio_median": {k: round(float(np.median(v)), 3) for k, v in ratios.items()},
-            "int8_speed_ratio_range": {k: [round(min(v), 3), round(max(v), 3)]
-                                       for k, v in ratios.items()},
+            "int8_speed_ratio_median": {
+                k: round(float(np.median(v)), 3) for k, v in ratios.items()
+            },
+            "int8_speed_ratio_range": {
+                k: [round(min(v), 3), round(max(v), 3)] for k, v in ratios.items()
+            },
         }
     result = {
         "benchmark": "fp32 vs int8 TFLite latency (LiteRT, default architecture), alone and "
-                     "with one busy process per core, alternating, in one process",
-        "date": time.strftime("%Y-%m-%d"), "machine": machine_description(),
-        "versions": package_versions(), "threads": args.threads, "rounds": args.rounds,
-        "batch_size": batch_size, "latency_images": latency_images, "latency_batches": batches,
+        "with one busy process per core, alternating, in one process",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_description(),
+        "versions": package_versions(),
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "batch_size": batch_size,
+        "latency_images": latency_images,
+        "latency_batches": batches,
         "figures": figures,
     }
     out = Path(args.out)

@@ -40,9 +40,13 @@ def rule_benchmarks(results: Path) -> list[dict]:
     for tsv in sorted((results / "benchmarks").glob("**/*.tsv")):
         with tsv.open() as f:
             row = next(csv.DictReader(f, delimiter="\t"))
-        rows.append({"job": str(tsv.relative_to(results / "benchmarks").with_suffix("")),
-                     "seconds": float(row["s"]),
-                     "max_rss_mb": float(row["max_rss"]) if row["max_rss"] not in ("", "-") else None})
+        rows.append(
+            {
+                "job": str(tsv.relative_to(results / "benchmarks").with_suffix("")),
+                "seconds": float(row["s"]),
+                "max_rss_mb": float(row["max_rss"]) if row["max_rss"] not in ("", "-") else None,
+            }
+        )
     return rows
 
 
@@ -74,10 +78,19 @@ def job_timeline(work: Path) -> list[dict]:
             jobs[int(m.group(1))]["end"] = stamp
     done = [j for j in jobs.values() if "end" in j and j["rule"] != "all"]
     t0 = min(j["start"] for j in done)
-    return sorted(({"rule": j["rule"], "wildcards": j["wildcards"], "threads": j["threads"],
-                    "start_s": (j["start"] - t0).total_seconds(),
-                    "end_s": (j["end"] - t0).total_seconds()} for j in done),
-                  key=lambda j: (j["start_s"], j["rule"]))
+    return sorted(
+        (
+            {
+                "rule": j["rule"],
+                "wildcards": j["wildcards"],
+                "threads": j["threads"],
+                "start_s": (j["start"] - t0).total_seconds(),
+                "end_s": (j["end"] - t0).total_seconds(),
+            }
+            for j in done
+        ),
+        key=lambda j: (j["start_s"], j["rule"]),
+    )
 
 
 def rule_breakdown(timeline: list[dict]) -> dict:
@@ -95,11 +108,16 @@ def rule_breakdown(timeline: list[dict]) -> dict:
 def write_result(path, benchmark: str, figures: dict, met: dict, **fields) -> dict:
     """Record a benchmark's figures with the machine and package versions in `path`
     (JSON), and print the figures and targets met."""
-    result = {"benchmark": benchmark, **{k: v for k, v in fields.items() if k == "command"},
-              "date": time.strftime("%Y-%m-%d"), "machine": machine_description(),
-              "versions": package_versions(),
-              **{k: v for k, v in fields.items() if k != "command"},
-              "figures": figures, "targets_met": met}
+    result = {
+        "benchmark": benchmark,
+        **{k: v for k, v in fields.items() if k == "command"},
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_description(),
+        "versions": package_versions(),
+        **{k: v for k, v in fields.items() if k != "command"},
+        "figures": figures,
+        "targets_met": met,
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -111,9 +129,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="2")
     parser.add_argument("--keep", help="run in this directory and keep it")
-    parser.add_argument("--backbone", action="store_true",
-                        help="leave out the weight-only grid (weightquant: algorithms: []): "
-                             "download, train, fp32/int8 TFLite and their evaluation only")
+    parser.add_argument(
+        "--backbone",
+        action="store_true",
+        help="leave out the weight-only grid (weightquant: algorithms: []): "
+        "download, train, fp32/int8 TFLite and their evaluation only",
+    )
     parser.add_argument("--out", help="default: benchmarks/results/pipeline[_backbone].json")
     args = parser.parse_args()
     suffix = "_backbone" if args.backbone else ""
@@ -123,13 +144,24 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work / "results", ignore_errors=True)
     snakemake = Path(sys.executable).with_name("snakemake")
-    cmd = [str(snakemake), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(REPO / "config.yaml"), "--cores", args.cores]
+    cmd = [
+        str(snakemake),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(REPO / "config.yaml"),
+        "--cores",
+        args.cores,
+    ]
     if args.backbone:
         override = work / "backbone.yaml"
         override.write_text("weightquant:\n  algorithms: []\nfat:\n  schemes: []\n")
         cmd[cmd.index("--configfile") + 1 : cmd.index("--configfile") + 2] = [
-            str(REPO / "config.yaml"), str(override)]
+            str(REPO / "config.yaml"),
+            str(override),
+        ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -150,7 +182,9 @@ def main() -> int:
         "int8_speed_ratio_batched": round(int8["speed_ratio_batched"], 3),
         "int8_speed_ratio_b1": round(int8["speed_ratio_b1"], 3),
         # the simulations are not timed (None)
-        "ms_per_image_batched": {v: _round(r["ms_per_image_batched"], 4) for v, r in records.items()},
+        "ms_per_image_batched": {
+            v: _round(r["ms_per_image_batched"], 4) for v, r in records.items()
+        },
         "ms_per_image_b1": {v: _round(r["ms_per_image_b1"], 4) for v, r in records.items()},
         "size_bytes": {v: r["size_bytes"] for v, r in records.items()},
         "accuracy": {v: r["accuracy"] for v, r in records.items()},
@@ -158,25 +192,29 @@ def main() -> int:
         "tie_rate": {v: r["tie_rate"] for v, r in records.items()},
         "top5_tie_rate": {v: r["top5_tie_rate"] for v, r in records.items()},
         "speed_ratio_b1": {v: _round(r["speed_ratio_b1"], 3) for v, r in records.items()},
-        "speed_ratio_batched": {v: _round(r["speed_ratio_batched"], 3)
-                                for v, r in records.items()},
+        "speed_ratio_batched": {v: _round(r["speed_ratio_batched"], 3) for v, r in records.items()},
         "latency_cores_held": records["tflite-fp32"].get("latency_cores_held"),
     }
     met = {
         "wall_seconds_max": wall <= TARGETS["wall_seconds_max"],
         "float_test_accuracy_min": flt["accuracy"] >= TARGETS["float_test_accuracy_min"],
-        "int8_vs_fp32_pp_max_drop": -int8["delta_accuracy_pp"] <= TARGETS["int8_vs_fp32_pp_max_drop"],
+        "int8_vs_fp32_pp_max_drop": -int8["delta_accuracy_pp"]
+        <= TARGETS["int8_vs_fp32_pp_max_drop"],
         "int8_size_ratio_max": int8["size_ratio"] <= TARGETS["int8_size_ratio_max"],
-        "int8_speed_ratio_batched_min":
-            int8["speed_ratio_batched"] >= TARGETS["int8_speed_ratio_batched_min"],
+        "int8_speed_ratio_batched_min": int8["speed_ratio_batched"]
+        >= TARGETS["int8_speed_ratio_batched_min"],
     }
     write_result(
         args.out,
         "default pipeline from empty results/ (data copied from its mirror)"
         + (", without the weight-only grid" if args.backbone else ""),
-        figures, met, command=" ".join(cmd[:1] + cmd[cmd.index("--configfile"):]),
-        targets=TARGETS, rules=rule_benchmarks(work / "results"),
-        breakdown=rule_breakdown(timeline), timeline=timeline,
+        figures,
+        met,
+        command=" ".join(cmd[:1] + cmd[cmd.index("--configfile") :]),
+        targets=TARGETS,
+        rules=rule_benchmarks(work / "results"),
+        breakdown=rule_breakdown(timeline),
+        timeline=timeline,
     )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -39,16 +39,28 @@ def sweep_config(models: int, bits: int) -> dict:
     the (empty) working directory."""
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     return config | {
-        "models": {f"tiny_w{i + 1:02d}": {"arch": "tiny_mobilenet", "width": 0.25 * (i + 1)}
-                   for i in range(models)},
+        "models": {
+            f"tiny_w{i + 1:02d}": {"arch": "tiny_mobilenet", "width": 0.25 * (i + 1)}
+            for i in range(models)
+        },
         "weightquant": {"algorithms": ["bin", "fixed"], "bits": list(range(1, bits + 1))},
     }
 
 
 def plan(work: Path, configfile: Path) -> tuple[int, float, str]:
     snakemake = Path(sys.executable).with_name("snakemake")
-    cmd = [str(snakemake), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
-           "--configfile", str(configfile), "--dry-run", "--quiet", "rules"]
+    cmd = [
+        str(snakemake),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(configfile),
+        "--dry-run",
+        "--quiet",
+        "rules",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
     seconds = time.perf_counter() - start
@@ -84,17 +96,22 @@ def main() -> int:
     median = statistics.median(r["seconds"] for r in runs)
     record = {
         "benchmark": "snakemake -n (dry run) of a weight-quantization sweep from an empty working directory",
-        "sweep": {"models": args.models, "algorithms": ["bin", "fixed"],
-                  "bits": config["weightquant"]["bits"], "variants_per_model":
-                  3 + 2 * args.bits},
+        "sweep": {
+            "models": args.models,
+            "algorithms": ["bin", "fixed"],
+            "bits": config["weightquant"]["bits"],
+            "variants_per_model": 3 + 2 * args.bits,
+        },
         "command": cmd.replace(str(configfile), "sweep.yaml").replace(tmp, "<tmp>"),
         "jobs": jobs,
         "runs": runs,
         "seconds_median": round(median, 3),
         "ms_per_job": round(1000 * median / jobs, 2),
         "targets": TARGETS,
-        "met": {"jobs_min": jobs >= TARGETS["jobs_min"],
-                "seconds_max": median <= TARGETS["seconds_max"]},
+        "met": {
+            "jobs_min": jobs >= TARGETS["jobs_min"],
+            "seconds_max": median <= TARGETS["seconds_max"],
+        },
         "machine": machine_description(),
         "versions": package_versions(("snakemake", "snakemake-executor-plugin-slurm")),
     }

@@ -46,8 +46,9 @@ def logits_rmse(base: Path, variants: list[str], split_path: Path) -> dict:
 
     def logits(path):
         runner = TFLiteRunner(path, 2)
-        return np.concatenate([runner.scores(runner.run(runner.prepare(x)))
-                               for x, _ in split.numpy_batches(500)])
+        return np.concatenate(
+            [runner.scores(runner.run(runner.prepare(x))) for x, _ in split.numpy_batches(500)]
+        )
 
     reference = logits(base / "tflite/fp32.tflite")
     out = {}
@@ -55,7 +56,7 @@ def logits_rmse(base: Path, variants: list[str], split_path: Path) -> dict:
         if variant.startswith("tflite-"):
             path = base / "tflite" / f"{variant[len('tflite-'):]}.tflite"
         elif variant.startswith("fat-"):
-            path = base / "fat" / variant[len("fat-"):] / "model.tflite"
+            path = base / "fat" / variant[len("fat-") :] / "model.tflite"
         else:
             continue
         if path.exists():
@@ -66,31 +67,50 @@ def logits_rmse(base: Path, variants: list[str], split_path: Path) -> dict:
 def model_figures(by: dict, base: Path, dataset_dir: Path) -> dict:
     fp32 = by["tflite-fp32"]
     variants = {
-        v: {"accuracy": r["accuracy"], "delta_vs_fp32_pp": round(r["delta_accuracy_pp"], 3),
-            "g_mean": r["g_mean"], "size_bytes": r["size_bytes"],
-            "size_ratio": round(r["size_ratio"], 4), "ms_per_image_b1": r["ms_per_image_b1"],
-            "tie_rate": r["tie_rate"], "score": r.get("score")}
-        for v, r in by.items() if v.startswith(("tflite-", "fat-", "keras-"))
+        v: {
+            "accuracy": r["accuracy"],
+            "delta_vs_fp32_pp": round(r["delta_accuracy_pp"], 3),
+            "g_mean": r["g_mean"],
+            "size_bytes": r["size_bytes"],
+            "size_ratio": round(r["size_ratio"], 4),
+            "ms_per_image_b1": r["ms_per_image_b1"],
+            "tie_rate": r["tie_rate"],
+            "score": r.get("score"),
+        }
+        for v, r in by.items()
+        if v.startswith(("tflite-", "fat-", "keras-"))
     }
     diagnoses = {}
     for path in sorted((base / "eval").glob("*/diagnosis.json")):
         d = json.loads(path.read_text())
         diagnoses[path.parent.name] = {
-            "seconds": round(d["seconds"], 2), "images": d["images"], "ops": d["ops"],
+            "seconds": round(d["seconds"], 2),
+            "images": d["images"],
+            "ops": d["ops"],
             "output_snr_db": round(d["output_snr_db"], 2),
             "worst": [f"{d['layers'][i]['layer']} ({d['layers'][i]['op']})" for i in d["worst"]],
         }
-    int8 = [v for v in by if v.startswith("tflite-int8") or
-            (v.startswith("fat-") and not v.endswith("-sim"))]
+    int8 = [
+        v
+        for v in by
+        if v.startswith("tflite-int8") or (v.startswith("fat-") and not v.endswith("-sim"))
+    ]
     rmse = logits_rmse(base, sorted(int8), dataset_dir / "splits/test.npz")
-    return {"fp32_accuracy": fp32["accuracy"], "variants": variants, "diagnosis": diagnoses,
-            "logits_rmse_vs_fp32": {k: round(v, 4) for k, v in rmse.items()}}
+    return {
+        "fp32_accuracy": fp32["accuracy"],
+        "variants": variants,
+        "diagnosis": diagnoses,
+        "logits_rmse_vs_fp32": {k: round(v, 4) for k, v in rmse.items()},
+    }
 
 
 def main() -> int:
     parser = benchmark_parser(__doc__, "ptq")
-    parser.add_argument("--reuse", action="store_true",
-                        help="with --keep: analyse the runs already there (no wall time)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: analyse the runs already there (no wall time)",
+    )
     args = parser.parse_args()
     out_path, work = out_and_work(args, "ptq")
     default = base_config()
@@ -105,8 +125,11 @@ def main() -> int:
     for model, config in runs.items():
         summary = work / model / "results/summary.json"
         if args.reuse and summary.exists():
-            records, wall, cmd = json.loads(summary.read_text()), None, ["snakemake",
-                                                                          "--configfile", "-"]
+            records, wall, cmd = (
+                json.loads(summary.read_text()),
+                None,
+                ["snakemake", "--configfile", "-"],
+            )
         else:
             records, wall, cmd = run(config, work / model, args.cores)
         by = {r["variant"]: r for r in records if r["model"] == model}
@@ -119,7 +142,9 @@ def main() -> int:
         "every post-training quantization variant vs fp32 TFLite, the per-layer diagnosis "
         "and each int8 model's logits RMSE against fp32, side by side per run: the default "
         "config; MobileNetV2 alpha 0.35 from scratch at 32x32",
-        figures, {}, runs=details,
+        figures,
+        {},
+        runs=details,
     )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

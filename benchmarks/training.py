@@ -56,27 +56,40 @@ def child(kind: str, threads: int, data_dir: str, steps: int) -> dict:
         def run(n):
             stage = {"epochs": 1, "learning_rate": 0.004, "warmup_steps": 0}
             return fine_tune(model, ds.take(n), None, stages=[stage])
+
     else:
         x = np.concatenate([xb for xb, _ in split.numpy_batches(1000)])[:images]
         y = np.asarray(split.labels[:images])
 
         def run(n):
-            model.compile(optimizer=keras.optimizers.Adam(0.004),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                          metrics=["accuracy"])
-            return model.fit(x[: n * batch], y[: n * batch], batch_size=batch, epochs=1,
-                             shuffle=True, verbose=0)
+            model.compile(
+                optimizer=keras.optimizers.Adam(0.004),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
+            return model.fit(
+                x[: n * batch], y[: n * batch], batch_size=batch, epochs=1, shuffle=True, verbose=0
+            )
+
     start = time.perf_counter()
     run(steps)
     seconds = time.perf_counter() - start
-    return {"kind": kind, "threads": threads, "images": images, "seconds": seconds,
-            "images_per_s": images / seconds}
+    return {
+        "kind": kind,
+        "threads": threads,
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO / "data/fashion_mnist/splits"),
-                        help="a prepared split directory (train.npz, info.json)")
+    parser.add_argument(
+        "--data",
+        default=str(REPO / "data/fashion_mnist/splits"),
+        help="a prepared split directory (train.npz, info.json)",
+    )
     parser.add_argument("--steps", type=int, default=430, help="default: an epoch of 55,000 at 128")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "THREADS"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/training.json"))
@@ -87,24 +100,48 @@ def main() -> int:
     runs = []
     for threads in (1, 2):
         for kind in ("quantflow", "plain"):
-            out = subprocess.run([sys.executable, __file__, "--child", kind, str(threads),
-                                  "--data", args.data, "--steps", str(args.steps)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    kind,
+                    str(threads),
+                    "--data",
+                    args.data,
+                    "--steps",
+                    str(args.steps),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(runs[-1])
     rate = {(r["kind"], r["threads"]): r["images_per_s"] for r in runs}
     figures = {
-        "images_per_s": {f"{k} {t} thread{'s' if t > 1 else ''}": round(v, 1)
-                         for (k, t), v in rate.items()},
+        "images_per_s": {
+            f"{k} {t} thread{'s' if t > 1 else ''}": round(v, 1) for (k, t), v in rate.items()
+        },
         "quantflow_over_plain_1_thread": round(rate["quantflow", 1] / rate["plain", 1], 3),
         "quantflow_over_plain_2_threads": round(rate["quantflow", 2] / rate["plain", 2], 3),
         "quantflow_2_over_1_threads": round(rate["quantflow", 2] / rate["quantflow", 1], 3),
     }
-    met = {"quantflow_at_least_0.9_of_plain": min(figures["quantflow_over_plain_1_thread"],
-                                                   figures["quantflow_over_plain_2_threads"]) >= 0.9}
-    write_result(args.out, "training images per second: the train job's path against a plain "
-                 "model.fit, at 1 and 2 threads", figures, met, runs=runs,
-                 steps=args.steps)
+    met = {
+        "quantflow_at_least_0.9_of_plain": min(
+            figures["quantflow_over_plain_1_thread"], figures["quantflow_over_plain_2_threads"]
+        )
+        >= 0.9
+    }
+    write_result(
+        args.out,
+        "training images per second: the train job's path against a plain "
+        "model.fit, at 1 and 2 threads",
+        figures,
+        met,
+        runs=runs,
+        steps=args.steps,
+    )
     return 0
 
 

@@ -34,12 +34,8 @@ def _labels(y: ArrayLike, num_classes: int, name: str) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.issubdtype(arr.dtype, np.floating) or not np.all(
-            arr == np.round(arr)
-        ):
-            raise ValueError(
-                f"{name} must hold integer class labels, got dtype {arr.dtype}"
-            )
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
     arr = arr.astype(np.int64)
     bad = arr[(arr < 0) | (arr >= num_classes)]
     if bad.size:
@@ -60,9 +56,7 @@ def _scores(scores: ArrayLike, n: int, num_classes: int | None = None) -> np.nda
             f"scores has {arr.shape[0]} rows but y_true has {n} labels; they must match"
         )
     if num_classes is not None and arr.shape[1] != num_classes:
-        raise ValueError(
-            f"scores has {arr.shape[1]} columns but num_classes is {num_classes}"
-        )
+        raise ValueError(f"scores has {arr.shape[1]} columns but num_classes is {num_classes}")
     if arr.shape[1] < 1:
         raise ValueError("scores must have at least one column (class)")
     if not np.all(np.isfinite(arr)):
@@ -70,9 +64,7 @@ def _scores(scores: ArrayLike, n: int, num_classes: int | None = None) -> np.nda
     return arr
 
 
-def confusion_matrix(
-    y_true: ArrayLike, y_pred: ArrayLike, num_classes: int
-) -> np.ndarray:
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
     """Count matrix ``cm[t, p]``: samples of true class ``t`` predicted as ``p``.
 
     Returns an int64 array of shape ``(num_classes, num_classes)``; it sums to N.
@@ -81,9 +73,7 @@ def confusion_matrix(
     t = _labels(y_true, num_classes, "y_true")
     p = _labels(y_pred, num_classes, "y_pred")
     if t.shape != p.shape:
-        raise ValueError(
-            f"y_true has {t.size} labels but y_pred has {p.size}; they must match"
-        )
+        raise ValueError(f"y_true has {t.size} labels but y_pred has {p.size}; they must match")
     flat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes).astype(np.int64)
 
@@ -101,8 +91,7 @@ def _expected_topk(t: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, np
     above = (s > kth[:, None]).sum(axis=1)
     at = (s == kth[:, None]).sum(axis=1)
     true_score = s[np.arange(len(t)), t]
-    hit = np.where(true_score > kth, 1.0,
-                   np.where(true_score == kth, (k - above) / at, 0.0))
+    hit = np.where(true_score > kth, 1.0, np.where(true_score == kth, (k - above) / at, 0.0))
     return hit, above + at > k
 
 

@@ -62,19 +62,23 @@ FIELDS = {
 # where in a config a family's variants come from: config -> the fields of each, in order.
 # Families with the same source are enumerated instance by instance (fat-s, fat-s-sim, ...).
 SOURCES: dict[str, Callable[[dict], list[dict]]] = {
-    "calibration_sizes": lambda c: [{"images": n} for n in
-                                    c.get("tflite", {}).get("calibration_sizes", [])],
-    "calibration_percents": lambda c: [{"percent": p} for p in
-                                       c.get("tflite", {}).get("calibration_percents", [])],
-    "calibration_classes": lambda c: [{"label": k} for k in
-                                      c.get("tflite", {}).get("calibration_classes", [])],
+    "calibration_sizes": lambda c: [
+        {"images": n} for n in c.get("tflite", {}).get("calibration_sizes", [])
+    ],
+    "calibration_percents": lambda c: [
+        {"percent": p} for p in c.get("tflite", {}).get("calibration_percents", [])
+    ],
+    "calibration_classes": lambda c: [
+        {"label": k} for k in c.get("tflite", {}).get("calibration_classes", [])
+    ],
     "float_fallback": lambda c: [{"k": k} for k in c.get("tflite", {}).get("float_fallback", [])],
-    "weightquant": lambda c: [{"algorithm": a, "bits": b}
-                              for a in c.get("weightquant", {}).get("algorithms", [])
-                              for b in c.get("weightquant", {}).get("bits", [])],
+    "weightquant": lambda c: [
+        {"algorithm": a, "bits": b}
+        for a in c.get("weightquant", {}).get("algorithms", [])
+        for b in c.get("weightquant", {}).get("bits", [])
+    ],
     "fat": lambda c: [{"scheme": s} for s in c.get("fat", {}).get("schemes", [])],
-    "adjustable": lambda c: [{"target": t} for t in
-                             (c.get("adjustable", {}).get("targets") or {})],
+    "adjustable": lambda c: [{"target": t} for t in (c.get("adjustable", {}).get("targets") or {})],
 }
 
 
@@ -130,8 +134,10 @@ class Family:
     @cached_property
     def pattern(self) -> re.Pattern:
         parts = re.split(r"\{(\w+)\}", self.template)
-        regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{FIELDS[p][0]})"
-                        for i, p in builtins.enumerate(parts))
+        regex = "".join(
+            re.escape(p) if i % 2 == 0 else f"(?P<{p}>{FIELDS[p][0]})"
+            for i, p in builtins.enumerate(parts)
+        )
         return re.compile(regex)
 
     def name(self, **fields) -> str:
@@ -144,13 +150,30 @@ PTQ = "post-training quantization"
 def _listed(key, template, kind, runtime, bits, int8=False, method=PTQ, fmt=None):
     """A variant a config lists by name (`variants:`): the converter's and
     ai-edge-quantizer's formats, evaluated from tflite/<format>.tflite."""
-    return Family(key, method, template, f"tflite/{fmt or template[len('tflite-'):]}.tflite",
-                  kind, runtime, "own", bits, int8=int8)
+    return Family(
+        key,
+        method,
+        template,
+        f"tflite/{fmt or template[len('tflite-'):]}.tflite",
+        kind,
+        runtime,
+        "own",
+        bits,
+        int8=int8,
+    )
 
 
 FAMILIES: list[Family] = [
-    Family("float", "float", "keras-float", "float/model.keras", "reference", "TensorFlow",
-           "own", FLOAT_BITS),
+    Family(
+        "float",
+        "float",
+        "keras-float",
+        "float/model.keras",
+        "reference",
+        "TensorFlow",
+        "own",
+        FLOAT_BITS,
+    ),
     _listed("fp32", "tflite-fp32", "deployable", "LiteRT", FLOAT_BITS, method="float"),
     _listed("fp16", "tflite-fp16", "deployable", "LiteRT", (16, 32, 16, 32)),
     _listed("dynamic", "tflite-dynamic", "deployable", "LiteRT", (8, 8, 32, 32)),
@@ -160,39 +183,124 @@ FAMILIES: list[Family] = [
     _listed("int4-weights", "tflite-int4-weights", "deployable", "LiteRT", (4, 32, 32, 32)),
     _listed("dynamic-int4", "tflite-dynamic-int4", "deployable", "LiteRT", (4, 8, 32, 32)),
     # int8 calibration studies: N seeded training images, P percent, one class only
-    Family("int8-cal", PTQ, "tflite-int8-cal{images}", "tflite/int8-cal{images}.tflite",
-           "deployable", "LiteRT", "own", INT8_BITS, "calibration_sizes", int8=True,
-           study=True),
-    Family("int8-calpct", PTQ, "tflite-int8-cal{percent}pct",
-           "tflite/int8-cal{percent}pct.tflite", "deployable", "LiteRT", "own", INT8_BITS,
-           "calibration_percents", int8=True, study=True),
-    Family("int8-class", PTQ, "tflite-int8-class{label}", "tflite/int8-class{label}.tflite",
-           "deployable", "LiteRT", "own", INT8_BITS, "calibration_classes", int8=True,
-           study=True),
+    Family(
+        "int8-cal",
+        PTQ,
+        "tflite-int8-cal{images}",
+        "tflite/int8-cal{images}.tflite",
+        "deployable",
+        "LiteRT",
+        "own",
+        INT8_BITS,
+        "calibration_sizes",
+        int8=True,
+        study=True,
+    ),
+    Family(
+        "int8-calpct",
+        PTQ,
+        "tflite-int8-cal{percent}pct",
+        "tflite/int8-cal{percent}pct.tflite",
+        "deployable",
+        "LiteRT",
+        "own",
+        INT8_BITS,
+        "calibration_percents",
+        int8=True,
+        study=True,
+    ),
+    Family(
+        "int8-class",
+        PTQ,
+        "tflite-int8-class{label}",
+        "tflite/int8-class{label}.tflite",
+        "deployable",
+        "LiteRT",
+        "own",
+        INT8_BITS,
+        "calibration_classes",
+        int8=True,
+        study=True,
+    ),
     # int8 with the k layers tflite-int8's diagnosis finds worst left in float
-    Family("float-fallback", PTQ, "tflite-int8-float{k}", "tflite/int8-float{k}.tflite",
-           "deployable", "LiteRT", "own", None, "float_fallback"),
+    Family(
+        "float-fallback",
+        PTQ,
+        "tflite-int8-float{k}",
+        "tflite/int8-float{k}.tflite",
+        "deployable",
+        "LiteRT",
+        "own",
+        None,
+        "float_fallback",
+    ),
     # weight-only: keras-float's graph with quantized weights (its timing)
-    Family("weight-only", "weight-only", "{algorithm}-{bits}",
-           "weightquant/{algorithm}_{bits}bits/weights.pickle", "simulation", "TensorFlow",
-           "keras-float", _weight_only_bits, "weightquant"),
+    Family(
+        "weight-only",
+        "weight-only",
+        "{algorithm}-{bits}",
+        "weightquant/{algorithm}_{bits}bits/weights.pickle",
+        "simulation",
+        "TensorFlow",
+        "keras-float",
+        _weight_only_bits,
+        "weightquant",
+    ),
     # FAT: the int8 TFLite model, and the fake-quant Keras model (the only one for
     # schemes TFLite cannot run exactly)
-    Family("fat", "FAT", "fat-{scheme}", "fat/{scheme}/model.tflite", "deployable", "LiteRT",
-           "own", _fat_bits, "fat", include=lambda f, c: fat_exportable(f["scheme"]),
-           int8=True),
-    Family("fat-sim", "FAT", "fat-{scheme}-sim", "fat/{scheme}/model.keras", "simulation",
-           "TensorFlow", None, _fat_bits, "fat",
-           include=lambda f, c: bool(c.get("fat", {}).get("simulate", True))
-           or not fat_exportable(f["scheme"])),
+    Family(
+        "fat",
+        "FAT",
+        "fat-{scheme}",
+        "fat/{scheme}/model.tflite",
+        "deployable",
+        "LiteRT",
+        "own",
+        _fat_bits,
+        "fat",
+        include=lambda f, c: fat_exportable(f["scheme"]),
+        int8=True,
+    ),
+    Family(
+        "fat-sim",
+        "FAT",
+        "fat-{scheme}-sim",
+        "fat/{scheme}/model.keras",
+        "simulation",
+        "TensorFlow",
+        None,
+        _fat_bits,
+        "fat",
+        include=lambda f, c: bool(c.get("fat", {}).get("simulate", True))
+        or not fat_exportable(f["scheme"]),
+    ),
     # adjustable: the simulated mixed-precision model and its int8 TFLite export
-    Family("adjq", "adjustable", "adjq-{target}", "adjustable/{target}/model.keras",
-           "simulation", "TensorFlow", None, None, "adjustable",
-           extras={"score": "adjustable/{target}/score.json"}),
-    Family("adjq-int8", "adjustable", "adjq-{target}-int8", "adjustable/{target}/model.tflite",
-           "deployable", "LiteRT", "own", None, "adjustable",
-           include=lambda f, c: adjustable_target_exportable(c, f["target"]), int8=True,
-           extras={"score": "adjustable/{target}/score_int8.json"}),
+    Family(
+        "adjq",
+        "adjustable",
+        "adjq-{target}",
+        "adjustable/{target}/model.keras",
+        "simulation",
+        "TensorFlow",
+        None,
+        None,
+        "adjustable",
+        extras={"score": "adjustable/{target}/score.json"},
+    ),
+    Family(
+        "adjq-int8",
+        "adjustable",
+        "adjq-{target}-int8",
+        "adjustable/{target}/model.tflite",
+        "deployable",
+        "LiteRT",
+        "own",
+        None,
+        "adjustable",
+        include=lambda f, c: adjustable_target_exportable(c, f["target"]),
+        int8=True,
+        extras={"score": "adjustable/{target}/score_int8.json"},
+    ),
 ]
 
 
@@ -261,8 +369,9 @@ def enumerate(config: dict) -> list[str]:  # noqa: A001 (the registry's verb)
     for source in sources:
         families = [f for f in FAMILIES if f.source == source]
         for fields in SOURCES[source](config):
-            names += [f.name(**fields) for f in families
-                      if f.include is None or f.include(fields, config)]
+            names += [
+                f.name(**fields) for f in families if f.include is None or f.include(fields, config)
+            ]
     return names
 
 

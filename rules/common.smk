@@ -123,7 +123,9 @@ def result_dir(wildcards):
 def parsed_variant(wildcards):
     variant = variants.parse(wildcards.variant)
     if variant is None:
-        raise WorkflowError(f"quantflow: unknown variant {wildcards.variant!r} (quantflow/variants.py lists the families)")
+        raise WorkflowError(
+            f"quantflow: unknown variant {wildcards.variant!r} (quantflow/variants.py lists the families)"
+        )
     return variant
 
 

@@ -16,12 +16,22 @@ def main(inp, out, target, params, threads):
     from quantflow.quant.adjustable.job import AdjustableFiles, AdjustableOutputs, run
 
     fat = inp.fat_thresholds if "fat_thresholds" in inp.keys() else None
-    run(AdjustableFiles(inp.model, inp.train, inp.val, inp.info, fat),
+    run(
+        AdjustableFiles(inp.model, inp.train, inp.val, inp.info, fat),
         AdjustableOutputs(**{k: getattr(out, k) for k in AdjustableOutputs.__dataclass_fields__}),
-        target, params.settings, params.seed, threads)
+        target,
+        params.settings,
+        params.seed,
+        threads,
+    )
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards.target,
-    snakemake.params, snakemake.threads,
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    snakemake.wildcards.target,
+    snakemake.params,
+    snakemake.threads,
 )

@@ -27,28 +27,49 @@ def main(inp, out, target, params, threads):
     size = data.read_info(inp.info)["input_shape"][:2]
     train, val = data.Split(inp.train, size), data.Split(inp.val, size)
     # the int8 model must predict what the fake-quant model does
-    check = tflite.convert_checked(simulation, out.tflite, train, val, seed=params.seed,
-                                   check_images=params.check_images, threads=threads)
+    check = tflite.convert_checked(
+        simulation,
+        out.tflite,
+        train,
+        val,
+        seed=params.seed,
+        check_images=params.check_images,
+        threads=threads,
+    )
 
     # its score: every weight channel at its trained bits, every activation at 8 bits
     info = json.loads(Path(inp.quant_info).read_text())
     counts = json.loads(Path(inp.model_info).read_text())["layers"]
     weights = {k: v["bits"] for k, v in info["weights"].items()}
-    score = micronet.score(counts, weights, 8, bias_bits=info["bias_bits"],
-                           p_ref=info["p_ref"], f_ref=info["f_ref"])
+    score = micronet.score(
+        counts, weights, 8, bias_bits=info["bias_bits"], p_ref=info["p_ref"], f_ref=info["f_ref"]
+    )
     score = {k: score[k] for k in micronet.SUMMARY_KEYS}
     Path(out.score).write_text(json.dumps(score, indent=2) + "\n")
-    check = {"target": target, "weight_bits": "per channel", "activation_bits": 8, **check,
-             "score": score}
+    check = {
+        "target": target,
+        "weight_bits": "per channel",
+        "activation_bits": 8,
+        **check,
+        "score": score,
+    }
     Path(out.check).write_text(json.dumps(check, indent=2) + "\n")
-    print(f"{tflite.describe_check(check)}; score {score['score']:.4f} (weights at their "
-          f"bits, activations at 8)")
+    print(
+        f"{tflite.describe_check(check)}; score {score['score']:.4f} (weights at their "
+        f"bits, activations at 8)"
+    )
     if check["activation_grid_mismatches"]:
-        raise tflite.grid_mismatch_error(out.tflite, out.check,
-                                         check["activation_grid_mismatches"], "exported")
+        raise tflite.grid_mismatch_error(
+            out.tflite, out.check, check["activation_grid_mismatches"], "exported"
+        )
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards.target,
-    snakemake.params, snakemake.threads,
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    snakemake.wildcards.target,
+    snakemake.params,
+    snakemake.threads,
 )

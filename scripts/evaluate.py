@@ -20,25 +20,40 @@ def main(inp, out, wildcards, params, threads):
     info = data.read_info(inp.info)
     split = data.Split(inp.test, info["input_shape"][:2])
     record = {"dataset": wildcards.dataset, "model": wildcards.model, "variant": wildcards.variant}
-    record.update(evaluate_model(
-        inp.model, split, info["num_classes"], batch_size=params.batch_size, threads=threads,
-    ))
+    record.update(
+        evaluate_model(
+            inp.model,
+            split,
+            info["num_classes"],
+            batch_size=params.batch_size,
+            threads=threads,
+        )
+    )
     if "score" in inp.keys():  # an adjustable variant: its MicroNet score, bits per channel
         record.update(json.loads(Path(inp.score).read_text()))
     record["model_path"] = inp.model
     record["confusion_png"] = str(Path(out.confusion).relative_to("results"))
     plot_confusion_matrix(
-        record["confusion_matrix"], info["class_names"], out.confusion,
+        record["confusion_matrix"],
+        info["class_names"],
+        out.confusion,
         f"{wildcards.dataset} / {wildcards.model} / {wildcards.variant}: "
         f"top-1 {100 * record['accuracy']:.2f}%",
     )
     Path(out.metrics).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{wildcards.variant}: top-1 {record['accuracy']:.4f}, top-5 {record['top5']:.4f}, "
-          f"ties on {100 * record['tie_rate']:.2f}% of images (top-1), "
-          f"{record['size_bytes']} bytes")
+    print(
+        f"{wildcards.variant}: top-1 {record['accuracy']:.4f}, top-5 {record['top5']:.4f}, "
+        f"ties on {100 * record['tie_rate']:.2f}% of images (top-1), "
+        f"{record['size_bytes']} bytes"
+    )
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards,
-    snakemake.params, snakemake.threads,
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    snakemake.wildcards,
+    snakemake.params,
+    snakemake.threads,
 )

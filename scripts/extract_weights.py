@@ -21,4 +21,6 @@ def main(model_path, out_path, threads):
     print(f"{len(data['layers'])} layers, {count} values -> {out_path}")
 
 
-run_logged(snakemake.log[0], main, snakemake.input.model, snakemake.output.weights, snakemake.threads)
+run_logged(
+    snakemake.log[0], main, snakemake.input.model, snakemake.output.weights, snakemake.threads
+)

@@ -15,12 +15,23 @@ def main(inp, out, scheme, cfg, seed, threads):
     configure_threads(threads, seed)
     from quantflow.quant.fat.job import FatFiles, FatOutputs, run
 
-    run(FatFiles(inp.model, inp.train, inp.val, inp.info),
+    run(
+        FatFiles(inp.model, inp.train, inp.val, inp.info),
         FatOutputs(**{k: getattr(out, k) for k in FatOutputs.__dataclass_fields__}),
-        scheme, cfg, seed, threads)
+        scheme,
+        cfg,
+        seed,
+        threads,
+    )
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards.scheme,
-    snakemake.params.fat, snakemake.params.seed, snakemake.threads,
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    snakemake.wildcards.scheme,
+    snakemake.params.fat,
+    snakemake.params.seed,
+    snakemake.threads,
 )

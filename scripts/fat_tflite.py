@@ -26,18 +26,33 @@ def main(inp, out, scheme_name, params, threads):
     size = data.read_info(inp.info)["input_shape"][:2]
     train, val = data.Split(inp.train, size), data.Split(inp.val, size)
     # the int8 model must predict what the fake-quant model does
-    check = tflite.convert_checked(qmodel, out.tflite, train, val, seed=params.seed,
-                                   check_images=params.check_images, threads=threads)
+    check = tflite.convert_checked(
+        qmodel,
+        out.tflite,
+        train,
+        val,
+        seed=params.seed,
+        check_images=params.check_images,
+        threads=threads,
+    )
     check = {"scheme": scheme_name, **scheme, **check}
     Path(out.check).write_text(json.dumps(check, indent=2) + "\n")
-    print(f"{tflite.describe_check(check)} ({scheme['weight_bits']}-bit grid: "
-          f"{2 ** scheme['weight_bits'] - 1} levels)")
+    print(
+        f"{tflite.describe_check(check)} ({scheme['weight_bits']}-bit grid: "
+        f"{2 ** scheme['weight_bits'] - 1} levels)"
+    )
     if check["activation_grid_mismatches"]:
-        raise tflite.grid_mismatch_error(out.tflite, out.check,
-                                         check["activation_grid_mismatches"], "trained FAT")
+        raise tflite.grid_mismatch_error(
+            out.tflite, out.check, check["activation_grid_mismatches"], "trained FAT"
+        )
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards.scheme,
-    snakemake.params, snakemake.threads,
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    snakemake.wildcards.scheme,
+    snakemake.params,
+    snakemake.threads,
 )

@@ -21,15 +21,22 @@ def main(inp, out, params, threads):
     info = data.read_info(inp.info)
     split = data.Split(inp.test, info["input_shape"][:2])
     record = measure_latency(
-        inp.model, split, batch_size=params.batch_size, latency_images=params.latency_images,
-        latency_batches=params.latency_batches, threads=params.threads,
+        inp.model,
+        split,
+        batch_size=params.batch_size,
+        latency_images=params.latency_images,
+        latency_batches=params.latency_batches,
+        threads=params.threads,
     )
     record["cores_held"] = threads
     Path(out.latency).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"{inp.model}: {record['ms_per_image_b1']:.3f} ms/img at batch 1, "
-          f"{record['ms_per_image_batched']:.4f} ms/img at batch {params.batch_size} "
-          f"({params.threads} threads, {threads} cores held)")
+    print(
+        f"{inp.model}: {record['ms_per_image_b1']:.3f} ms/img at batch 1, "
+        f"{record['ms_per_image_batched']:.4f} ms/img at batch {params.batch_size} "
+        f"({params.threads} threads, {threads} cores held)"
+    )
 
 
-run_logged(snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params,
-           snakemake.threads)
+run_logged(
+    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params, snakemake.threads
+)

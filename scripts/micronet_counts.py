@@ -21,11 +21,21 @@ def main(inp, out):
     model = keras.saving.load_model(inp.model, compile=False)
     counts = count_model(model)
     totals = reference_counts(counts)
-    Path(out.counts).write_text(json.dumps({
-        "model": model.name, **totals, "layers": [c.to_dict() for c in counts],
-    }, indent=2) + "\n")
-    print(f"{model.name}: {int(totals['p_ref'])} parameters, {int(totals['f_ref'])} operations "
-          f"(multiply-accumulates count two) in {len(counts)} counted operations")
+    Path(out.counts).write_text(
+        json.dumps(
+            {
+                "model": model.name,
+                **totals,
+                "layers": [c.to_dict() for c in counts],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(
+        f"{model.name}: {int(totals['p_ref'])} parameters, {int(totals['f_ref'])} operations "
+        f"(multiply-accumulates count two) in {len(counts)} counted operations"
+    )
 
 
 run_logged(snakemake.log[0], main, snakemake.input, snakemake.output)

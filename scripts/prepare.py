@@ -13,13 +13,22 @@ from quantflow.workflow.logs import run_logged
 def main(dataset, raw_dir, out, params):
     cfg = params.dataset
     loaded = load_dataset(
-        dataset, raw_dir, root=cfg.get("root"), train_list=cfg.get("train_list"),
-        test_list=cfg.get("test_list"), val_list=cfg.get("val_list"),
+        dataset,
+        raw_dir,
+        root=cfg.get("root"),
+        train_list=cfg.get("train_list"),
+        test_list=cfg.get("test_list"),
+        val_list=cfg.get("val_list"),
         class_names=cfg.get("class_names"),
     )
     splits = make_splits(
-        loaded["train"], loaded["test"], cfg["validation_size"], params.seed,
-        cfg.get("max_train"), cfg.get("max_test"), val=loaded["val"],
+        loaded["train"],
+        loaded["test"],
+        cfg["validation_size"],
+        params.seed,
+        cfg.get("max_train"),
+        cfg.get("max_test"),
+        val=loaded["val"],
     )
     for split in SPLITS:
         save_split(out[split], *splits[split])
@@ -28,6 +37,10 @@ def main(dataset, raw_dir, out, params):
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.wildcards.dataset,
-    Path(snakemake.input.manifest).parent, snakemake.output, snakemake.params,
+    snakemake.log[0],
+    main,
+    snakemake.wildcards.dataset,
+    Path(snakemake.input.manifest).parent,
+    snakemake.output,
+    snakemake.params,
 )

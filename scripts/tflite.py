@@ -24,22 +24,32 @@ def main(inp, out, fmt, conversion, threads):
     calibration = None
     if needs_calibration(fmt):
         split = data.Split(inp.train, data.read_info(inp.info)["input_shape"][:2])
-        indices = select_calibration(split.labels, fmt, conversion["calibration_images"],
-                                            conversion["seed"])
+        indices = select_calibration(
+            split.labels, fmt, conversion["calibration_images"], conversion["seed"]
+        )
         calibration = split.take(indices)
         classes = np.bincount(split.labels[indices], minlength=int(split.labels.max()) + 1)
-        print(f"calibrating activation ranges on {len(indices)} of {len(split)} training "
-              f"images (seed {conversion['seed']}); images per class: {classes.tolist()}")
+        print(
+            f"calibrating activation ranges on {len(indices)} of {len(split)} training "
+            f"images (seed {conversion['seed']}); images per class: {classes.tolist()}"
+        )
     flatbuffer = convert(model, fmt, calibration, io=conversion.get("io", "int8"))
     save(flatbuffer, out.tflite)
     if parse_format(fmt)["base"] == "int8":
         print("activation ranges chosen by calibration (tensor: [min, max], scale, zero point):")
         for r in activation_ranges(out.tflite):
-            print(f"  {r['tensor']}: [{r['min']:.4g}, {r['max']:.4g}], "
-                  f"scale {r['scale']:.4g}, zero point {r['zero_point']}")
+            print(
+                f"  {r['tensor']}: [{r['min']:.4g}, {r['max']:.4g}], "
+                f"scale {r['scale']:.4g}, zero point {r['zero_point']}"
+            )
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards.fmt,
-    snakemake.params.conversion, snakemake.threads,
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    snakemake.wildcards.fmt,
+    snakemake.params.conversion,
+    snakemake.threads,
 )

@@ -24,18 +24,28 @@ def main(inp, out, k, params, threads):
         print(f"the diagnosis ranks only {len(chosen)} layers; all of them stay float")
     model = keras.saving.load_model(inp.model, compile=False)
     split = data.Split(inp.train, data.read_info(inp.info)["input_shape"][:2])
-    calibration = split.take(tflite.select_calibration(split.labels, "int8",
-                                                       params.calibration_images, params.seed))
-    flatbuffer = tflite.convert_with_float_layers(model, calibration,
-                                                  [row["tensor"] for row in chosen])
+    calibration = split.take(
+        tflite.select_calibration(split.labels, "int8", params.calibration_images, params.seed)
+    )
+    flatbuffer = tflite.convert_with_float_layers(
+        model, calibration, [row["tensor"] for row in chosen]
+    )
     tflite.save(flatbuffer, out.tflite)
-    print(f"left in float ({k} worst by the diagnosis of tflite-int8): "
-          + "; ".join(f"{row['layer']} ({row['op']}, adds {row['added_noise_db']} dB)"
-                      for row in chosen))
+    print(
+        f"left in float ({k} worst by the diagnosis of tflite-int8): "
+        + "; ".join(
+            f"{row['layer']} ({row['op']}, adds {row['added_noise_db']} dB)" for row in chosen
+        )
+    )
     print(f"ops computing in float: {tflite.float_ops(out.tflite)}")
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.input, snakemake.output, int(snakemake.wildcards.k),
-    snakemake.params, snakemake.threads,
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    int(snakemake.wildcards.k),
+    snakemake.params,
+    snakemake.threads,
 )

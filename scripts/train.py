@@ -26,30 +26,47 @@ def main(inp, out, spec, cfg, seed, augment, threads):
         restored, skipped = restore_weights(model, cfg["checkpoint"], cfg.get("exclude", []))
         print(f"restored {len(restored)} layers from {cfg['checkpoint']}; kept {skipped} as built")
     model.summary(print_fn=print)
-    train = data.Split(inp.train, size).batches(cfg["batch_size"], shuffle=True, seed=seed,
-                                                augment=augment)
+    train = data.Split(inp.train, size).batches(
+        cfg["batch_size"], shuffle=True, seed=seed, augment=augment
+    )
     val = data.Split(inp.val, size).batches(max(cfg["batch_size"], 256))
     with pipeline_errors():
         result = fine_tune(model, train, val, stages=cfg["stages"], log_stream=sys.stderr)
     inference_copy(model).save(out.model)
     write_history_csv(out.history, result["history"])
-    result.update(params=int(model.count_params()), epochs_run=len(result["history"]),
-                  best_epoch=len(result["history"][: _best_row(result)]) + 1,
-                  best_val_accuracy=result["best"]["val_accuracy"], arch=spec["arch"],
-                  threads=threads)
+    result.update(
+        params=int(model.count_params()),
+        epochs_run=len(result["history"]),
+        best_epoch=len(result["history"][: _best_row(result)]) + 1,
+        best_val_accuracy=result["best"]["val_accuracy"],
+        arch=spec["arch"],
+        threads=threads,
+    )
     Path(out.summary).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"best epoch {result['best_epoch']}: validation accuracy "
-          f"{result['best_val_accuracy']:.4f} ({result['seconds']:.0f} s)")
+    print(
+        f"best epoch {result['best_epoch']}: validation accuracy "
+        f"{result['best_val_accuracy']:.4f} ({result['seconds']:.0f} s)"
+    )
 
 
 def _best_row(result) -> int:
     """Index, over all stages, of the epoch whose weights were kept."""
     best = result["best"]
-    return next(i for i, row in enumerate(result["history"])
-                if (row["stage"], row["epoch"]) == (best["stage"], best["epoch"]))
+    return next(
+        i
+        for i, row in enumerate(result["history"])
+        if (row["stage"], row["epoch"]) == (best["stage"], best["epoch"])
+    )
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params.spec,
-    snakemake.params.train, snakemake.params.seed, snakemake.params.augment, snakemake.threads,
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    snakemake.params.spec,
+    snakemake.params.train,
+    snakemake.params.seed,
+    snakemake.params.augment,
+    snakemake.threads,
 )

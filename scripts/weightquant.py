@@ -15,8 +15,11 @@ def main(inp, out, algorithm, bits, params):
     from quantflow.formats.weights import load_weights, save_weights
 
     data, errors = quantize_weights(
-        load_weights(inp.weights), algorithm, bits,
-        keep_batchnorm_float=params.keep_batchnorm_float, keep_bias_float=params.keep_bias_float,
+        load_weights(inp.weights),
+        algorithm,
+        bits,
+        keep_batchnorm_float=params.keep_batchnorm_float,
+        keep_bias_float=params.keep_bias_float,
     )
     save_weights(data, out.weights)
     errors["packed_size_bytes"] = packed_size_bytes(data)
@@ -24,19 +27,29 @@ def main(inp, out, algorithm, bits, params):
     formats = errors.get("fixed_point", {})
     for name, error in errors["relative_error_pct"].items():
         f = formats.get(name)
-        detail = (f" (decimal shift {f['decimal_shift']}, {f['integer_bits']} integer, "
-                  f"{f['fractional_bits']} fractional bits, sign bit {f['sign_bit']})" if f else "")
+        detail = (
+            f" (decimal shift {f['decimal_shift']}, {f['integer_bits']} integer, "
+            f"{f['fractional_bits']} fractional bits, sign bit {f['sign_bit']})"
+            if f
+            else ""
+        )
         print(f"  {name}: relative error {error:.4g}%{detail}")
     packed = f"packed {errors['packed_size_bytes']} bytes"
     if errors["relative_error_pct"]:
-        summary = ", ".join(f"{s} {errors[f'relative_error_pct_{s}']:.4g}%"
-                            for s in ("min", "mean", "max"))
+        summary = ", ".join(
+            f"{s} {errors[f'relative_error_pct_{s}']:.4g}%" for s in ("min", "mean", "max")
+        )
         print(f"{algorithm} {bits} bits: relative error {summary}; {packed}")
     else:
         print(f"{algorithm} {bits} bits: nothing quantized; {packed}")
 
 
 run_logged(
-    snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.wildcards.algorithm,
-    int(snakemake.wildcards.bits), snakemake.params,
+    snakemake.log[0],
+    main,
+    snakemake.input,
+    snakemake.output,
+    snakemake.wildcards.algorithm,
+    int(snakemake.wildcards.bits),
+    snakemake.params,
 )

@@ -13,8 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--allow-file-access-from-files", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--hide-scrollbars",
+    "--allow-file-access-from-files",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium() -> str:
@@ -31,9 +37,17 @@ def chromium() -> str:
 def _run(url: str, *args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
-            [chromium(), *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000",
-             *args, url],
-            capture_output=True, text=True, timeout=180,
+            [
+                chromium(),
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=15000",
+                *args,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -44,12 +58,17 @@ def dump_dom(path: str | Path) -> str:
     return _run(Path(path).resolve().as_uri(), "--dump-dom").stdout
 
 
-def screenshot(path: str | Path, png: str | Path, width: int = 1400, height: int = 2400) -> np.ndarray:
+def screenshot(
+    path: str | Path, png: str | Path, width: int = 1400, height: int = 2400
+) -> np.ndarray:
     """A screenshot of the page (RGB array, height x width x 3)."""
     from matplotlib.image import imread
 
-    _run(Path(path).resolve().as_uri(), f"--window-size={width},{height}",
-         f"--screenshot={Path(png).resolve()}")
+    _run(
+        Path(path).resolve().as_uri(),
+        f"--window-size={width},{height}",
+        f"--screenshot={Path(png).resolve()}",
+    )
     return imread(png)[..., :3]
 
 

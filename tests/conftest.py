@@ -15,29 +15,50 @@ def snakemake_cmd(workdir, configfile, *args):
     """The real `snakemake` command of this environment, on the repository's Snakefile,
     working in `workdir` with `configfile`."""
     exe = Path(sys.executable).with_name("snakemake")
-    return [str(exe), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(configfile), *args]
+    return [
+        str(exe),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
 
 
 def run_snakemake(workdir, configfile, *args, check=True, timeout=900):
-    proc = subprocess.run(snakemake_cmd(workdir, configfile, *args), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        snakemake_cmd(workdir, configfile, *args), capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in Path(workdir).glob("logs/**/*.log"))
-        pytest.fail(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}")
+        logs = "\n".join(
+            f"--- {p}\n{p.read_text()[-3000:]}" for p in Path(workdir).glob("logs/**/*.log")
+        )
+        pytest.fail(
+            f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}\n{logs}"
+        )
     return proc
 
 
 @pytest.fixture(scope="session")
 def fashion_mnist_dir():
     if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST not installed: `apt-get install dataset-fashion-mnist` (make test does it where apt is usable)")
+        pytest.skip(
+            "Fashion-MNIST not installed: `apt-get install dataset-fashion-mnist` (make test does it where apt is usable)"
+        )
     return FASHION_MNIST_DIR
 
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
     """Keep a proxy from the environment away from the local test servers (127.0.0.1)."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-                 "ALL_PROXY"):
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+    ):
         monkeypatch.delenv(name, raising=False)

@@ -285,4 +285,3 @@ def _copy(reader: BinaryIO, out: BinaryIO, update: Callable[[bytes], None], what
             return
         update(chunk)
         out.write(chunk)
-

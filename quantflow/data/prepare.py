@@ -23,8 +23,15 @@ from quantflow.data.readers import (
 from quantflow.errors import QuantflowError
 
 
-def make_splits(train, test, validation_size: int, seed: int,
-                max_train: int | None = None, max_test: int | None = None, val=None):
+def make_splits(
+    train,
+    test,
+    validation_size: int,
+    seed: int,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    val=None,
+):
     """Seeded hold-out of `validation_size` training images (unless a `val` split is
     given); optional seeded subsets for quick runs. x may hold images or image paths."""
     x, y = train
@@ -36,8 +43,11 @@ def make_splits(train, test, validation_size: int, seed: int,
         test_idx = np.arange(len(test[1]))
         if max_test is not None:
             test_idx = np.sort(rng.permutation(len(test[1]))[:max_test])
-        return {"train": (x[np.sort(train_idx)], y[np.sort(train_idx)]), "val": val,
-                "test": (test[0][test_idx], test[1][test_idx])}
+        return {
+            "train": (x[np.sort(train_idx)], y[np.sort(train_idx)]),
+            "val": val,
+            "test": (test[0][test_idx], test[1][test_idx]),
+        }
     if not 0 < validation_size < len(x):
         raise QuantflowError(
             f"dataset.validation_size={validation_size} must be between 1 and {len(x) - 1} "
@@ -73,8 +83,9 @@ def save_split(path: str | Path, x: np.ndarray, labels: np.ndarray) -> None:
     write_atomic(path, buffer.getbuffer())
 
 
-def write_info(path: str | Path, name: str, class_names: list[str], splits: dict,
-               image_size=None) -> None:
+def write_info(
+    path: str | Path, name: str, class_names: list[str], splits: dict, image_size=None
+) -> None:
     """info.json: classes, the model input shape (the images' own, or `image_size` [h, w]
     for image files or to resize in-memory images), split sizes and class counts."""
     x = splits["train"][0]
@@ -89,14 +100,23 @@ def write_info(path: str | Path, name: str, class_names: list[str], splits: dict
         "class_names": list(class_names),
         "input_shape": [int(v) for v in shape],
         "sizes": {k: int(len(v[1])) for k, v in splits.items()},
-        "class_counts": {k: np.bincount(v[1], minlength=len(class_names)).tolist()
-                         for k, v in splits.items()},
+        "class_counts": {
+            k: np.bincount(v[1], minlength=len(class_names)).tolist() for k, v in splits.items()
+        },
     }
     Path(path).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def load_dataset(name: str, raw_dir: str | Path, *, root=None, train_list=None,
-                 test_list=None, val_list=None, class_names=None) -> dict:
+def load_dataset(
+    name: str,
+    raw_dir: str | Path,
+    *,
+    root=None,
+    train_list=None,
+    test_list=None,
+    val_list=None,
+    class_names=None,
+) -> dict:
     """{"train": (x, y), "test": (x, y), "val": (x, y) or None, "class_names": [...]}:
     x holds uint8 images (in-memory datasets) or image paths (image-file datasets)."""
     raw = Path(raw_dir)
@@ -114,8 +134,10 @@ def load_dataset(name: str, raw_dir: str | Path, *, root=None, train_list=None,
             raise QuantflowError(
                 "dataset image_list needs dataset: root, train_list and test_list in the config"
             )
-        loaded = {"train": _as_arrays(parse_image_list(train_list, root)),
-                  "test": _as_arrays(parse_image_list(test_list, root))}
+        loaded = {
+            "train": _as_arrays(parse_image_list(train_list, root)),
+            "test": _as_arrays(parse_image_list(test_list, root)),
+        }
         if val_list:
             val = _as_arrays(parse_image_list(val_list, root))
         top = int(max(loaded["train"][1].max(), loaded["test"][1].max()))

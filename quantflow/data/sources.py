@@ -49,13 +49,18 @@ OXFORD_PETS_CHECKSUMS = {
 }
 
 
-
-
 NETWORK_HINT = "Allow network access to one of the mirrors, or put the files in a local folder and list it first under dataset: mirrors."
 
 
-def fetch_dataset(name: str, raw_dir: str | Path, *, mirrors=None, checksums=None,
-                  retries: int = 3, timeout: float = 60) -> dict:
+def fetch_dataset(
+    name: str,
+    raw_dir: str | Path,
+    *,
+    mirrors=None,
+    checksums=None,
+    retries: int = 3,
+    timeout: float = 60,
+) -> dict:
     """Download (and unpack) what dataset `name` needs into `raw_dir`; returns a manifest.
 
     `mirrors` default to DEFAULT_MIRRORS[name]; `checksums` ({file name: "md5:..." or
@@ -71,16 +76,17 @@ def fetch_dataset(name: str, raw_dir: str | Path, *, mirrors=None, checksums=Non
     if name == "fashion_mnist":
         for file, checksum in FASHION_MNIST_FILES.items():
             checksum = checksums.get(file, checksum)
-            fetch_from_mirrors(f"{file}.gz", mirrors, raw, checksum, gunzip=True,
-                               hint=FASHION_MNIST_HINT, **common)
+            fetch_from_mirrors(
+                f"{file}.gz", mirrors, raw, checksum, gunzip=True, hint=FASHION_MNIST_HINT, **common
+            )
             files[file] = checksum
     elif name in ("cifar10", "oxford_pets"):
-        archives = ({CIFAR10_ARCHIVE: CIFAR10_CHECKSUM} if name == "cifar10"
-                    else OXFORD_PETS_CHECKSUMS)
+        archives = (
+            {CIFAR10_ARCHIVE: CIFAR10_CHECKSUM} if name == "cifar10" else OXFORD_PETS_CHECKSUMS
+        )
         for archive, checksum in archives.items():
             checksum = checksums.get(archive, checksum)
-            path = fetch_from_mirrors(archive, mirrors, raw, checksum, hint=NETWORK_HINT,
-                                      **common)
+            path = fetch_from_mirrors(archive, mirrors, raw, checksum, hint=NETWORK_HINT, **common)
             extract_archive(path, raw / archive.split(".")[0])
             path.unlink()  # unpacked and verified: the archive is no longer needed
             files[archive] = checksum

@@ -39,7 +39,9 @@ class Split:
                 self.images = f["images"] if "images" in f else None
                 self.paths = f["paths"] if "paths" in f else None
         except (OSError, KeyError, ValueError) as e:
-            raise QuantflowError(f"{path}: not a prepared split ({e}); delete it and rerun the prepare rule") from e
+            raise QuantflowError(
+                f"{path}: not a prepared split ({e}); delete it and rerun the prepare rule"
+            ) from e
         if (self.images is None) == (self.paths is None):
             raise QuantflowError(f"{path}: a split holds either images or paths")
         if self.images is not None and image_size is None:
@@ -78,16 +80,23 @@ class Split:
         gives them: the held-out samples of checks and diagnoses."""
         return self.take(np.sort(np.random.default_rng(seed).permutation(len(self))[:count]))
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                augment: bool = False):
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, augment: bool = False
+    ):
         """A tf.data.Dataset of (float32 images, int32 labels) batches."""
         import tensorflow as tf
 
         if self.paths is not None:
             from quantflow.data.stream import make_dataset
 
-            return make_dataset(self._entries(), self.image_size, batch_size, shuffle=shuffle,
-                                seed=seed, augment=augment)
+            return make_dataset(
+                self._entries(),
+                self.image_size,
+                batch_size,
+                shuffle=shuffle,
+                seed=seed,
+                augment=augment,
+            )
         ds = tf.data.Dataset.from_tensor_slices((self._resized(self.images), self.labels))
         if shuffle:
             ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
@@ -101,8 +110,9 @@ class Split:
         """(float32 images, labels) numpy batches in order, for evaluation."""
         if self.images is not None:
             for i in range(0, len(self), batch_size):
-                yield preprocess(self._resized(self.images[i : i + batch_size])), \
-                    self.labels[i : i + batch_size]
+                yield preprocess(self._resized(self.images[i : i + batch_size])), self.labels[
+                    i : i + batch_size
+                ]
             return
         for x, y in self.batches(batch_size).as_numpy_iterator():
             yield x, y

@@ -29,8 +29,15 @@ def activation_ranges(tflite_path: str) -> list[dict]:
             continue
         scale, zero = float(q["scales"][0]), int(q["zero_points"][0])
         name = t["name"].split(";")[0]  # fused ops list every source op; the first names it
-        rows.append({"tensor": name, "scale": scale, "zero_point": zero,
-                     "min": (-128 - zero) * scale, "max": (127 - zero) * scale})
+        rows.append(
+            {
+                "tensor": name,
+                "scale": scale,
+                "zero_point": zero,
+                "min": (-128 - zero) * scale,
+                "max": (127 - zero) * scale,
+            }
+        )
     return rows
 
 
@@ -45,8 +52,9 @@ def _is_constant(interp, index: int) -> bool:
 CLEAR_MARGIN_STEPS = 2.0  # a fake-quant top-2 margin above this many output steps is "clear"
 
 
-def agreement(fq_logits, tflite_logits, output_scale: float,
-              margin_steps: float = CLEAR_MARGIN_STEPS) -> dict:
+def agreement(
+    fq_logits, tflite_logits, output_scale: float, margin_steps: float = CLEAR_MARGIN_STEPS
+) -> dict:
     """How closely an int8 TFLite model reproduces its fake-quant Keras model, from the
     logits of both on the same images (float, dequantized) and the TFLite output scale:
     `top1_agreement` (fraction of images with the same top-1 class), the same over the
@@ -101,8 +109,9 @@ def check_activation_grids(qmodel, tflite_model: bytes | str, rtol: float = 1e-5
         for node in aq._inbound_nodes:
             for tensor in node.input_tensors:
                 by_layer.setdefault(tensor._keras_history.operation.name, aq)
-    input_quant = next((aq for aq in quantizers
-                        if aq._inbound_nodes[0].input_tensors[0] is qmodel.inputs[0]), None)
+    input_quant = next(
+        (aq for aq in quantizers if aq._inbound_nodes[0].input_tensors[0] is qmodel.inputs[0]), None
+    )
     output_layer = qmodel.outputs[0]._keras_history.operation
     output_quant = output_layer if isinstance(output_layer, ActivationQuant) else None
 
@@ -135,17 +144,20 @@ def check_activation_grids(qmodel, tflite_model: bytes | str, rtol: float = 1e-5
         if got is None:
             return
         want = expected(aq) if aq is not None else reference
-        ok = (want is not None and abs(got[0] - want[0]) <= rtol * abs(want[0])
-              and got[1] == want[1])
+        ok = want is not None and abs(got[0] - want[0]) <= rtol * abs(want[0]) and got[1] == want[1]
         if not ok:
-            mismatches.append({
-                "tensor": details[index]["name"].split(";")[0], "op": op_name,
-                "quantizer": aq.name if aq is not None else None,
-                "expected_scale": None if want is None else want[0],
-                "expected_zero_point": None if want is None else want[1],
-                "scale": got[0], "zero_point": got[1],
-                **({"reason": reason} if reason else {}),
-            })
+            mismatches.append(
+                {
+                    "tensor": details[index]["name"].split(";")[0],
+                    "op": op_name,
+                    "quantizer": aq.name if aq is not None else None,
+                    "expected_scale": None if want is None else want[0],
+                    "expected_zero_point": None if want is None else want[1],
+                    "scale": got[0],
+                    "zero_point": got[1],
+                    **({"reason": reason} if reason else {}),
+                }
+            )
 
     model_input = interp.get_input_details()[0]["index"]
     model_output = interp.get_output_details()[0]["index"]
@@ -163,21 +175,35 @@ def check_activation_grids(qmodel, tflite_model: bytes | str, rtol: float = 1e-5
             if index == model_output and output_quant is not None:
                 compare(index, op["op_name"], output_quant)
                 continue
-            aq = next((by_layer[n] for n in scope_layers(details[index]["name"])
-                       if n in by_layer), None)
+            aq = next(
+                (by_layer[n] for n in scope_layers(details[index]["name"]) if n in by_layer), None
+            )
             if aq is not None:
                 compare(index, op["op_name"], aq)
             elif op["op_name"] in SAME_GRID_OPS and op["inputs"][0] >= 0:
-                compare(index, op["op_name"], None, actual(op["inputs"][0]),
-                        "not on its input's grid")
-            elif op["op_name"] in SHARED_GRID_OPS and len(
-                    {actual(i) for i in op["inputs"] if i >= 0}) == 1:
+                compare(
+                    index, op["op_name"], None, actual(op["inputs"][0]), "not on its input's grid"
+                )
+            elif (
+                op["op_name"] in SHARED_GRID_OPS
+                and len({actual(i) for i in op["inputs"] if i >= 0}) == 1
+            ):
                 # e.g. a grayscale image tiled to RGB: one grid in, the same grid out
-                compare(index, op["op_name"], None, actual(op["inputs"][0]),
-                        "not on the grid its inputs share")
+                compare(
+                    index,
+                    op["op_name"],
+                    None,
+                    actual(op["inputs"][0]),
+                    "not on the grid its inputs share",
+                )
             elif (shared := _shared_grid(index, ops, readers)) is not None:
-                compare(index, op["op_name"], None, actual(shared),
-                        "not on the grid of the concatenation it feeds")
+                compare(
+                    index,
+                    op["op_name"],
+                    None,
+                    actual(shared),
+                    "not on the grid of the concatenation it feeds",
+                )
             else:
                 compare(index, op["op_name"], None, None, "no fake-quant op in the Keras model")
     return mismatches
@@ -209,8 +235,17 @@ def int8_weight_levels(path) -> int:
     return levels
 
 
-def convert_checked(qmodel, path: str | Path, train, val, *, seed: int, check_images: int,
-                    threads: int = 1, batch_size: int = 250) -> dict:
+def convert_checked(
+    qmodel,
+    path: str | Path,
+    train,
+    val,
+    *,
+    seed: int,
+    check_images: int,
+    threads: int = 1,
+    batch_size: int = 250,
+) -> dict:
     """Convert a fake-quant model (int8-exact layers: FAT's, or the adjustable model's
     int8 export) to a fully int8 TFLite model at `path` (the converter's representative
     data: 32 seeded images of the `train` Split; its ranges are the model's own), and check
@@ -226,17 +261,28 @@ def convert_checked(qmodel, path: str | Path, train, val, *, seed: int, check_im
     flatbuffer = convert(qmodel, "int8", calibration)
     types = save(flatbuffer, path)
     runner = TFLiteRunner(path, threads)
-    tflite_scores = np.concatenate([runner.scores(runner.run(runner.prepare(x)))
-                                    for x in image_batches(images, batch_size=batch_size)])
-    fake_scores = np.concatenate([np.asarray(qmodel(x, training=False))
-                                  for x in image_batches(images, batch_size=batch_size)])
+    tflite_scores = np.concatenate(
+        [
+            runner.scores(runner.run(runner.prepare(x)))
+            for x in image_batches(images, batch_size=batch_size)
+        ]
+    )
+    fake_scores = np.concatenate(
+        [
+            np.asarray(qmodel(x, training=False))
+            for x in image_batches(images, batch_size=batch_size)
+        ]
+    )
     output_scale = float(runner.output["quantization"][0])
     return {
-        "size_bytes": len(flatbuffer), **types, "check_images": len(images),
+        "size_bytes": len(flatbuffer),
+        **types,
+        "check_images": len(images),
         **agreement(fake_scores, tflite_scores, output_scale),
         "max_abs_logit_difference": float(np.abs(tflite_scores - fake_scores).max()),
         "output_scale": output_scale,
-        "weight_storage": "int8", "max_weight_levels": int8_weight_levels(path),
+        "weight_storage": "int8",
+        "max_weight_levels": int8_weight_levels(path),
         "activation_grid_mismatches": check_activation_grids(qmodel, str(path)),
     }
 
@@ -262,7 +308,9 @@ def grid_mismatch_error(path, check_path, mismatches: list, what: str) -> Quantf
     shown = "; ".join(
         f"{m['tensor']} ({m['op']}): scale {m['scale']:.6g}, zero point {m['zero_point']}; "
         f"expected {m['expected_scale']}, {m['expected_zero_point']} "
-        f"({m['quantizer'] or m.get('reason')})" for m in mismatches[:5])
+        f"({m['quantizer'] or m.get('reason')})"
+        for m in mismatches[:5]
+    )
     return QuantflowError(
         f"{path}: {len(mismatches)} activation tensor(s) of the int8 TFLite model do not "
         f"carry the {what} ranges of the fake-quant model (the converter calibrated them "

@@ -125,9 +125,12 @@ def float_ops(tflite_model: bytes | str) -> list[str]:
     """The ops of a TFLite model that compute in float (not the I/O conversions)."""
     interp = interpreter(tflite_model)
     details = {d["index"]: d for d in interp.get_tensor_details()}
-    return [op["op_name"] for op in interp._get_ops_details()
-            if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "DELEGATE")
-            and np.dtype(details[op["outputs"][0]]["dtype"]).kind == "f"]
+    return [
+        op["op_name"]
+        for op in interp._get_ops_details()
+        if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "DELEGATE")
+        and np.dtype(details[op["outputs"][0]]["dtype"]).kind == "f"
+    ]
 
 
 def save(flatbuffer: bytes, path: str | Path) -> dict:
@@ -139,8 +142,10 @@ def save(flatbuffer: bytes, path: str | Path) -> dict:
     path = Path(path)
     write_atomic(path, flatbuffer)
     types = tensor_types(str(path))
-    print(f"{path}: {len(flatbuffer)} bytes, input {types['input']}, output "
-          f"{types['output']}, ops {', '.join(types['ops'])}")
+    print(
+        f"{path}: {len(flatbuffer)} bytes, input {types['input']}, output "
+        f"{types['output']}, ops {', '.join(types['ops'])}"
+    )
     return types
 
 

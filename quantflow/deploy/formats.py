@@ -16,7 +16,9 @@ IO_TYPES = ("int8", "uint8")  # input / output types of full-integer models
 # a format name: a base format, for int8 with the calibration set in a suffix:
 # int8-cal<N> (N seeded training images), int8-cal<P>pct (P percent of the training set),
 # int8-class<k> (calibration_images training images of class k only)
-FORMAT_PATTERN = re.compile(r"(fp32|fp16|dynamic|int16x8|int8)(?:-cal([0-9]+)(pct)?|-class([0-9]+))?")
+FORMAT_PATTERN = re.compile(
+    r"(fp32|fp16|dynamic|int16x8|int8)(?:-cal([0-9]+)(pct)?|-class([0-9]+))?"
+)
 
 
 def parse_format(name: str) -> dict:
@@ -33,8 +35,10 @@ def parse_format(name: str) -> dict:
     if number is not None:
         calibration = {"percent": int(number)} if pct else {"count": int(number)}
         if calibration.get("count") == 0 or not 0 < calibration.get("percent", 1) <= 100:
-            raise QuantflowError(f"TFLite format {name!r}: calibrate on 1 or more images, "
-                                 "or 1 to 100 percent of the training set")
+            raise QuantflowError(
+                f"TFLite format {name!r}: calibrate on 1 or more images, "
+                "or 1 to 100 percent of the training set"
+            )
     elif klass is not None:
         calibration = {"class": int(klass)}
     return {"base": base, "calibration": calibration}

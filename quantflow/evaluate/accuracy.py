@@ -11,15 +11,21 @@ from quantflow.metrics import classification_metrics
 from quantflow.evaluate.runners import load_runner, predict
 
 
-def evaluate_model(path: str | Path, split, num_classes: int, *, batch_size: int,
-                   threads: int) -> dict:
+def evaluate_model(
+    path: str | Path, split, num_classes: int, *, batch_size: int, threads: int
+) -> dict:
     """Accuracy metrics and size of one model file on a prepared `Split` (not timed:
     see :func:`measure_latency`)."""
     runner = load_runner(path, threads)
     scores, labels, _ = predict(runner, split.numpy_batches(batch_size), batch_size)
     record = classification_metrics(labels, scores, num_classes)
-    record.update(size_bytes=runner.size_bytes, size_kind=runner.size_kind,
-                  format=runner.kind, batch_size=batch_size, threads=threads)
+    record.update(
+        size_bytes=runner.size_bytes,
+        size_kind=runner.size_kind,
+        format=runner.kind,
+        batch_size=batch_size,
+        threads=threads,
+    )
     if runner.kind == "tflite":
         record.update(io_quantization(runner))
     return record
@@ -32,7 +38,11 @@ def io_quantization(runner) -> dict:
     for side, detail in (("input", runner.input), ("output", runner.output)):
         dtype = np.dtype(detail["dtype"])
         scale, zero = detail["quantization"] if dtype.kind in "iu" else (None, None)
-        out.update({f"{side}_dtype": dtype.name,
-                    f"{side}_scale": None if scale is None else float(scale),
-                    f"{side}_zero_point": None if zero is None else int(zero)})
+        out.update(
+            {
+                f"{side}_dtype": dtype.name,
+                f"{side}_scale": None if scale is None else float(scale),
+                f"{side}_zero_point": None if zero is None else int(zero),
+            }
+        )
     return out

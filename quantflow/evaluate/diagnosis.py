@@ -163,20 +163,23 @@ def align(ref_ops: list, tgt_ops: list, target_path, reference_path) -> tuple[li
             pairs.append((ref_ops[block.a + k], tgt_ops[block.b + k]))
             used.add(block.b + k)
     if len(pairs) != len(ref_ops):
-        missing = [t for i, t in enumerate(ref_types)
-                   if not any(p[0] is ref_ops[i] for p in pairs)]
+        missing = [t for i, t in enumerate(ref_types) if not any(p[0] is ref_ops[i] for p in pairs)]
         raise QuantflowError(
             f"{target_path}: {len(ref_ops) - len(pairs)} of the {len(ref_ops)} ops of "
             f"{reference_path} have no counterpart in it ({', '.join(missing[:5])}): not the "
             "same network, cannot match its tensors"
         )
-    unmatched = [{"index": j, "op": op["op_name"]} for j, op in enumerate(tgt_ops)
-                 if j not in used]
+    unmatched = [{"index": j, "op": op["op_name"]} for j, op in enumerate(tgt_ops) if j not in used]
     return pairs, unmatched
 
 
-def diagnose(reference_path: str | Path, target_path: str | Path, images: np.ndarray,
-             threads: int = 1, worst: int = 5) -> dict:
+def diagnose(
+    reference_path: str | Path,
+    target_path: str | Path,
+    images: np.ndarray,
+    threads: int = 1,
+    worst: int = 5,
+) -> dict:
     """Compare every op output of the int8 model `target_path` with the fp32 model
     `reference_path` on `images` (float pixels, one batch). See the module doc."""
     images = np.asarray(images, dtype=np.float32)
@@ -218,23 +221,27 @@ def diagnose(reference_path: str | Path, target_path: str | Path, images: np.nda
         added = nsr_of[t_out] - max(inputs) if inputs else None
         name = tgt_details[t_out]["name"]
         error = np.sqrt(np.mean((r - q) ** 2))
-        layers.append({
-            "index": len(layers),
-            "op": tgt_op["op_name"],
-            "tensor": name,
-            "reference_tensor": ref_details[r_out]["name"],
-            "layer": layer_name(name),
-            "scale": scale,
-            "zero_point": zero,
-            "snr_db": snr,
-            "channel_snr_db": -_db(nsr_of[t_out]) if nsr_of[t_out] > 0 else MAX_SNR_DB,
-            "added_noise": added,
-            "added_noise_db": _db(added),
-            "rmse_steps": float(error / scale) if scale else None,
-            "cosine": cosine(r, q),
-        })
-    ranked = sorted((row for row in layers if row["added_noise"] is not None),
-                    key=lambda row: -row["added_noise"])
+        layers.append(
+            {
+                "index": len(layers),
+                "op": tgt_op["op_name"],
+                "tensor": name,
+                "reference_tensor": ref_details[r_out]["name"],
+                "layer": layer_name(name),
+                "scale": scale,
+                "zero_point": zero,
+                "snr_db": snr,
+                "channel_snr_db": -_db(nsr_of[t_out]) if nsr_of[t_out] > 0 else MAX_SNR_DB,
+                "added_noise": added,
+                "added_noise_db": _db(added),
+                "rmse_steps": float(error / scale) if scale else None,
+                "cosine": cosine(r, q),
+            }
+        )
+    ranked = sorted(
+        (row for row in layers if row["added_noise"] is not None),
+        key=lambda row: -row["added_noise"],
+    )
     return {
         "reference": str(reference_path),
         "target": str(target_path),

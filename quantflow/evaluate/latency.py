@@ -45,8 +45,15 @@ def latency_batched(runner, batches: list[np.ndarray]) -> float:
     return 1000.0 * float(np.median(times))
 
 
-def measure_latency(path: str | Path, split, *, batch_size: int, latency_images: int,
-                    latency_batches: int, threads: int) -> dict:
+def measure_latency(
+    path: str | Path,
+    split,
+    *,
+    batch_size: int,
+    latency_images: int,
+    latency_batches: int,
+    threads: int,
+) -> dict:
     """Milliseconds per image of one model file: at batch 1, the median over the first
     `latency_images` test images run one at a time; batched, the median over the first
     `latency_batches` batches of `batch_size`; each after untimed warm-up runs. Only the
@@ -55,8 +62,10 @@ def measure_latency(path: str | Path, split, *, batch_size: int, latency_images:
     count = min(latency_images, len(split))
     images = min(len(split), batch_size * latency_batches)
     # a short last batch runs padded to full size, as in the evaluation
-    batches = [split.take(np.resize(np.arange(i, min(i + batch_size, images)), batch_size))
-               for i in range(0, images, batch_size)]
+    batches = [
+        split.take(np.resize(np.arange(i, min(i + batch_size, images)), batch_size))
+        for i in range(0, images, batch_size)
+    ]
     return {
         "ms_per_image_b1": latency_batch1(runner, split.take(np.arange(count)), count),
         "ms_per_image_batched": latency_batched(runner, batches),

@@ -265,8 +265,9 @@ def pack_tensor(
             f"{'signed narrow-range' if signed else 'unsigned'} codes"
         )
     payload = _encode(matrix, bits)
-    return PackedTensor(tuple(int(d) for d in codes.shape), axes, bits, scales,
-                        bool(signed), payload, name)
+    return PackedTensor(
+        tuple(int(d) for d in codes.shape), axes, bits, scales, bool(signed), payload, name
+    )
 
 
 def unpack_tensor(packed: PackedTensor) -> np.ndarray:
@@ -300,7 +301,7 @@ def _groups(bits: np.ndarray, n: int):
         idx = np.flatnonzero(bits == b)
         step = max(1, _CHUNK_VALUES // max(1, n))
         for start in range(0, idx.size, step):
-            yield int(b), idx[start:start + step]
+            yield int(b), idx[start : start + step]
 
 
 def _positions(offsets: np.ndarray, idx: np.ndarray, width: int):
@@ -321,8 +322,9 @@ def _encode(matrix: np.ndarray, bits: np.ndarray) -> bytes:
         # b-bit two's complement (unsigned codes unchanged) as little-endian 16-bit words,
         # split into bits, least significant first; keep the low b
         words = (matrix[idx] & ((1 << b) - 1)).astype("<u2")
-        planes = np.unpackbits(words.view(np.uint8).reshape(idx.size, n, 2),
-                               axis=-1, bitorder="little")[..., :b]
+        planes = np.unpackbits(
+            words.view(np.uint8).reshape(idx.size, n, 2), axis=-1, bitorder="little"
+        )[..., :b]
         where = _positions(offsets, idx, n * b)
         rows = planes.reshape(idx.size, n * b)
         stream[where] = rows[0] if isinstance(where, slice) else rows
@@ -336,8 +338,9 @@ def _decode(packed: PackedTensor, where: str) -> np.ndarray:
     offsets = _offsets(bits, n)
     wide = bool(bits.size) and int(bits.max()) > 8
     dtype = (np.int16 if wide else np.int8) if signed else (np.uint16 if wide else np.uint8)
-    stream = np.unpackbits(np.frombuffer(packed.payload, np.uint8), bitorder="little",
-                           count=int(offsets[-1]))
+    stream = np.unpackbits(
+        np.frombuffer(packed.payload, np.uint8), bitorder="little", count=int(offsets[-1])
+    )
     out = np.empty((channels, n), dtype=dtype)
     for b, idx in _groups(bits, n):
         planes = np.zeros((idx.size, n, 16), dtype=np.uint8)
@@ -400,9 +403,19 @@ class PackedFile:
 
 def _as_packed(name: str, value) -> PackedTensor:
     if isinstance(value, PackedTensor):
-        return value if value.name == name else PackedTensor(
-            value.shape, value.channel_axes, value.bits, value.scales, value.signed,
-            value.payload, name)
+        return (
+            value
+            if value.name == name
+            else PackedTensor(
+                value.shape,
+                value.channel_axes,
+                value.bits,
+                value.scales,
+                value.signed,
+                value.payload,
+                name,
+            )
+        )
     if not isinstance(value, Mapping):
         raise QuantflowError(
             f"tensor {name!r}: give a PackedTensor or a dict with codes, bits, scales "
@@ -414,13 +427,19 @@ def _as_packed(name: str, value) -> PackedTensor:
             f"tensor {name!r}: missing keys {sorted(missing)}, unknown keys "
             f"{sorted(map(str, unknown))} (allowed: {', '.join(sorted(_INPUT_KEYS))})"
         )
-    return pack_tensor(value["codes"], value["bits"], value["scales"],
-                       channel_axis=value.get("channel_axis", -1),
-                       signed=value.get("signed", True), name=name)
+    return pack_tensor(
+        value["codes"],
+        value["bits"],
+        value["scales"],
+        channel_axis=value.get("channel_axis", -1),
+        signed=value.get("signed", True),
+        name=name,
+    )
 
 
-def pack_file(tensors: Mapping, arrays: Mapping | None = None,
-              meta: Mapping | None = None) -> PackedFile:
+def pack_file(
+    tensors: Mapping, arrays: Mapping | None = None, meta: Mapping | None = None
+) -> PackedFile:
     """A PackedFile from `tensors` (name -> PackedTensor, or a dict with "codes", "bits",
     "scales" and optionally "channel_axis" (-1) and "signed" (True): see `pack_tensor`),
     `arrays` (name -> numpy array stored as it is: biases, ...) and `meta` (plain values)."""
@@ -460,8 +479,12 @@ def to_plain_dict(packed: PackedFile) -> dict:
     }
 
 
-def save_packed(path: str | os.PathLike[str], tensors: Mapping | PackedFile,
-                arrays: Mapping | None = None, meta: Mapping | None = None) -> PackedFile:
+def save_packed(
+    path: str | os.PathLike[str],
+    tensors: Mapping | PackedFile,
+    arrays: Mapping | None = None,
+    meta: Mapping | None = None,
+) -> PackedFile:
     """Pack (see `pack_file`) and write the file atomically; returns what was written."""
     from quantflow.formats.safepickle import save_plain
 
@@ -470,8 +493,12 @@ def save_packed(path: str | os.PathLike[str], tensors: Mapping | PackedFile,
     return packed
 
 
-def load_packed(path: str | os.PathLike[str], *, what: str = "packed weights file",
-                rerun: str | None = "adjustable") -> PackedFile:
+def load_packed(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "packed weights file",
+    rerun: str | None = "adjustable",
+) -> PackedFile:
     """Read and check a file written by `save_packed`. Everything is validated before any
     payload is decoded, and every tensor is decoded once (so a code outside its range is
     caught here): any problem is one QuantflowError naming the file and the tensor and
@@ -479,8 +506,11 @@ def load_packed(path: str | os.PathLike[str], *, what: str = "packed weights fil
     from quantflow.formats.safepickle import load_plain
 
     obj = load_plain(path, what=what, rerun=rerun)
-    fix = f"delete it and rerun the rule that wrote it ({rerun})" if rerun else (
-        "delete it and create it again")
+    fix = (
+        f"delete it and rerun the rule that wrote it ({rerun})"
+        if rerun
+        else ("delete it and create it again")
+    )
     source = f"{what} {path}"
 
     def fail(message: str):
@@ -492,14 +522,17 @@ def load_packed(path: str | os.PathLike[str], *, what: str = "packed weights fil
     if set(obj) != _FILE_KEYS:
         raise fail(f"has the keys {sorted(map(str, obj))}, expected {sorted(_FILE_KEYS)}")
     if obj["version"] != VERSION or type(obj["version"]) is not int:
-        raise fail(f"format version {obj['version']!r} is not {VERSION} (written by another "
-                   "quantflow version)")
+        raise fail(
+            f"format version {obj['version']!r} is not {VERSION} (written by another "
+            "quantflow version)"
+        )
     if obj["bit_order"] != BIT_ORDER or obj["layout"] != LAYOUT:
-        raise fail(f"bit order {obj['bit_order']!r} / layout {obj['layout']!r} are not "
-                   f"{BIT_ORDER!r} / {LAYOUT!r}")
+        raise fail(
+            f"bit order {obj['bit_order']!r} / layout {obj['layout']!r} are not "
+            f"{BIT_ORDER!r} / {LAYOUT!r}"
+        )
     for key in ("tensors", "arrays", "meta"):
-        if not isinstance(obj[key], dict) or not all(
-                isinstance(k, str) and k for k in obj[key]):
+        if not isinstance(obj[key], dict) or not all(isinstance(k, str) and k for k in obj[key]):
             raise fail(f"{key!r} is not a dict keyed by names")
     for name, array in obj["arrays"].items():
         if not isinstance(array, np.ndarray):
@@ -524,11 +557,16 @@ def _checked_tensor(name: str, record) -> PackedTensor:
         keys = sorted(map(str, record)) if isinstance(record, dict) else type(record).__name__
         raise QuantflowError(f"{where} has the keys {keys}, expected {sorted(_TENSOR_KEYS)}")
     shape, axes = record["shape"], record["channel_axes"]
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_NDIM
-            or not all(type(d) is int and 0 <= d < 2**40 for d in shape)
-            or math.prod(shape) > MAX_VALUES):
-        raise QuantflowError(f"{where}: shape {shape!r} is not a list of 1 to {MAX_NDIM} "
-                             f"sizes with at most {MAX_VALUES} values")
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= MAX_NDIM
+        or not all(type(d) is int and 0 <= d < 2**40 for d in shape)
+        or math.prod(shape) > MAX_VALUES
+    ):
+        raise QuantflowError(
+            f"{where}: shape {shape!r} is not a list of 1 to {MAX_NDIM} "
+            f"sizes with at most {MAX_VALUES} values"
+        )
     if not isinstance(axes, list) or not all(type(a) is int and a >= 0 for a in axes):
         raise QuantflowError(f"{where}: channel axes {axes!r} are not a list of axes")
     if _axes(tuple(axes), len(shape), where) != tuple(axes):
@@ -538,12 +576,16 @@ def _checked_tensor(name: str, record) -> PackedTensor:
     channels, n = _split(tuple(shape), tuple(axes))
     bits, scales, payload = record["bits"], record["scales"], record["payload"]
     for label, array, dtype in (("bits", bits, np.uint8), ("scales", scales, np.float32)):
-        if not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != (
-                channels,):
-            got = (f"{array.dtype} of shape {array.shape}" if isinstance(array, np.ndarray)
-                   else type(array).__name__)
-            raise QuantflowError(f"{where}: {label} must be {np.dtype(dtype).name} of shape "
-                                 f"({channels},) (one per output channel), got {got}")
+        if not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != (channels,):
+            got = (
+                f"{array.dtype} of shape {array.shape}"
+                if isinstance(array, np.ndarray)
+                else type(array).__name__
+            )
+            raise QuantflowError(
+                f"{where}: {label} must be {np.dtype(dtype).name} of shape "
+                f"({channels},) (one per output channel), got {got}"
+            )
     bits = _bits_array(bits, channels, where)
     scales = _scales_array(scales, channels, where)
     if type(payload) is not bytes:
@@ -567,7 +609,8 @@ def file_storage(path: str | os.PathLike[str], packed: PackedFile | None = None)
     out = packed.storage()
     out["file_bytes"] = os.path.getsize(path)
     out["overhead_bytes"] = out["file_bytes"] - (
-        out["payload_bytes"] + out["scale_bytes"] + out["bits_bytes"] + out["array_bytes"])
+        out["payload_bytes"] + out["scale_bytes"] + out["bits_bytes"] + out["array_bytes"]
+    )
     return out
 
 

@@ -20,8 +20,13 @@ class TqdmProgress(keras.callbacks.Callback):
         self.total_steps, self.stream = total_steps, stream
 
     def on_train_begin(self, logs=None):
-        self.bar = tqdm(total=self.total_steps, unit="step", mininterval=10,
-                        file=self.stream or sys.stderr, desc="train")
+        self.bar = tqdm(
+            total=self.total_steps,
+            unit="step",
+            mininterval=10,
+            file=self.stream or sys.stderr,
+            desc="train",
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)

@@ -10,8 +10,14 @@ def _channels(n: int, width: float) -> int:
     return max(8, int(round(n * width / 8)) * 8)
 
 
-def tiny_mobilenet(input_shape, num_classes: int, width: float = 1.0, dropout: float = 0.2,
-                   bn_momentum: float = 0.9, head: int = 1024):
+def tiny_mobilenet(
+    input_shape,
+    num_classes: int,
+    width: float = 1.0,
+    dropout: float = 0.2,
+    bn_momentum: float = 0.9,
+    head: int = 1024,
+):
     """A small MobileNet-style CNN for 28x28 to 64x64 inputs on a CPU. Takes pixels in
     [0, 255] and rescales them itself, like every model of the project.
 
@@ -24,14 +30,16 @@ def tiny_mobilenet(input_shape, num_classes: int, width: float = 1.0, dropout: f
     from keras import layers
 
     def conv_bn_relu(x, filters, kernel, strides, name):
-        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                          name=f"{name}_conv")(x)
+        x = layers.Conv2D(
+            filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+        )(x)
         x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
         return layers.ReLU(6.0, name=f"{name}_relu")(x)
 
     def separable(x, filters, strides, name):
-        x = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False,
-                                   name=f"{name}_dw")(x)
+        x = layers.DepthwiseConv2D(
+            3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw"
+        )(x)
         x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_dw_bn")(x)
         x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
         return conv_bn_relu(x, filters, 1, 1, f"{name}_pw")

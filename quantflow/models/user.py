@@ -44,7 +44,9 @@ def _fit_input(model, shape: tuple, source: str):
 
     inputs = getattr(model, "inputs", None) or []
     if len(inputs) != 1:
-        raise QuantflowError(f"{source}: the model takes {len(inputs)} inputs; one image is expected")
+        raise QuantflowError(
+            f"{source}: the model takes {len(inputs)} inputs; one image is expected"
+        )
     expected = tuple(inputs[0].shape[1:])
     fits = len(expected) == len(shape) and all(
         e is None or e == s for e, s in zip(expected[:-1], shape[:-1])

@@ -20,6 +20,7 @@ from quantflow.quant.ops import (
     requantized,
     ste_round,
 )
+
 # the implementations register themselves on import: every quantizer a layer may name
 import quantflow.quant.quantizers  # noqa: F401
 from quantflow.quant.registry import quantizer_class

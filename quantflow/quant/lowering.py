@@ -80,9 +80,23 @@ SUPPORTED_LAYERS = tuple(
 
 # TFLite ops whose int8 output has its input's scale and zero point (no quantizer of their
 # own), and those whose inputs take the output's grid: the export check walks TFLite graphs
-SAME_GRID_OPS = ("PAD", "PADV2", "MAX_POOL_2D", "RESHAPE", "SQUEEZE", "EXPAND_DIMS",
-                 "STRIDED_SLICE", "SLICE", "TRANSPOSE", "GATHER", "SPACE_TO_DEPTH",
-                 "DEPTH_TO_SPACE", "AVERAGE_POOL_2D", "MAXIMUM", "MINIMUM")
+SAME_GRID_OPS = (
+    "PAD",
+    "PADV2",
+    "MAX_POOL_2D",
+    "RESHAPE",
+    "SQUEEZE",
+    "EXPAND_DIMS",
+    "STRIDED_SLICE",
+    "SLICE",
+    "TRANSPOSE",
+    "GATHER",
+    "SPACE_TO_DEPTH",
+    "DEPTH_TO_SPACE",
+    "AVERAGE_POOL_2D",
+    "MAXIMUM",
+    "MINIMUM",
+)
 SHARED_GRID_OPS = ("CONCATENATION", "MAXIMUM", "MINIMUM")
 
 
@@ -154,8 +168,9 @@ class Plan:
                 fused = self.fusable(node.outputs[0])
                 if fused is not None:
                     self.absorbed[fused] = i
-                    self.ops[i] = Lowered(None, fused, self.name(fused),
-                                          graph.nodes[fused].outputs[0])
+                    self.ops[i] = Lowered(
+                        None, fused, self.name(fused), graph.nodes[fused].outputs[0]
+                    )
 
     def _weighted(self, i: int, node) -> Lowered:
         activation, key = activation_name(node.layer), node.outputs[0]

@@ -147,8 +147,11 @@ class _Transform:
         self.tensors: dict[int, _Tensor] = {}
         # nodes folded or fused into a weighted layer (a ReLU fused into a merge stays in
         # the Keras graph: it clamps the merge's output before its quantizer)
-        self.skip = {node for node, into in self.plan.absorbed.items()
-                     if type(graph.nodes[into].layer) in WEIGHTED}
+        self.skip = {
+            node
+            for node, into in self.plan.absorbed.items()
+            if type(graph.nodes[into].layer) in WEIGHTED
+        }
         self.link_after: dict[int, tuple] = {}  # tensor key -> (QAdd, input grids) to link
         self.names: set[str] = set()
 

@@ -19,10 +19,16 @@ def weightquant_rows(records: list[dict], errors: list[dict]) -> list[dict]:
         name = variants.name("weight-only", algorithm=e["algorithm"], bits=e["bits"])
         record = by_variant.get((e["dataset"], e["model"], name))
         if record:
-            rows.append({**record, "algorithm": e["algorithm"], "bits": e["bits"],
-                         "error_min_pct": e["relative_error_pct_min"],
-                         "error_mean_pct": e["relative_error_pct_mean"],
-                         "error_max_pct": e["relative_error_pct_max"]})
+            rows.append(
+                {
+                    **record,
+                    "algorithm": e["algorithm"],
+                    "bits": e["bits"],
+                    "error_min_pct": e["relative_error_pct_min"],
+                    "error_mean_pct": e["relative_error_pct_mean"],
+                    "error_max_pct": e["relative_error_pct_max"],
+                }
+            )
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["algorithm"], r["bits"]))
 
 
@@ -37,15 +43,24 @@ def plot_accuracy_vs_bits(rows: list[dict], records: list[dict], path: str | Pat
     ax = fig.add_subplot()
     for key in dict.fromkeys((r["dataset"], r["model"], r["algorithm"]) for r in rows):
         line = [r for r in rows if (r["dataset"], r["model"], r["algorithm"]) == key]
-        ax.plot([r["bits"] for r in line], [100 * r["accuracy"] for r in line], marker="o",
-                label=f"{key[1]} {key[2]}")
+        ax.plot(
+            [r["bits"] for r in line],
+            [100 * r["accuracy"] for r in line],
+            marker="o",
+            label=f"{key[1]} {key[2]}",
+        )
     for r in records:
         if r["variant"] == REFERENCE_VARIANT:
-            ax.axhline(100 * r["accuracy"], linestyle="--", color="grey",
-                       label=f"{r['model']} {REFERENCE_VARIANT}")
+            ax.axhline(
+                100 * r["accuracy"],
+                linestyle="--",
+                color="grey",
+                label=f"{r['model']} {REFERENCE_VARIANT}",
+            )
     if not rows:
-        ax.text(0.5, 0.5, "no weight-only quantization configured", ha="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no weight-only quantization configured", ha="center", transform=ax.transAxes
+        )
     ax.set_xlabel("bits per weight")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Weight-only quantization: accuracy against bit width")
@@ -77,13 +92,20 @@ def fat_rows(records: list[dict], summaries: list[dict], checks: list[dict]) -> 
         def delta(a, b):
             return 100.0 * (a["accuracy"] - b["accuracy"]) if a and b else None
 
-        rows.append({
-            **s, "fp32": fp32, "ptq": ptq, "tflite": tflite, "sim": sim,
-            "check": by_check.get((*key, s["scheme"])),
-            "runs_on": "LiteRT int8" if tflite else "simulation (fake-quant Keras)",
-            "delta_fp32_pp": delta(deployed, fp32), "delta_ptq_pp": delta(deployed, ptq),
-            "delta_sim_pp": delta(tflite, sim),
-        })
+        rows.append(
+            {
+                **s,
+                "fp32": fp32,
+                "ptq": ptq,
+                "tflite": tflite,
+                "sim": sim,
+                "check": by_check.get((*key, s["scheme"])),
+                "runs_on": "LiteRT int8" if tflite else "simulation (fake-quant Keras)",
+                "delta_fp32_pp": delta(deployed, fp32),
+                "delta_ptq_pp": delta(deployed, ptq),
+                "delta_sim_pp": delta(tflite, sim),
+            }
+        )
     return rows  # in the order of `summaries`: the configured models and schemes
 
 
@@ -102,8 +124,12 @@ def plot_fat_rmse(histories: dict, path: str | Path) -> None:
     fig = _figure()
     ax = fig.add_subplot()
     for label, rows in histories.items():
-        ax.plot([int(r["epoch"]) for r in rows], [float(r["val_rmse"]) for r in rows],
-                marker="o", label=label)
+        ax.plot(
+            [int(r["epoch"]) for r in rows],
+            [float(r["val_rmse"]) for r in rows],
+            marker="o",
+            label=label,
+        )
     if histories:
         ax.set_yscale("log")
         ax.legend()
@@ -131,19 +157,25 @@ def plot_fat_alphas(alphas: dict, path: str | Path) -> None:
     for ax, kind in zip(axes, ("weight", "activation")):
         for label, values in alphas.items():
             if values[kind].size:
-                ax.hist(np.clip(values[kind], 0.5, 1.0), bins=bins, histtype="step", linewidth=1.5,
-                        label=f"{label} ({values[kind].size})")
+                ax.hist(
+                    np.clip(values[kind], 0.5, 1.0),
+                    bins=bins,
+                    histtype="step",
+                    linewidth=1.5,
+                    label=f"{label} ({values[kind].size})",
+                )
         ax.set_xlabel("trained alpha (threshold / calibrated max)")
         ax.set_ylabel("count")
-        ax.set_title(f"{kind} thresholds" + (" (per channel or tensor)" if kind == "weight" else ""))
+        ax.set_title(
+            f"{kind} thresholds" + (" (per channel or tensor)" if kind == "weight" else "")
+        )
         if kind == "weight":  # thousands of channels, most at 1
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if alphas:
             ax.legend(fontsize=7)
     if not alphas:
-        axes[0].text(0.5, 0.5, "no FAT scheme configured", ha="center",
-                     transform=axes[0].transAxes)
+        axes[0].text(0.5, 0.5, "no FAT scheme configured", ha="center", transform=axes[0].transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
 

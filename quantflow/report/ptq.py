@@ -55,8 +55,10 @@ def calibration_points(records: list[dict], train_size: int | None) -> list[dict
     (P percent -> round(P% of the training set), as the conversion computes it)."""
     points = []
     for r in records:
-        number, percent = (_field(r["variant"], "int8-cal", "images"),
-                           _field(r["variant"], "int8-calpct", "percent"))
+        number, percent = (
+            _field(r["variant"], "int8-cal", "images"),
+            _field(r["variant"], "int8-calpct", "percent"),
+        )
         if percent is not None:
             if not train_size:
                 continue
@@ -65,8 +67,14 @@ def calibration_points(records: list[dict], train_size: int | None) -> list[dict
             images = min(number, train_size) if train_size else number
         else:
             continue
-        points.append({"variant": r["variant"], "images": images, "accuracy": r["accuracy"],
-                       "g_mean": r["g_mean"]})
+        points.append(
+            {
+                "variant": r["variant"],
+                "images": images,
+                "accuracy": r["accuracy"],
+                "g_mean": r["g_mean"],
+            }
+        )
     return sorted(points, key=lambda p: (p["images"], p["variant"]))
 
 
@@ -84,13 +92,14 @@ def _trend(points: list[dict], key: str, num_samples: int) -> str:
         shape = "falls with the calibration size"
     else:
         shape = "is not monotonic in the calibration size"
-    return (f"{shape}: {100 * first[key]:.2f}% at {first['images']} images, "
-            f"{100 * last[key]:.2f}% at {last['images']} ({pp:+.2f} pp), spread "
-            f"{spread:.2f} pp ({image_count(spread, num_samples)} test images)")
+    return (
+        f"{shape}: {100 * first[key]:.2f}% at {first['images']} images, "
+        f"{100 * last[key]:.2f}% at {last['images']} ({pp:+.2f} pp), spread "
+        f"{spread:.2f} pp ({image_count(spread, num_samples)} test images)"
+    )
 
 
-def ptq_study(records: list[dict], info: dict | None = None,
-              training: dict | None = None) -> dict:
+def ptq_study(records: list[dict], info: dict | None = None, training: dict | None = None) -> dict:
     """The lab's questions for one (dataset, model): {"sentences": [...], "points": the
     calibration study, "dataset", "model"}. `records`: that model's variant records (with
     add_comparisons' fields); `info`: its dataset's info.json; `training`: train.json."""
@@ -110,8 +119,11 @@ def ptq_study(records: list[dict], info: dict | None = None,
             f"{native['ms_per_image_b1']:.3f} ms ("
             f"{faster(native['ms_per_image_b1'], fp32['ms_per_image_b1'])} in LiteRT)."
         )
-    int8 = [r for r in records
-            if _family(r["variant"]) in ("int8", "int8-cal", "int8-calpct", "int8-class")]
+    int8 = [
+        r
+        for r in records
+        if _family(r["variant"]) in ("int8", "int8-cal", "int8-calpct", "int8-class")
+    ]
     if fp32 and int8:
         best = max(int8, key=lambda r: (r["accuracy"], r["g_mean"]))
         pp = 100.0 * (best["accuracy"] - fp32["accuracy"])
@@ -138,23 +150,29 @@ def ptq_study(records: list[dict], info: dict | None = None,
         name = f" ({names[k]})" if k < len(names) else ""
         parts = []
         if base:
-            parts.append(f"{compare(100 * (r['accuracy'] - base['accuracy']), n)} against "
-                         f"tflite-int8 ({100 * base['accuracy']:.2f}%, calibrated on every "
-                         "class)")
+            parts.append(
+                f"{compare(100 * (r['accuracy'] - base['accuracy']), n)} against "
+                f"tflite-int8 ({100 * base['accuracy']:.2f}%, calibrated on every "
+                "class)"
+            )
         if points:
             low = min(p["accuracy"] for p in points)
             high = max(p["accuracy"] for p in points)
-            where = ("inside" if low <= r["accuracy"] <= high else
-                     "above" if r["accuracy"] > high else "below")
-            parts.append(f"{where} the calibration-size study's range "
-                         f"{100 * low:.2f}-{100 * high:.2f}%")
+            where = (
+                "inside"
+                if low <= r["accuracy"] <= high
+                else "above" if r["accuracy"] > high else "below"
+            )
+            parts.append(
+                f"{where} the calibration-size study's range " f"{100 * low:.2f}-{100 * high:.2f}%"
+            )
         sentences.append(
             f"Calibrated on class {k}{name} only, int8 reaches {100 * r['accuracy']:.2f}% "
             f"top-1 (G-mean {100 * r['g_mean']:.2f}%): {'; '.join(parts) or 'nothing to compare'}."
         )
     fallback = sorted(
-        (k, r) for r in records
-        if (k := _field(r["variant"], "float-fallback", "k")) is not None)
+        (k, r) for r in records if (k := _field(r["variant"], "float-fallback", "k")) is not None
+    )
     if base and fallback:
         parts = []
         for k, r in fallback:
@@ -177,8 +195,12 @@ def ptq_study(records: list[dict], info: dict | None = None,
             f"{base['size_bytes'] / 1024:.1f} KiB: {1 / ratio:.1f}x smaller (a "
             f"{100 * (1 - ratio):.0f}% size reduction)."
         )
-    return {"dataset": first["dataset"], "model": first["model"], "sentences": sentences,
-            "points": points}
+    return {
+        "dataset": first["dataset"],
+        "model": first["model"],
+        "sentences": sentences,
+        "points": points,
+    }
 
 
 def plot_calibration(studies: list[dict], path: str | Path) -> None:
@@ -227,9 +249,16 @@ def diagnosis_rows(diagnoses: list[dict], worst: int = 3) -> list[dict]:
     rows = []
     for d in diagnoses:
         layers = [d["layers"][i] for i in d["worst"][:worst]]
-        rows.append({"dataset": d.get("dataset"), "model": d.get("model"),
-                     "variant": d["variant"], "output_snr_db": d["output_snr_db"],
-                     "images": d["images"], "worst": layers})
+        rows.append(
+            {
+                "dataset": d.get("dataset"),
+                "model": d.get("model"),
+                "variant": d["variant"],
+                "output_snr_db": d["output_snr_db"],
+                "images": d["images"],
+                "worst": layers,
+            }
+        )
     return rows
 
 
@@ -245,16 +274,22 @@ def plot_diagnosis(diagnoses: list[dict], path: str | Path) -> None:
     for d in diagnoses:
         if plotted(d["variant"]):
             groups.setdefault((d.get("dataset"), d.get("model")), []).append(d)
-    fig, axes = plt.subplots(max(1, len(groups)), 1, figsize=(9, 3.8 * max(1, len(groups))),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        max(1, len(groups)), 1, figsize=(9, 3.8 * max(1, len(groups))), squeeze=False
+    )
     if not groups:
         axes[0][0].text(0.5, 0.5, "no int8 model diagnosed in this run", ha="center")
         axes[0][0].set_axis_off()
     for ax, ((dataset, model), items) in zip(axes[:, 0], groups.items()):
         for d in items:
             x = [row["index"] for row in d["layers"]]
-            ax.plot(x, [row["snr_db"] for row in d["layers"]], marker="o", markersize=3,
-                    label=d["variant"])
+            ax.plot(
+                x,
+                [row["snr_db"] for row in d["layers"]],
+                marker="o",
+                markersize=3,
+                label=d["variant"],
+            )
         labels = [f"{row['layer'][-18:]} ({row['op'][:4]})" for row in items[0]["layers"]]
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=75, fontsize=6)

@@ -27,16 +27,23 @@ def add_comparisons(records: list[dict], reference: str = REFERENCE_VARIANT) -> 
         r["reference"] = reference if ref else None
         r["delta_accuracy_pp"] = 100.0 * (r["accuracy"] - ref["accuracy"]) if ref else None
         r["size_ratio"] = r["size_bytes"] / ref["size_bytes"] if ref else None
-        for speed, ms in (("speed_ratio_b1", "ms_per_image_b1"),
-                          ("speed_ratio_batched", "ms_per_image_batched")):
+        for speed, ms in (
+            ("speed_ratio_b1", "ms_per_image_b1"),
+            ("speed_ratio_batched", "ms_per_image_batched"),
+        ):
             timed = ref and ref.get(ms) and r.get(ms)  # simulations are not timed
             r[speed] = ref[ms] / r[ms] if timed else None
         out.append(r)
     return out
 
 
-SCORE_FIELDS = ("score", "parameter_score", "operation_score", "mean_weight_bits",
-                "mean_activation_bits")
+SCORE_FIELDS = (
+    "score",
+    "parameter_score",
+    "operation_score",
+    "mean_weight_bits",
+    "mean_activation_bits",
+)
 
 
 def add_scores(records: list[dict], counts: dict, weightquant: dict | None = None) -> list[dict]:
@@ -54,14 +61,25 @@ def add_scores(records: list[dict], counts: dict, weightquant: dict | None = Non
         layers = counts.get((record["dataset"], record["model"]))
         if bits is None or layers is None:
             continue
-        result = uniform_score(layers, bits["weight_bits"], bits["activation_bits"],
-                               bias_bits=bits["bias_bits"], input_bits=bits["input_bits"])
+        result = uniform_score(
+            layers,
+            bits["weight_bits"],
+            bits["activation_bits"],
+            bias_bits=bits["bias_bits"],
+            input_bits=bits["input_bits"],
+        )
         record.update({k: result[k] for k in SCORE_FIELDS}, score_source="uniform bits")
     return records
 
 
-LATENCY_FIELDS = ("ms_per_image_b1", "ms_per_image_batched", "latency_images",
-                  "latency_batches", "latency_threads", "latency_cores_held")
+LATENCY_FIELDS = (
+    "ms_per_image_b1",
+    "ms_per_image_batched",
+    "latency_images",
+    "latency_batches",
+    "latency_threads",
+    "latency_cores_held",
+)
 
 
 def add_latencies(records: list[dict], latencies: dict) -> list[dict]:
@@ -83,4 +101,3 @@ def add_latencies(records: list[dict], latencies: dict) -> list[dict]:
             latency_cores_held=latency["cores_held"],
         )
     return records
-

@@ -75,11 +75,12 @@ def markdown_to_html(markdown_text: str, base_dir: str | Path) -> str:
 
 def _unlink_local_files(body: str) -> str:
     """<a href="local/file">text</a> -> <span class="file-link" title="local/file">text</span>."""
+
     def replace(match):
         href = html.unescape(match.group(1))
         if not _is_local(href):
             return match.group(0)
-        return (f'<span class="file-link" title="{html.escape(href)}">{match.group(2)}</span>')
+        return f'<span class="file-link" title="{html.escape(href)}">{match.group(2)}</span>'
 
     return re.sub(r'<a href="([^"]*)">(.*?)</a>', replace, body, flags=re.S)
 
@@ -87,16 +88,18 @@ def _unlink_local_files(body: str) -> str:
 def html_fragment(markdown_text: str, base_dir: str | Path) -> str:
     """An HTML fragment (a <div class="quantflow"> with its own <style>) to be placed
     inside another page, e.g. the landing page of Snakemake's report."""
-    return (f'<div class="quantflow quantflow-front">\n<style>{STYLE}{FRONT_STYLE}</style>\n'
-            f"{markdown_to_html(markdown_text, base_dir)}</div>\n")
+    return (
+        f'<div class="quantflow quantflow-front">\n<style>{STYLE}{FRONT_STYLE}</style>\n'
+        f"{markdown_to_html(markdown_text, base_dir)}</div>\n"
+    )
 
 
 def html_page(markdown_text: str, base_dir: str | Path, title: str) -> str:
     """A standalone HTML page of the markdown (UTF-8, images embedded)."""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{PAGE_STYLE}{STYLE}</style>\n</head>\n"
-        f"<body>\n<div class=\"quantflow\">\n{markdown_to_html(markdown_text, base_dir)}"
+        f'<body>\n<div class="quantflow">\n{markdown_to_html(markdown_text, base_dir)}'
         "</div>\n</body>\n</html>\n"
     )
 
@@ -107,7 +110,9 @@ def render(template_path: str | Path, **context) -> str:
     template_path = Path(template_path)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_path.parent)),
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
         keep_trailing_newline=True,
     )
     env.filters["pct"] = lambda v, d=2: "n/a" if v is None else f"{100.0 * v:.{d}f}"

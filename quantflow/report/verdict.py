@@ -85,8 +85,11 @@ def _top1(record: dict) -> str:
 def _kind(record: dict) -> str:
     if deployable(record):
         return "deployable (LiteRT)"
-    return "the float Keras model" if record["variant"] == "keras-float" else \
-        "a simulation run in TensorFlow (packed weights)"
+    return (
+        "the float Keras model"
+        if record["variant"] == "keras-float"
+        else "a simulation run in TensorFlow (packed weights)"
+    )
 
 
 def _names(records: list[dict]) -> str:
@@ -94,16 +97,32 @@ def _names(records: list[dict]) -> str:
 
 
 def _picked(kind: str, record: dict | None, ties: list[dict], sentence: str) -> dict:
-    numbers = ("accuracy", "delta_accuracy_pp", "size_bytes", "size_ratio", "ms_per_image_b1",
-               "ms_per_image_batched", "score")
-    return {"kind": kind, "variant": record["variant"] if record else None,
-            **{k: (record or {}).get(k) for k in numbers},
-            "deployable": deployable(record) if record else None,
-            "ties": [r["variant"] for r in ties], "sentence": sentence}
+    numbers = (
+        "accuracy",
+        "delta_accuracy_pp",
+        "size_bytes",
+        "size_ratio",
+        "ms_per_image_b1",
+        "ms_per_image_batched",
+        "score",
+    )
+    return {
+        "kind": kind,
+        "variant": record["variant"] if record else None,
+        **{k: (record or {}).get(k) for k in numbers},
+        "deployable": deployable(record) if record else None,
+        "ties": [r["variant"] for r in ties],
+        "sentence": sentence,
+    }
 
 
-def verdict(records: list[dict], tolerance_pp: float = 0.5, size_budget_bytes: float | None = None,
-            size_budget_ratio: float = 0.3, reference: str = REFERENCE_VARIANT) -> list[dict]:
+def verdict(
+    records: list[dict],
+    tolerance_pp: float = 0.5,
+    size_budget_bytes: float | None = None,
+    size_budget_ratio: float = 0.3,
+    reference: str = REFERENCE_VARIANT,
+) -> list[dict]:
     """Three verdict lines for one (dataset, model)'s records, each a dict with "kind",
     the chosen "variant" (None when nothing qualifies), its numbers, "ties" and a markdown
     "sentence" with the numbers:
@@ -117,21 +136,34 @@ def verdict(records: list[dict], tolerance_pp: float = 0.5, size_budget_bytes: f
       image at batch 1, with its batched time and the timings within LATENCY_TIE of it."""
     ref = next((r for r in records if r["variant"] == reference), None)
     if ref is None or not _has(ref, "accuracy", "size_bytes") or ref["size_bytes"] <= 0:
-        why = (f"No `{reference}` in this run" if ref is None else
-               f"`{reference}` has no top-1 or size in this run")
+        why = (
+            f"No `{reference}` in this run"
+            if ref is None
+            else f"`{reference}` has no top-1 or size in this run"
+        )
         why += ": nothing to measure the variants against."
-        return [_picked(k, None, [], why)
-                for k in ("smallest", "most_accurate_under_budget", "fastest_deployable")]
+        return [
+            _picked(k, None, [], why)
+            for k in ("smallest", "most_accurate_under_budget", "fastest_deployable")
+        ]
     # Δ against this reference (the records' own delta_accuracy_pp is against tflite-fp32;
     # the same number when that is the reference)
-    usable = [{**r, "delta_accuracy_pp": 100.0 * (r["accuracy"] - ref["accuracy"]),
-               "size_ratio": r["size_bytes"] / ref["size_bytes"]}
-              for r in records if _has(r, "accuracy", "size_bytes")]
+    usable = [
+        {
+            **r,
+            "delta_accuracy_pp": 100.0 * (r["accuracy"] - ref["accuracy"]),
+            "size_ratio": r["size_bytes"] / ref["size_bytes"],
+        }
+        for r in records
+        if _has(r, "accuracy", "size_bytes")
+    ]
     within = [r for r in usable if r["delta_accuracy_pp"] >= -tolerance_pp - 1e-9]
     ref_text = f"`{reference}` ({100 * ref['accuracy']:.2f}%, {_kib(ref['size_bytes'])})"
-    return [_smallest(within, tolerance_pp, ref, ref_text),
-            _under_budget(usable, size_budget_bytes, size_budget_ratio, ref),
-            _fastest(within, tolerance_pp, ref_text)]
+    return [
+        _smallest(within, tolerance_pp, ref, ref_text),
+        _under_budget(usable, size_budget_bytes, size_budget_ratio, ref),
+        _fastest(within, tolerance_pp, ref_text),
+    ]
 
 
 def _size_text(record: dict, ref: dict) -> str:
@@ -140,19 +172,24 @@ def _size_text(record: dict, ref: dict) -> str:
 
 def _smallest(within: list[dict], tolerance_pp: float, ref: dict, ref_text: str) -> dict:
     if not within:
-        return _picked("smallest", None, [],
-                       f"No variant is within {tolerance_pp:g} pp of {ref_text}.")
+        return _picked(
+            "smallest", None, [], f"No variant is within {tolerance_pp:g} pp of {ref_text}."
+        )
     best = _smallest_of(within)
     ties = [r for r in within if r is not best and r["size_bytes"] == best["size_bytes"]]
-    sentence = (f"**Smallest within {tolerance_pp:g} pp** of {ref_text}: `{best['variant']}`, "
-                f"{_size_text(best, ref)}, {_top1(best)}; {_kind(best)}.")
+    sentence = (
+        f"**Smallest within {tolerance_pp:g} pp** of {ref_text}: `{best['variant']}`, "
+        f"{_size_text(best, ref)}, {_top1(best)}; {_kind(best)}."
+    )
     if ties:
         sentence += f" The same size: {_names(ties)}."
     if not deployable(best):
         small = _deployable_pick(within, _smallest_of)
         if small:
-            sentence += (f" The smallest deployable one: `{small['variant']}`, "
-                         f"{_size_text(small, ref)}, {_top1(small)}.")
+            sentence += (
+                f" The smallest deployable one: `{small['variant']}`, "
+                f"{_size_text(small, ref)}, {_top1(small)}."
+            )
         else:
             sentence += " No deployable variant is within the tolerance."
     return _picked("smallest", best, ties, sentence)
@@ -179,56 +216,78 @@ def _ties_by_accuracy(best: dict, candidates: list[dict]) -> list[dict]:
     ties = []
     for r in candidates:
         images = image_count(100 * (best["accuracy"] - r["accuracy"]), n)
-        if r is not best and (images <= TIE_IMAGES if images is not None
-                              else r["accuracy"] == best["accuracy"]):
+        if r is not best and (
+            images <= TIE_IMAGES if images is not None else r["accuracy"] == best["accuracy"]
+        ):
             ties.append(r)
     return ties
 
 
 def _under_budget(usable: list[dict], budget_bytes, budget_ratio: float, ref: dict) -> dict:
     budget = budget_bytes if budget_bytes is not None else budget_ratio * ref["size_bytes"]
-    budget_text = (f"{_kib(budget)}" + ("" if budget_bytes is not None
-                                         else f", {budget_ratio:g}x `{ref['variant']}`"))
+    budget_text = f"{_kib(budget)}" + (
+        "" if budget_bytes is not None else f", {budget_ratio:g}x `{ref['variant']}`"
+    )
     fits = [r for r in usable if r["size_bytes"] <= budget]
     if not fits:
-        return _picked("most_accurate_under_budget", None, [],
-                       f"No variant fits the size budget of {budget_text}.")
+        return _picked(
+            "most_accurate_under_budget",
+            None,
+            [],
+            f"No variant fits the size budget of {budget_text}.",
+        )
     best = _most_accurate_of(fits)
     ties = _ties_by_accuracy(best, fits)
-    sentence = (f"**Most accurate under {budget_text}**: `{best['variant']}`, "
-                f"{_top1(best)}, {_kib(best['size_bytes'])}; {_kind(best)}.")
+    sentence = (
+        f"**Most accurate under {budget_text}**: `{best['variant']}`, "
+        f"{_top1(best)}, {_kib(best['size_bytes'])}; {_kind(best)}."
+    )
     if ties:
-        sentence += (f" Tied with it (within {TIE_IMAGES} test images): {_names(ties)}.")
+        sentence += f" Tied with it (within {TIE_IMAGES} test images): {_names(ties)}."
     top = None if deployable(best) else _deployable_pick(fits, _most_accurate_of)
     if top:
-        sentence += (f" The most accurate deployable one: `{top['variant']}`, {_top1(top)}, "
-                     f"{_kib(top['size_bytes'])}.")
+        sentence += (
+            f" The most accurate deployable one: `{top['variant']}`, {_top1(top)}, "
+            f"{_kib(top['size_bytes'])}."
+        )
     return _picked("most_accurate_under_budget", best, ties, sentence)
 
 
 def _fastest(within: list[dict], tolerance_pp: float, ref_text: str) -> dict:
     timed = [r for r in within if deployable(r) and _has(r, "ms_per_image_b1")]
     if not timed:
-        return _picked("fastest_deployable", None, [],
-                       f"No deployable variant with a timing is within {tolerance_pp:g} pp "
-                       f"of {ref_text}.")
+        return _picked(
+            "fastest_deployable",
+            None,
+            [],
+            f"No deployable variant with a timing is within {tolerance_pp:g} pp " f"of {ref_text}.",
+        )
     best = min(timed, key=lambda r: r["ms_per_image_b1"])
     limit = best["ms_per_image_b1"] * (1 + LATENCY_TIE)
     ties = [r for r in timed if r is not best and r["ms_per_image_b1"] <= limit]
-    batched = f", {best['ms_per_image_batched']:.4f} ms batched" \
-        if _has(best, "ms_per_image_batched") else ""
-    sentence = (f"**Fastest deployable within {tolerance_pp:g} pp**: `{best['variant']}`, "
-                f"{best['ms_per_image_b1']:.3f} ms per image at batch 1{batched}, {_top1(best)}, "
-                f"{_kib(best['size_bytes'])}.")
+    batched = (
+        f", {best['ms_per_image_batched']:.4f} ms batched"
+        if _has(best, "ms_per_image_batched")
+        else ""
+    )
+    sentence = (
+        f"**Fastest deployable within {tolerance_pp:g} pp**: `{best['variant']}`, "
+        f"{best['ms_per_image_b1']:.3f} ms per image at batch 1{batched}, {_top1(best)}, "
+        f"{_kib(best['size_bytes'])}."
+    )
     if ties:
-        sentence += (f" Within {100 * LATENCY_TIE:.0f}% of its time (a tie on a shared "
-                     f"machine): {_names(ties)}.")
+        sentence += (
+            f" Within {100 * LATENCY_TIE:.0f}% of its time (a tie on a shared "
+            f"machine): {_names(ties)}."
+        )
     fast_batched = [r for r in timed if _has(r, "ms_per_image_batched")]
     if fast_batched:
         top = min(fast_batched, key=lambda r: r["ms_per_image_batched"])
         if top is not best:
-            sentence += (f" Batched, `{top['variant']}` is fastest: "
-                         f"{top['ms_per_image_batched']:.4f} ms per image.")
+            sentence += (
+                f" Batched, `{top['variant']}` is fastest: "
+                f"{top['ms_per_image_batched']:.4f} ms per image."
+            )
     return _picked("fastest_deployable", best, ties, sentence)
 
 
@@ -236,7 +295,9 @@ def grouped_rows(records: list[dict]) -> list[dict]:
     """The records in `families()` order (stable within a family), each with "family" and
     "first_in_family" added, for a table grouped by method."""
     order = families()
-    ranked = sorted(enumerate(records), key=lambda ir: (order.index(family(ir[1]["variant"])), ir[0]))
+    ranked = sorted(
+        enumerate(records), key=lambda ir: (order.index(family(ir[1]["variant"])), ir[0])
+    )
     rows, seen = [], set()
     for _, record in ranked:
         fam = family(record["variant"])
@@ -250,9 +311,13 @@ def _best(records: list[dict], keep) -> dict | None:
     return max(pool, key=lambda r: r["accuracy"]) if pool else None
 
 
-def cross_model_rows(records_by_model: dict, tolerance_pp: float = 0.5,
-                     size_budget_ratio: float = 0.3, size_budget_bytes: float | None = None,
-                     reference: str = REFERENCE_VARIANT) -> list[dict]:
+def cross_model_rows(
+    records_by_model: dict,
+    tolerance_pp: float = 0.5,
+    size_budget_ratio: float = 0.3,
+    size_budget_bytes: float | None = None,
+    reference: str = REFERENCE_VARIANT,
+) -> list[dict]:
     """One row per (dataset, model) of `records_by_model` ((dataset, model) -> records): the
     reference's top-1 and size, int8 PTQ's Δ, the best FAT variant (highest top-1 among the
     deployable fat-<scheme>, else among the fat-<scheme>-sim simulations) and adjustable
@@ -262,27 +327,39 @@ def cross_model_rows(records_by_model: dict, tolerance_pp: float = 0.5,
     for (dataset, model), records in records_by_model.items():
         by_name = {r["variant"]: r for r in records}
         ref = by_name.get(reference) or {}
-        fat = (_best(records, lambda r: family(r["variant"]) == "FAT" and deployable(r))
-               or _best(records, lambda r: family(r["variant"]) == "FAT"))
+        fat = _best(records, lambda r: family(r["variant"]) == "FAT" and deployable(r)) or _best(
+            records, lambda r: family(r["variant"]) == "FAT"
+        )
         adjq = _best(records, lambda r: family(r["variant"]) == "adjustable")
-        picks = {v["kind"]: v for v in verdict(records, tolerance_pp, size_budget_bytes,
-                                               size_budget_ratio, reference)}
-        rows.append({
-            "dataset": dataset, "model": model,
-            "reference_accuracy": ref.get("accuracy"), "reference_size_bytes": ref.get("size_bytes"),
-            "int8_delta_pp": (by_name.get("tflite-int8") or {}).get("delta_accuracy_pp"),
-            "fat_variant": fat["variant"] if fat else None,
-            "fat_delta_pp": fat.get("delta_accuracy_pp") if fat else None,
-            "adjustable_variant": adjq["variant"] if adjq else None,
-            "adjustable_delta_pp": adjq.get("delta_accuracy_pp") if adjq else None,
-            "adjustable_score": adjq.get("score") if adjq else None,
-            **{kind: pick for kind, pick in picks.items()},
-        })
+        picks = {
+            v["kind"]: v
+            for v in verdict(records, tolerance_pp, size_budget_bytes, size_budget_ratio, reference)
+        }
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "reference_accuracy": ref.get("accuracy"),
+                "reference_size_bytes": ref.get("size_bytes"),
+                "int8_delta_pp": (by_name.get("tflite-int8") or {}).get("delta_accuracy_pp"),
+                "fat_variant": fat["variant"] if fat else None,
+                "fat_delta_pp": fat.get("delta_accuracy_pp") if fat else None,
+                "adjustable_variant": adjq["variant"] if adjq else None,
+                "adjustable_delta_pp": adjq.get("delta_accuracy_pp") if adjq else None,
+                "adjustable_score": adjq.get("score") if adjq else None,
+                **{kind: pick for kind, pick in picks.items()},
+            }
+        )
     return rows
 
 
-def plot_accuracy_vs(records: list[dict], path: str | Path, x: str = "size_bytes",
-                     tolerance_pp: float = 0.5, reference: str = REFERENCE_VARIANT) -> None:
+def plot_accuracy_vs(
+    records: list[dict],
+    path: str | Path,
+    x: str = "size_bytes",
+    tolerance_pp: float = 0.5,
+    reference: str = REFERENCE_VARIANT,
+) -> None:
     """Top-1 against size (KiB, log scale) or MicroNet score (log scale) of every record
     that has both, one panel per (dataset, model): markers and colours by method family,
     filled for deployable variants and hollow for simulations, the Pareto front (smaller x
@@ -301,8 +378,13 @@ def plot_accuracy_vs(records: list[dict], path: str | Path, x: str = "size_bytes
     fig = _figure((7.5 * max(len(groups), 1), 5.5))
     if not groups:
         ax = fig.add_subplot()
-        ax.text(0.5, 0.5, f"no variant with a {'size' if x == 'size_bytes' else 'score'}",
-                ha="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"no variant with a {'size' if x == 'size_bytes' else 'score'}",
+            ha="center",
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
         fig.savefig(path, dpi=120, format="png")
         return
@@ -321,35 +403,67 @@ def plot_accuracy_vs(records: list[dict], path: str | Path, x: str = "size_bytes
         for fam in families():
             marker, colour = style(fam)
             for shipped in (True, False):
-                idx = [i for i, r in enumerate(rows)
-                       if family(r["variant"]) == fam and deployable(r) == shipped]
+                idx = [
+                    i
+                    for i, r in enumerate(rows)
+                    if family(r["variant"]) == fam and deployable(r) == shipped
+                ]
                 if idx:
-                    ax.scatter([xs[i] for i in idx], [ys[i] for i in idx], marker=marker,
-                               s=40, zorder=3, color=colour if shipped else "none",
-                               edgecolors=colour, linewidths=1.3,
-                               label=f"{fam} ({'LiteRT' if shipped else 'TensorFlow'})")
+                    ax.scatter(
+                        [xs[i] for i in idx],
+                        [ys[i] for i in idx],
+                        marker=marker,
+                        s=40,
+                        zorder=3,
+                        color=colour if shipped else "none",
+                        edgecolors=colour,
+                        linewidths=1.3,
+                        label=f"{fam} ({'LiteRT' if shipped else 'TensorFlow'})",
+                    )
         front = sorted(pareto_front(zip(xs, ys)), key=lambda i: (xs[i], ys[i]))
-        ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="black",
-                linewidth=1, zorder=2, label="Pareto front")
-        ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=150, facecolors="none",
-                   edgecolors="black", linewidths=1, zorder=4)
+        ax.step(
+            [xs[i] for i in front],
+            [ys[i] for i in front],
+            where="post",
+            color="black",
+            linewidth=1,
+            zorder=2,
+            label="Pareto front",
+        )
+        ax.scatter(
+            [xs[i] for i in front],
+            [ys[i] for i in front],
+            s=150,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1,
+            zorder=4,
+        )
         named: dict = {}
         for i in front:
             named.setdefault((xs[i], ys[i]), []).append(rows[i]["variant"])
         for xy, names in named.items():
-            ax.annotate(", ".join(names), xy, xytext=(4, -10), textcoords="offset points",
-                        fontsize=7)
+            ax.annotate(
+                ", ".join(names), xy, xytext=(4, -10), textcoords="offset points", fontsize=7
+            )
         if ref:
-            ax.axhline(100 * ref["accuracy"] - tolerance_pp, linestyle="--", color="grey",
-                       linewidth=1, label=f"{reference} - {tolerance_pp:g} pp")
+            ax.axhline(
+                100 * ref["accuracy"] - tolerance_pp,
+                linestyle="--",
+                color="grey",
+                linewidth=1,
+                label=f"{reference} - {tolerance_pp:g} pp",
+            )
         ax.set_xscale("log")
         ax.set_ylim(min(ys, default=low) - 0.3, high)
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 accuracy (%)")
         title = f"{dataset} / {model}"
         if below:
-            title += (f" ({below} variant{'s' if below > 1 else ''} more than {FLOOR_PP:g} pp "
-                      f"below {reference} not shown)")
+            title += (
+                f" ({below} variant{'s' if below > 1 else ''} more than {FLOOR_PP:g} pp "
+                f"below {reference} not shown)"
+            )
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="lower right")

@@ -84,8 +84,11 @@ def library_files(script: str | Path, root: str | Path, modules=()) -> list[Path
         if _module_file(root, name) is None:
             raise ValueError(f"{name}: no such module under {root}")
         parts = name.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts) + 1)
-                 if _module_file(root, ".".join(parts[:i]))]
+        todo += [
+            ".".join(parts[:i])
+            for i in range(1, len(parts) + 1)
+            if _module_file(root, ".".join(parts[:i]))
+        ]
     while todo:
         name = todo.pop()
         if name in seen:

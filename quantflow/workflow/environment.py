@@ -16,12 +16,27 @@ def machine_description() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
-def package_versions(names=("tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "numpy",
-                            "snakemake", "opencv-python-headless", "jinja2", "matplotlib")) -> dict:
+def package_versions(
+    names=(
+        "tensorflow",
+        "tensorflow-cpu",
+        "keras",
+        "ai-edge-litert",
+        "numpy",
+        "snakemake",
+        "opencv-python-headless",
+        "jinja2",
+        "matplotlib",
+    )
+) -> dict:
     """Installed versions of the packages that decide the numbers (absent ones left out)."""
     from importlib import metadata
 

@@ -12,8 +12,10 @@ PROFILE = REPO / "profiles/slurm"
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "cluster: starts a real single-node SLURM (slurmctld, slurmd, munged) and "
-        "runs the workflow through it; skipped where SLURM is not installed or not root")
+        "markers",
+        "cluster: starts a real single-node SLURM (slurmctld, slurmd, munged) and "
+        "runs the workflow through it; skipped where SLURM is not installed or not root",
+    )
 
 
 def profile_max_mem_mb(profile=PROFILE) -> int:

@@ -62,12 +62,15 @@ class SlurmCluster:
 
     def __init__(self, memory_mb: int | None = None, cpus: int | None = None):
         if os.geteuid() != 0:
-            raise SlurmUnavailable("a test SLURM cluster needs root (slurmd runs jobs as their user)")
+            raise SlurmUnavailable(
+                "a test SLURM cluster needs root (slurmd runs jobs as their user)"
+            )
         missing = missing_programs()
         if missing:
             raise SlurmUnavailable(
                 f"not found on PATH: {', '.join(missing)} (Debian: apt-get install slurmctld "
-                "slurmd slurm-client munge; the daemons are in /usr/sbin)")
+                "slurmd slurm-client munge; the daemons are in /usr/sbin)"
+            )
         # Short path: munged's unix socket path must stay under 108 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="qf-slurm-"))
         self.host = socket.gethostname().split(".")[0]
@@ -149,9 +152,14 @@ class SlurmCluster:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.stdout", "wb")
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=self.env(),
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env(),
+            start_new_session=True,
+        )
         log.close()
 
     def _wait(self, what: str, ready, timeout: float) -> None:
@@ -159,14 +167,18 @@ class SlurmCluster:
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    raise SlurmUnavailable(f"{name} exited with {proc.returncode} while waiting "
-                                           f"for {what}\n{self.logs()}")
+                    raise SlurmUnavailable(
+                        f"{name} exited with {proc.returncode} while waiting "
+                        f"for {what}\n{self.logs()}"
+                    )
             if ready():
                 return
             time.sleep(0.3)
         raise SlurmUnavailable(f"timed out after {timeout:.0f} s waiting for {what}\n{self.logs()}")
 
-    def run(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess:
         """A SLURM client command against this cluster."""
         proc = subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
@@ -181,14 +193,26 @@ class SlurmCluster:
         self._write_files()
         m = self.root / "munge"
         try:
-            self._spawn("munged", [
-                "munged", "--foreground", "--force", f"--socket={self.munge_socket}",
-                f"--key-file={m}/munge.key", f"--pid-file={m}/munged.pid",
-                f"--log-file={self.root}/log/munged.log", f"--seed-file={m}/munged.seed"])
+            self._spawn(
+                "munged",
+                [
+                    "munged",
+                    "--foreground",
+                    "--force",
+                    f"--socket={self.munge_socket}",
+                    f"--key-file={m}/munge.key",
+                    f"--pid-file={m}/munged.pid",
+                    f"--log-file={self.root}/log/munged.log",
+                    f"--seed-file={m}/munged.seed",
+                ],
+            )
             self._wait("munged's socket", self.munge_socket.exists, timeout)
             self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
-            self._wait("slurmctld", lambda: self.run("scontrol", "ping", check=False,
-                                                     timeout=10).returncode == 0, timeout)
+            self._wait(
+                "slurmctld",
+                lambda: self.run("scontrol", "ping", check=False, timeout=10).returncode == 0,
+                timeout,
+            )
             self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", self.host])
             self._wait(f"node {self.host} idle", lambda: self.node_state() == "idle", timeout)
         except BaseException:
@@ -204,8 +228,12 @@ class SlurmCluster:
             if jobs:
                 self.run("scancel", *jobs, check=False, timeout=10)
                 deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and self.run(
-                        "squeue", "-h", "-t", "R,CG", "-o", "%i", check=False, timeout=10).stdout.strip():
+                while (
+                    time.monotonic() < deadline
+                    and self.run(
+                        "squeue", "-h", "-t", "R,CG", "-o", "%i", check=False, timeout=10
+                    ).stdout.strip()
+                ):
                     time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.pop(name, None)

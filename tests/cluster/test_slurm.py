@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import snakemake_cmd
-from test_workflow import TINY
+from conftest import REPO, snakemake_cmd
 
 from quantflow.variants import timed_variant
 
@@ -23,30 +22,55 @@ from .conftest import PROFILE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.workflow]
 
-CONFIG = copy.deepcopy(TINY)
+CONFIG = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
 CONFIG["train"]["threads"] = 2  # the same threads in both runs: same arithmetic, same model
 CONFIG["weightquant"] = {"algorithms": ["bin", "fixed"], "bits": [8]}
 CONFIG["fat"] = {"schemes": []}  # FAT, adjustable and the PTQ studies run in the local
 CONFIG["adjustable"] = {"targets": None}  # workflow tests
-CONFIG["tflite"] = {"calibration_images": 100, "calibration_sizes": [], "calibration_classes": [],
-                    "float_fallback": []}
+CONFIG["tflite"] = {
+    "calibration_images": 100,
+    "calibration_sizes": [],
+    "calibration_classes": [],
+    "float_fallback": [],
+}
 CONFIG["diagnosis"] = {"images": 0}
 CONFIG["variants"] = ["keras-float", "tflite-fp32", "tflite-int8"]
 VARIANTS = ["keras-float", "tflite-fp32", "tflite-int8", "bin-8", "fixed-8"]
 # The jobs snakemake submits (`all` has nothing to run and stays local).
-CLUSTER_JOBS = {"download": 1, "prepare": 1, "train": 1, "tflite": 2, "extract_weights": 1,
-                "weightquant": 2, "evaluate": len(VARIANTS),
-                # bin-8 and fixed-8 take keras-float's timing
-                "latency": len({timed_variant(v) for v in VARIANTS}),
-                "micronet_counts": 1, "summary": 1}
-METRICS = ["accuracy", "top5", "precision", "sensitivity", "g_mean", "num_samples",
-           "confusion_matrix", "per_class_recall", "per_class_precision", "size_bytes"]
+CLUSTER_JOBS = {
+    "download": 1,
+    "prepare": 1,
+    "train": 1,
+    "tflite": 2,
+    "extract_weights": 1,
+    "weightquant": 2,
+    "evaluate": len(VARIANTS),
+    # bin-8 and fixed-8 take keras-float's timing
+    "latency": len({timed_variant(v) for v in VARIANTS}),
+    "micronet_counts": 1,
+    "summary": 1,
+}
+METRICS = [
+    "accuracy",
+    "top5",
+    "precision",
+    "sensitivity",
+    "g_mean",
+    "num_samples",
+    "confusion_matrix",
+    "per_class_recall",
+    "per_class_precision",
+    "size_bytes",
+]
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)\.")
 
 
 def _clean_env(extra=None):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SQUEUE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SQUEUE_"))
+    }
     env.update(extra or {})
     return env
 
@@ -56,10 +80,14 @@ def _run(cmd, cwd, env, timeout, cluster=None):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     seconds = time.monotonic() - start
     if proc.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(Path(cwd).glob("logs/**/*.log")))
-        pytest.fail(f"snakemake failed ({proc.returncode}) in {cwd}:\n{proc.stdout[-3000:]}\n"
-                    f"{proc.stderr[-8000:]}\n{logs}\n{cluster.logs() if cluster else ''}")
+        logs = "\n".join(
+            f"--- {p}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(Path(cwd).glob("logs/**/*.log"))
+        )
+        pytest.fail(
+            f"snakemake failed ({proc.returncode}) in {cwd}:\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[-8000:]}\n{logs}\n{cluster.logs() if cluster else ''}"
+        )
     return proc, seconds
 
 
@@ -77,13 +105,21 @@ def slurm_run(slurm_cluster, tmp_path_factory, fashion_mnist_dir):
     user would: the profile's slurm-logdir (logs/slurm) is relative to it."""
     work = tmp_path_factory.mktemp("slurm_run")
     cfg = _config(work, fashion_mnist_dir)
-    cmd = snakemake_cmd(work, cfg, "--profile", str(PROFILE),
-                        # no accounting database on the test cluster (MinJobAge=600)
-                        "--slurm-status-command", "squeue",
-                        # tiny jobs: poll from 3 s on, not 40 (the first poll's delay)
-                        "--slurm-init-seconds-before-status-checks", "3")
-    proc, seconds = _run(cmd, work, slurm_cluster.env(_clean_env()), timeout=1800,
-                         cluster=slurm_cluster)
+    cmd = snakemake_cmd(
+        work,
+        cfg,
+        "--profile",
+        str(PROFILE),
+        # no accounting database on the test cluster (MinJobAge=600)
+        "--slurm-status-command",
+        "squeue",
+        # tiny jobs: poll from 3 s on, not 40 (the first poll's delay)
+        "--slurm-init-seconds-before-status-checks",
+        "3",
+    )
+    proc, seconds = _run(
+        cmd, work, slurm_cluster.env(_clean_env()), timeout=1800, cluster=slurm_cluster
+    )
     print(f"SLURM run: {seconds:.0f} s")
     return work, proc.stdout + proc.stderr, seconds
 
@@ -110,7 +146,9 @@ def test_every_job_ran_as_its_own_slurm_job(slurm_run, slurm_cluster):
     logdir = work / "logs/slurm"
     logs = sorted(logdir.glob("rule_*/**/*.log"))
     assert sorted(p.stem for p in logs) == sorted(slurm_ids, key=str)
-    assert Counter(p.relative_to(logdir).parts[0].removeprefix("rule_") for p in logs) == CLUSTER_JOBS
+    assert (
+        Counter(p.relative_to(logdir).parts[0].removeprefix("rule_") for p in logs) == CLUSTER_JOBS
+    )
     for _, slurm_id, log in submitted:
         rule = Path(log).relative_to(logdir).parts[0].removeprefix("rule_")
         text = Path(log).read_text()
@@ -118,13 +156,14 @@ def test_every_job_ran_as_its_own_slurm_job(slurm_run, slurm_cluster):
         # a job step (srun), whose snakemake finished it.
         assert "--executor slurm-jobstep" in text and f"Host: {slurm_cluster.host}" in text, text
         assert f"localrule {rule}:" in text, text
-        assert f"Finished jobid: 0 (Rule: {rule})" in text and "1 of 1 steps (100%) done" in text, text
+        assert (
+            f"Finished jobid: 0 (Rule: {rule})" in text and "1 of 1 steps (100%) done" in text
+        ), text
 
     # The scheduler's own record (MinJobAge=600 keeps finished jobs in squeue): every id,
     # under the run's job name, completed.
     squeue = slurm_cluster.run("squeue", "-h", "--states=all", "-o", "%i|%j|%T").stdout
-    states = {i: (name, state) for i, name, state in
-              (line.split("|") for line in squeue.split())}
+    states = {i: (name, state) for i, name, state in (line.split("|") for line in squeue.split())}
     for slurm_id in slurm_ids:
         assert states.get(slurm_id) == (run_id, "COMPLETED"), (slurm_id, squeue)
 
@@ -147,8 +186,10 @@ def test_same_metrics_as_a_local_run(slurm_run, local_run):
     for variant in VARIANTS:
         for key in METRICS:
             assert cluster[variant][key] == local[variant][key], (variant, key)
-    train = [json.loads((w / "results/fashion_mnist/tiny/float/train.json").read_text())
-             for w in (work, local_run)]
+    train = [
+        json.loads((w / "results/fashion_mnist/tiny/float/train.json").read_text())
+        for w in (work, local_run)
+    ]
     assert train[0]["threads"] == train[1]["threads"] == 2
     assert train[0]["history"] == train[1]["history"]
     assert cluster["keras-float"]["accuracy"] > 0.5

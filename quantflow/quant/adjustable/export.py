@@ -23,7 +23,10 @@ def packed_weights(model, meta: dict | None = None):
         codes = np.rint(kernel.reshape(-1, step.size) / step).astype(np.int32)
         codes = codes.reshape(kernel.shape)
         tensors[f"{name}/kernel"] = {
-            "codes": codes, "bits": bits, "scales": step, "channel_axis": axis,
+            "codes": codes,
+            "bits": bits,
+            "scales": step,
+            "channel_axis": axis,
         }
         arrays[f"{name}/bias"] = np.asarray(ops[name].bias.numpy(), np.float32)
     return bitpack.pack_file(tensors, arrays, meta or {})
@@ -56,8 +59,9 @@ def int8_model(float_model, model, images=None):
     range of its channels. Returns the model (its thresholds set; no calibration needed)."""
     from quantflow.quant.transform import fake_quant_model
 
-    qmodel = fake_quant_model(float_model, weight_bits=8, activation_bits=8,
-                              per_channel=True, symmetric=True)
+    qmodel = fake_quant_model(
+        float_model, weight_bits=8, activation_bits=8, per_channel=True, symmetric=True
+    )
     kernels = quantized_kernels(model)
     ops8 = {layer.name: layer for layer in _ops(qmodel)}
     if set(ops8) != set(kernels):

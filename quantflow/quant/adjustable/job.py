@@ -49,14 +49,28 @@ class AdjustableOutputs:
     @classmethod
     def under(cls, directory: str | Path) -> "AdjustableOutputs":
         d = Path(directory)
-        return cls(str(d / "ckpt"), str(d / "best_ckpt"), str(d / "model.keras"),
-                   str(d / "quant_info.json"), str(d / "score.json"), str(d / "model_info.json"),
-                   str(d / "initial_thresholds.json"), str(d / "history.csv"),
-                   str(d / "weights.packed"), str(d / "adjustable.json"))
+        return cls(
+            str(d / "ckpt"),
+            str(d / "best_ckpt"),
+            str(d / "model.keras"),
+            str(d / "quant_info.json"),
+            str(d / "score.json"),
+            str(d / "model_info.json"),
+            str(d / "initial_thresholds.json"),
+            str(d / "history.csv"),
+            str(d / "weights.packed"),
+            str(d / "adjustable.json"),
+        )
 
 
-def run(inp: AdjustableFiles, out: AdjustableOutputs, target: str, target_settings: dict, seed: int,
-        threads: int | None = None) -> dict:
+def run(
+    inp: AdjustableFiles,
+    out: AdjustableOutputs,
+    target: str,
+    target_settings: dict,
+    seed: int,
+    threads: int | None = None,
+) -> dict:
     """Search one target and write `out`; returns the summary (adjustable.json)."""
     import keras
     import numpy as np
@@ -78,10 +92,16 @@ def run(inp: AdjustableFiles, out: AdjustableOutputs, target: str, target_settin
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(len(train))[: settings.images])
     vidx = np.sort(rng.permutation(len(val))[: settings.validation_images])
-    split = {"images": train.take(idx), "labels": train.labels[idx],
-             "val_images": val.take(vidx), "val_labels": val.labels[vidx]}
-    print(f"target {target}: {len(idx)} labelled training images, {len(vidx)} held-out "
-          f"validation images; settings {json.dumps(settings.to_dict())}")
+    split = {
+        "images": train.take(idx),
+        "labels": train.labels[idx],
+        "val_images": val.take(vidx),
+        "val_labels": val.labels[vidx],
+    }
+    print(
+        f"target {target}: {len(idx)} labelled training images, {len(vidx)} held-out "
+        f"validation images; settings {json.dumps(settings.to_dict())}"
+    )
 
     model = build_model(float_model, settings)
     calibrate(model, split["images"], settings, batch_size=settings.batch_size)
@@ -98,12 +118,18 @@ def run(inp: AdjustableFiles, out: AdjustableOutputs, target: str, target_settin
     if graph.unmatched:
         print(f"kept at a constant width (no adjustable quantizer found): {graph.unmatched}")
     own = reference_counts(counts)  # the float model's 32-bit totals
-    _write_json(out.model_info, {
-        "model": float_model.name, "reference": settings.reference,
-        "p_ref": graph.p_ref, "f_ref": graph.f_ref,
-        "parameter_count": int(own["p_ref"]), "operation_count": int(own["f_ref"]),
-        "layers": [c.to_dict() for c in counts],
-    })
+    _write_json(
+        out.model_info,
+        {
+            "model": float_model.name,
+            "reference": settings.reference,
+            "p_ref": graph.p_ref,
+            "f_ref": graph.f_ref,
+            "parameter_count": int(own["p_ref"]),
+            "operation_count": int(own["f_ref"]),
+            "layers": [c.to_dict() for c in counts],
+        },
+    )
 
     for path in (out.ckpt, out.best_ckpt):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -114,13 +140,23 @@ def run(inp: AdjustableFiles, out: AdjustableOutputs, target: str, target_settin
             _write_json(Path(path) / "state.json", row)
 
     start = time.perf_counter()
-    result = search.train(float_model, model, graph, split, settings, seed=seed,
-                       on_checkpoint=checkpoint, log=lambda line: print(line, flush=True))
+    result = search.train(
+        float_model,
+        model,
+        graph,
+        split,
+        settings,
+        seed=seed,
+        on_checkpoint=checkpoint,
+        log=lambda line: print(line, flush=True),
+    )
     seconds = time.perf_counter() - start
     best_state = json.loads((Path(out.best_ckpt) / "state.json").read_text())
     if best_state["mini_epoch"] != result["best"]["mini_epoch"]:
-        raise RuntimeError(f"{out.best_ckpt} holds mini-epoch {best_state['mini_epoch']}, "
-                           f"not the best ({result['best']['mini_epoch']})")
+        raise RuntimeError(
+            f"{out.best_ckpt} holds mini-epoch {best_state['mini_epoch']}, "
+            f"not the best ({result['best']['mini_epoch']})"
+        )
 
     model.save(out.model)
     info = graph.quant_info()
@@ -131,34 +167,53 @@ def run(inp: AdjustableFiles, out: AdjustableOutputs, target: str, target_settin
     with open(out.history, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(result["history"][-1]))
         writer.writeheader()
-        writer.writerows({"epoch": 0, **row} if "epoch" not in row else row
-                         for row in result["history"])
+        writer.writerows(
+            {"epoch": 0, **row} if "epoch" not in row else row for row in result["history"]
+        )
     packed = packed_weights(model, {"model": float_model.name, "target": target})
     bitpack.save_packed(out.packed, packed)
     storage = bitpack.file_storage(out.packed, packed)
     # the payload is the kernels' storage as the score counts it, bit for bit
     by_name = {c.name: c for c in counts}
-    storage["score_kernel_bits"] = int(sum(
-        sum(row["bits"]) * by_name[name].weights_per_channel
-        for name, row in info["weights"].items() if row["layer"] is not None))
+    storage["score_kernel_bits"] = int(
+        sum(
+            sum(row["bits"]) * by_name[name].weights_per_channel
+            for name, row in info["weights"].items()
+            if row["layer"] is not None
+        )
+    )
     if storage["score_kernel_bits"] != storage["payload_bits"]:
-        raise RuntimeError(f"{out.packed}: {storage['payload_bits']} payload bits, but the "
-                           f"score counts {storage['score_kernel_bits']} kernel bits")
+        raise RuntimeError(
+            f"{out.packed}: {storage['payload_bits']} payload bits, but the "
+            f"score counts {storage['score_kernel_bits']} kernel bits"
+        )
     summary = {
-        "target": target, "settings": settings.to_dict(), "init": init,
-        "images": len(idx), "validation_images": len(vidx),
-        "float_val_accuracy": result["float_accuracy"], "val_accuracy": result["final_accuracy"],
-        "best": result["best"], "swa": result["swa"], "score": score,
-        "bits": bit_summary(info), "packed": storage, "unmatched": graph.unmatched,
-        "steps": result["steps"], "seconds": seconds, "threads": threads,
+        "target": target,
+        "settings": settings.to_dict(),
+        "init": init,
+        "images": len(idx),
+        "validation_images": len(vidx),
+        "float_val_accuracy": result["float_accuracy"],
+        "val_accuracy": result["final_accuracy"],
+        "best": result["best"],
+        "swa": result["swa"],
+        "score": score,
+        "bits": bit_summary(info),
+        "packed": storage,
+        "unmatched": graph.unmatched,
+        "steps": result["steps"],
+        "seconds": seconds,
+        "threads": threads,
     }
     _write_json(out.summary, summary)
-    print(f"target {target}: score {score['score']:.4f} (parameters "
-          f"{score['parameter_score']:.4f} + operations {score['operation_score']:.4f}), "
-          f"mean bits weights {score['mean_weight_bits']:.2f} activations "
-          f"{score['mean_activation_bits']:.2f}; held-out top-1 "
-          f"{100 * result['final_accuracy']:.2f}% (float {100 * result['float_accuracy']:.2f}%);"
-          f" packed weights {storage['file_bytes']} bytes; {seconds:.0f} s")
+    print(
+        f"target {target}: score {score['score']:.4f} (parameters "
+        f"{score['parameter_score']:.4f} + operations {score['operation_score']:.4f}), "
+        f"mean bits weights {score['mean_weight_bits']:.2f} activations "
+        f"{score['mean_activation_bits']:.2f}; held-out top-1 "
+        f"{100 * result['final_accuracy']:.2f}% (float {100 * result['float_accuracy']:.2f}%);"
+        f" packed weights {storage['file_bytes']} bytes; {seconds:.0f} s"
+    )
     return summary
 
 

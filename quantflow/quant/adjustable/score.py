@@ -128,16 +128,22 @@ class ScoreGraph:
             "f_ref": self.f_ref,
             "weights": {
                 name: {
-                    "layer": None if self.weight_hosts.get(name) is None
-                    else self.weight_hosts[name].name,
+                    "layer": (
+                        None
+                        if self.weight_hosts.get(name) is None
+                        else self.weight_hosts[name].name
+                    ),
                     "bits": [int(v) for v in bits],
                 }
                 for name, bits in weight.items()
             },
             "activations": {
                 name: {
-                    "quantizer": None if self.activation_hosts[name] is None
-                    else self.activation_hosts[name].name,
+                    "quantizer": (
+                        None
+                        if self.activation_hosts[name] is None
+                        else self.activation_hosts[name].name
+                    ),
                     "bits": [int(v) for v in bits],
                 }
                 for name, bits in act.items()

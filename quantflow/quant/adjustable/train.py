@@ -34,8 +34,10 @@ def accuracy(model, images, labels, batch_size: int = 250) -> float:
 
 def predict(model, images, batch_size: int = 250) -> np.ndarray:
     return np.concatenate(
-        [np.asarray(model(images[i : i + batch_size], training=False))
-         for i in range(0, len(images), batch_size)]
+        [
+            np.asarray(model(images[i : i + batch_size], training=False))
+            for i in range(0, len(images), batch_size)
+        ]
     )
 
 
@@ -102,8 +104,9 @@ def train(
         metric = p + f
         if target is not None:  # the reference's sign: above the target lower the bits
             metric = tf.where(metric > target, metric, -metric)
-        total = (settings.cls_weight * cls + settings.kd_weight * kd
-                 + settings.metric_weight * metric)
+        total = (
+            settings.cls_weight * cls + settings.kd_weight * kd + settings.metric_weight * metric
+        )
         return total, cls, kd, p + f
 
     def make_step(train_bits: bool, optimizer_w):
@@ -120,7 +123,7 @@ def train(
             grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
             optimizer_w.apply_gradients(zip(grads[: len(weights)], weights))
             if train_bits:
-                opt_b.apply_gradients(zip(grads[len(weights):], betas))
+                opt_b.apply_gradients(zip(grads[len(weights) :], betas))
             return total, cls, kd, score
 
         return step
@@ -131,8 +134,9 @@ def train(
         """Steps first..stop-1 of an epoch in `order`; yields each step's loss terms."""
         for s in range(first, stop):
             idx = np.sort(order[s * batch : (s + 1) * batch])
-            values = step(tf.constant(images[idx]), tf.constant(labels[idx]),
-                          tf.constant(targets[idx]))
+            values = step(
+                tf.constant(images[idx]), tf.constant(labels[idx]), tf.constant(targets[idx])
+            )
             clip_alphas(model)
             yield values
 
@@ -185,9 +189,11 @@ def train(
     best_values = [np.array(v.numpy()) for v in weights + betas]
     if on_checkpoint is not None:
         on_checkpoint(row, True)
-    log(f"float held-out top-1 {100 * float_acc:.2f}%; initial: top-1 "
+    log(
+        f"float held-out top-1 {100 * float_acc:.2f}%; initial: top-1 "
         f"{100 * row['val_accuracy']:.2f}%, score {row['score']:.4f}, mean bits w "
-        f"{row['mean_weight_bits']:.2f} a {row['mean_activation_bits']:.2f}")
+        f"{row['mean_weight_bits']:.2f} a {row['mean_activation_bits']:.2f}"
+    )
     start, step_count, mini = time.perf_counter(), 0, 0
     for epoch in range(settings.epochs):
         order = rng.permutation(len(images))
@@ -210,11 +216,13 @@ def train(
                 best_values = [np.array(v.numpy()) for v in weights + betas]
             if on_checkpoint is not None:
                 on_checkpoint(row, improved)
-            log(f"mini-epoch {mini} ({'bits' if train_bits else 'fixed bits'}): loss "
+            log(
+                f"mini-epoch {mini} ({'bits' if train_bits else 'fixed bits'}): loss "
                 f"{means['loss']:.4f} (CE {means['cls']:.4f}, KD {means['kd']:.4f}, score "
                 f"{means['score']:.4f}); held-out top-1 {100 * row['val_accuracy']:.2f}%, "
                 f"score {row['score']:.4f}, mean bits w {row['mean_weight_bits']:.2f} a "
-                f"{row['mean_activation_bits']:.2f}{' (best)' if improved else ''}")
+                f"{row['mean_activation_bits']:.2f}{' (best)' if improved else ''}"
+            )
     search_seconds = time.perf_counter() - start
     for v, value in zip(weights + betas, best_values):
         v.assign(value)
@@ -246,9 +254,11 @@ def train(
         else:
             for v, value in zip(weights, best_values[: len(weights)]):
                 v.assign(value)
-        log(f"SWA fine-tuning ({settings.swa_epochs} epoch(s), {averager.count} samples): "
+        log(
+            f"SWA fine-tuning ({settings.swa_epochs} epoch(s), {averager.count} samples): "
             f"held-out top-1 {100 * best['val_accuracy']:.2f}% -> {100 * after:.2f}% "
-            f"({'kept' if swa['used'] else 'discarded'})")
+            f"({'kept' if swa['used'] else 'discarded'})"
+        )
     swa["seconds"] = time.perf_counter() - start
     final = graph.exact()
     return {

@@ -47,12 +47,24 @@ class FatOutputs:
     def under(cls, directory: str | Path) -> "FatOutputs":
         """The workflow's file names under one scheme's directory."""
         d = Path(directory)
-        return cls(str(d / "ckpt"), str(d / "best_ckpt"), str(d / "thresholds.pickle"),
-                   str(d / "model.keras"), str(d / "history.csv"), str(d / "fat.json"))
+        return cls(
+            str(d / "ckpt"),
+            str(d / "best_ckpt"),
+            str(d / "thresholds.pickle"),
+            str(d / "model.keras"),
+            str(d / "history.csv"),
+            str(d / "fat.json"),
+        )
 
 
-def run(inp: FatFiles, out: FatOutputs, scheme_name: str, cfg: dict, seed: int,
-        threads: int | None = None) -> dict:
+def run(
+    inp: FatFiles,
+    out: FatOutputs,
+    scheme_name: str,
+    cfg: dict,
+    seed: int,
+    threads: int | None = None,
+) -> dict:
     """Train one scheme's thresholds and write `out`; returns the summary (fat.json)."""
     import keras
     import numpy as np
@@ -73,20 +85,32 @@ def run(inp: FatFiles, out: FatOutputs, scheme_name: str, cfg: dict, seed: int,
     images = train.take(np.sort(rng.permutation(len(train))[: cfg["images"]]))
     held_out = val.take(np.sort(rng.permutation(len(val))[: cfg["validation_images"]]))
     batch = cfg["batch_size"]
-    print(f"scheme {scheme_name}: {scheme}; {len(images)} unlabelled training images, "
-          f"{len(held_out)} held-out validation images, batch {batch}")
+    print(
+        f"scheme {scheme_name}: {scheme}; {len(images)} unlabelled training images, "
+        f"{len(held_out)} held-out validation images, batch {batch}"
+    )
 
     qmodel = fake_quant_model(model, **scheme)
     calibration = cfg["calibration"]
-    calibrate(qmodel, images, calibration["batches"], method=calibration["method"],
-                 percentile=calibration["percentile"], batch_size=batch)
+    calibrate(
+        qmodel,
+        images,
+        calibration["batches"],
+        method=calibration["method"],
+        percentile=calibration["percentile"],
+        batch_size=batch,
+    )
     initial = thresholds(qmodel)
-    print(f"calibrated {len(initial)} quantizers on {calibration['batches']} batches "
-          f"({calibration['method']}); activation ranges:")
+    print(
+        f"calibrated {len(initial)} quantizers on {calibration['batches']} batches "
+        f"({calibration['method']}); activation ranges:"
+    )
     for name, row in initial.items():
         if row["kind"] == "activation":
-            print(f"  {name}: [{row['range'][0]:.4g}, {row['range'][1]:.4g}]"
-                  f"{' (fixed)' if row['fixed'] else ''}")
+            print(
+                f"  {name}: [{row['range'][0]:.4g}, {row['range'][1]:.4g}]"
+                f"{' (fixed)' if row['fixed'] else ''}"
+            )
 
     for path in (out.ckpt, out.best_ckpt):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -101,9 +125,19 @@ def run(inp: FatFiles, out: FatOutputs, scheme_name: str, cfg: dict, seed: int,
     (Path(out.best_ckpt) / "state.json").write_text(json.dumps({"epoch": 0}) + "\n")
     start = time.perf_counter()
     result = train_thresholds(
-        model, qmodel, images, epochs=cfg["epochs"], learning_rate=cfg["learning_rate"],
-        reset_every=cfg["reset_every"], val_ds=held_out, batch_size=batch, seed=seed,
-        on_epoch=checkpoint, log_stream=sys.stderr, loss=cfg["loss"], reset=cfg["reset"],
+        model,
+        qmodel,
+        images,
+        epochs=cfg["epochs"],
+        learning_rate=cfg["learning_rate"],
+        reset_every=cfg["reset_every"],
+        val_ds=held_out,
+        batch_size=batch,
+        seed=seed,
+        on_epoch=checkpoint,
+        log_stream=sys.stderr,
+        loss=cfg["loss"],
+        reset=cfg["reset"],
     )
     seconds = time.perf_counter() - start
     qmodel.load_weights(str(Path(out.best_ckpt) / "model.weights.h5"))
@@ -115,27 +149,48 @@ def run(inp: FatFiles, out: FatOutputs, scheme_name: str, cfg: dict, seed: int,
         )
     qmodel.save(out.model)
     trained = thresholds(qmodel)
-    save_thresholds(out.thresholds, {"scheme": scheme_name, **scheme, "initial": initial,
-                                     "trained": trained})
+    save_thresholds(
+        out.thresholds, {"scheme": scheme_name, **scheme, "initial": initial, "trained": trained}
+    )
     with open(out.history, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch", "train_rmse", "val_rmse", "learning_rate"])
         writer.writeheader()
-        writer.writerow({"epoch": 0, "train_rmse": "", "val_rmse": result["initial_val_rmse"],
-                         "learning_rate": ""})
+        writer.writerow(
+            {
+                "epoch": 0,
+                "train_rmse": "",
+                "val_rmse": result["initial_val_rmse"],
+                "learning_rate": "",
+            }
+        )
         writer.writerows(result["history"])
     alphas = alpha_values(trained)
     summary = {
-        "scheme": scheme_name, **scheme, "images": len(images), "validation_images": len(held_out),
-        "batch_size": batch, "epochs": cfg["epochs"], "steps": result["steps"],
-        "learning_rate": cfg["learning_rate"], "reset_every": cfg["reset_every"],
-        "loss": cfg["loss"], "reset": cfg["reset"], "calibration": calibration, "seconds": seconds, "threads": threads,
-        "initial_val_rmse": result["initial_val_rmse"], "final_val_rmse": result["final_val_rmse"],
-        "best_epoch": result["best_epoch"], "packed_size_bytes": packed_size_bytes(qmodel),
+        "scheme": scheme_name,
+        **scheme,
+        "images": len(images),
+        "validation_images": len(held_out),
+        "batch_size": batch,
+        "epochs": cfg["epochs"],
+        "steps": result["steps"],
+        "learning_rate": cfg["learning_rate"],
+        "reset_every": cfg["reset_every"],
+        "loss": cfg["loss"],
+        "reset": cfg["reset"],
+        "calibration": calibration,
+        "seconds": seconds,
+        "threads": threads,
+        "initial_val_rmse": result["initial_val_rmse"],
+        "final_val_rmse": result["final_val_rmse"],
+        "best_epoch": result["best_epoch"],
+        "packed_size_bytes": packed_size_bytes(qmodel),
         "alphas": {kind: _stats(v) for kind, v in alphas.items()},
     }
     Path(out.summary).write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"threshold training {seconds:.1f} s: held-out RMSE {result['initial_val_rmse']:.5f} "
-          f"-> {result['final_val_rmse']:.5f} (epoch {result['best_epoch']} kept)")
+    print(
+        f"threshold training {seconds:.1f} s: held-out RMSE {result['initial_val_rmse']:.5f} "
+        f"-> {result['final_val_rmse']:.5f} (epoch {result['best_epoch']} kept)"
+    )
     return summary
 
 
@@ -144,7 +199,12 @@ def _stats(values):
 
     if values.size == 0:
         return {"count": 0}
-    return {"count": int(values.size), "min": float(values.min()), "median": float(np.median(values)),
-            "max": float(values.max()), "mean": float(values.mean()),
-            "at_lower_bound": float(np.mean(values <= 0.5 + 1e-6)),
-            "below_one": float(np.mean(values < 1 - 1e-6))}
+    return {
+        "count": int(values.size),
+        "min": float(values.min()),
+        "median": float(np.median(values)),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "at_lower_bound": float(np.mean(values <= 0.5 + 1e-6)),
+        "below_one": float(np.mean(values < 1 - 1e-6)),
+    }

@@ -24,8 +24,17 @@ REFERENCES = {"model": {"p_ref": None, "f_ref": None}, "micronet_imagenet": MICR
 
 
 # the fields of `score` a score.json / a variant's metrics keep (not the per-layer rows)
-SUMMARY_KEYS = ("score", "parameter_score", "operation_score", "parameter_storage",
-                "operations", "p_ref", "f_ref", "mean_weight_bits", "mean_activation_bits")
+SUMMARY_KEYS = (
+    "score",
+    "parameter_score",
+    "operation_score",
+    "parameter_storage",
+    "operations",
+    "p_ref",
+    "f_ref",
+    "mean_weight_bits",
+    "mean_activation_bits",
+)
 
 
 def _as_counts(counts) -> list[LayerCount]:
@@ -281,8 +290,16 @@ def model_inputs(counts) -> list[str]:
     return [name for name in activation_tensors(counts) if name not in written]
 
 
-def uniform_score(counts, weight_bits, activation_bits, *, bias_bits=FULL_BITS,
-                  input_bits=None, p_ref=None, f_ref=None) -> dict:
+def uniform_score(
+    counts,
+    weight_bits,
+    activation_bits,
+    *,
+    bias_bits=FULL_BITS,
+    input_bits=None,
+    p_ref=None,
+    f_ref=None,
+) -> dict:
     """`score` with one bit width for all weights, one for all activations but the model
     inputs (`input_bits`, default `activation_bits`: 8 for an int8 model fed 8-bit
     pixels), one for biases."""

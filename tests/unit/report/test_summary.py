@@ -1,0 +1,102 @@
+"""quantflow.report.summary: the summary job as a library function, on a subset of a real
+default run's files (tests/data/summary_run: 12 variants of every method family, copied
+from the default pipeline's results). Every record it writes must equal that run's record
+of the same variant (they depend only on the variant's own files and the fp32 reference),
+and the rendered report must carry each of them."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from quantflow.report.summary import SummaryInputs, SummaryOutputs, summarise
+
+RUN = REPO / "tests/data/summary_run"
+MODEL = "results/fashion_mnist/tiny_mobilenet"
+
+
+def inputs(root: Path) -> SummaryInputs:
+    def rel(pattern):
+        return sorted(str(p.relative_to(root)) for p in root.glob(pattern))
+
+    return SummaryInputs(
+        metrics=rel(f"{MODEL}/eval/*/metrics.json"),
+        latencies=rel(f"{MODEL}/eval/*/latency.json"),
+        training=rel(f"{MODEL}/float/train.json"),
+        errors=rel(f"{MODEL}/weightquant/*/errors.json"),
+        fat=rel(f"{MODEL}/fat/*/fat.json"),
+        fat_history=rel(f"{MODEL}/fat/*/history.csv"),
+        fat_thresholds=rel(f"{MODEL}/fat/*/thresholds.pickle"),
+        fat_checks=rel(f"{MODEL}/fat/*/tflite.json"),
+        diagnoses=rel(f"{MODEL}/eval/*/diagnosis.json"),
+        counts=rel(f"{MODEL}/micronet.json"),
+        adjustable=rel(f"{MODEL}/adjustable/*/adjustable.json"),
+        adjustable_bits=rel(f"{MODEL}/adjustable/*/quant_info.json"),
+        adjustable_checks=rel(f"{MODEL}/adjustable/*/tflite.json"),
+        info=rel("data/*/splits/info.json"),
+        template=str(REPO / "reports/summary.md.j2"),
+        comparison_template=str(REPO / "reports/comparison.md.j2"),
+    )
+
+
+def outputs() -> SummaryOutputs:
+    names = {
+        "json": "summary.json",
+        "md": "summary.md",
+        "html": "summary.html",
+        "front": "report_front.html",
+    }
+    return SummaryOutputs(
+        **{f: "results/" + names.get(f, f"{f}.png") for f in SummaryOutputs.__dataclass_fields__}
+    )
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory):
+    root = tmp_path_factory.mktemp("summary") / "run"
+    shutil.copytree(RUN, root)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    cwd = Path.cwd()
+    try:
+        os.chdir(root)  # the workflow's relative paths: results/<dataset>/<model>/...
+        records = summarise(
+            inputs(root),
+            outputs(),
+            config,
+            versions={"numpy": "x"},
+            machine={"cpu": "test", "logical_cpus": 2, "platform": "linux", "python": "3.11"},
+        )
+    finally:
+        os.chdir(cwd)
+    return root, records
+
+
+def test_every_record_is_the_runs_record(summary):
+    root, records = summary
+    expected = json.loads((RUN / "expected_records.json").read_text())
+    by = {r["variant"]: r for r in expected}
+    assert {r["variant"] for r in records} == set(by)
+    for record in records:
+        assert record == by[record["variant"]], record["variant"]
+    assert json.loads((root / "results/summary.json").read_text()) == records
+
+
+def test_the_report_names_every_variant_and_embeds_every_figure(summary):
+    root, records = summary
+    md = (root / "results/summary.md").read_text()
+    html = (root / "results/summary.html").read_text()
+    for r in records:
+        assert f"{r['variant']}" in md and r["variant"] in html
+    for field in SummaryOutputs.__dataclass_fields__:
+        path = root / getattr(outputs(), field)
+        assert path.exists() and path.stat().st_size > 0, field
+        if path.suffix == ".png":
+            assert path.read_bytes()[:4] == b"\x89PNG"
+            assert "data:image/png;base64" in html
+    # the table groups the variants by method family, every family of the run present
+    for family in ("float", "post-training quantization", "weight-only", "FAT", "adjustable"):
+        assert family in md, family
