@@ -305,6 +305,7 @@ FAMILIES: list[Family] = [
 
 
 def family(key: str) -> Family:
+    """The family of a key ("fat", "adjq-int8", ...)."""
     return next(f for f in FAMILIES if f.key == key)
 
 
@@ -315,6 +316,8 @@ def name(key: str, **fields) -> str:
 
 @dataclass(frozen=True)
 class Variant:
+    """A parsed variant name: its family and the fields its name holds."""
+
     name: str
     family: Family
     fields: dict

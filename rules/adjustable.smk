@@ -4,18 +4,18 @@ rule adjustable:
     the simulated model, its bits and score, and its weights packed at their own bits."""
     input:
         unpack(adjustable_fat_init),
-        model="results/{dataset}/{model}/float/model.keras",
+        model=PATHS["float_model"],
         train=split_file("train"),
         val=split_file("val"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
     output:
         ckpt=directory("results/{dataset}/{model}/adjustable/{target}/ckpt"),
         best_ckpt=directory("results/{dataset}/{model}/adjustable/{target}/best_ckpt"),
         initial_thresholds="results/{dataset}/{model}/adjustable/{target}/initial_thresholds.json",
-        model_info="results/{dataset}/{model}/adjustable/{target}/model_info.json",
-        quant_info="results/{dataset}/{model}/adjustable/{target}/quant_info.json",
+        model_info=PATHS["adjustable_model_info"],
+        quant_info=PATHS["adjustable_quant_info"],
         history="results/{dataset}/{model}/adjustable/{target}/history.csv",
-        model="results/{dataset}/{model}/adjustable/{target}/model.keras",
+        model=PATHS["adjustable_model"],
         packed="results/{dataset}/{model}/adjustable/{target}/weights.packed",
         score="results/{dataset}/{model}/adjustable/{target}/score.json",
         summary="results/{dataset}/{model}/adjustable/{target}/adjustable.json",
@@ -42,13 +42,13 @@ rule adjustable_tflite:
     """The deployable int8 TFLite model of a target (each weight channel on its own grid,
     8-bit activations), checked against the simulation of that configuration."""
     input:
-        float_model="results/{dataset}/{model}/float/model.keras",
-        model="results/{dataset}/{model}/adjustable/{target}/model.keras",
-        quant_info="results/{dataset}/{model}/adjustable/{target}/quant_info.json",
-        model_info="results/{dataset}/{model}/adjustable/{target}/model_info.json",
+        float_model=PATHS["float_model"],
+        model=PATHS["adjustable_model"],
+        quant_info=PATHS["adjustable_quant_info"],
+        model_info=PATHS["adjustable_model_info"],
         train=split_file("train"),
         val=split_file("val"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
     output:
         tflite="results/{dataset}/{model}/adjustable/{target}/model.tflite",
         check="results/{dataset}/{model}/adjustable/{target}/tflite.json",

@@ -91,6 +91,28 @@ VARIANTS = variants.enumerate(config)
 REPO = workflow.basedir
 ENV = "../envs/quantflow.yaml"
 
+# Every file one job writes and others read, written once (the .smk files name them
+# PATHS[...]); a variant's model file is quantflow.variants' (relative to MODEL_DIR).
+MODEL_DIR = "results/{dataset}/{model}"
+PATHS = {
+    "raw_manifest": "data/{dataset}/raw/manifest.json",
+    "info": "data/{dataset}/splits/info.json",
+    "float_model": f"{MODEL_DIR}/float/model.keras",
+    "float_weights": f"{MODEL_DIR}/float/weights.pickle",
+    "training": f"{MODEL_DIR}/float/train.json",
+    "fp32_tflite": f"{MODEL_DIR}/tflite/fp32.tflite",
+    "counts": f"{MODEL_DIR}/micronet.json",
+    "metrics": f"{MODEL_DIR}/eval/{{variant}}/metrics.json",
+    "latency": f"{MODEL_DIR}/eval/{{variant}}/latency.json",
+    "diagnosis": f"{MODEL_DIR}/eval/{{variant}}/diagnosis.json",
+    "weightquant_errors": f"{MODEL_DIR}/weightquant/{{algorithm}}_{{bits}}bits/errors.json",
+    "fat_model": f"{MODEL_DIR}/fat/{{scheme}}/model.keras",
+    "fat_thresholds": f"{MODEL_DIR}/fat/{{scheme}}/thresholds.pickle",
+    "adjustable_model": f"{MODEL_DIR}/adjustable/{{target}}/model.keras",
+    "adjustable_quant_info": f"{MODEL_DIR}/adjustable/{{target}}/quant_info.json",
+    "adjustable_model_info": f"{MODEL_DIR}/adjustable/{{target}}/model_info.json",
+}
+
 
 wildcard_constraints:
     dataset=r"[a-z0-9_]+",
@@ -117,7 +139,7 @@ def split_file(split):
 
 
 def result_dir(wildcards):
-    return f"results/{wildcards.dataset}/{wildcards.model}"
+    return MODEL_DIR.format(dataset=wildcards.dataset, model=wildcards.model)
 
 
 def parsed_variant(wildcards):
@@ -195,7 +217,7 @@ def latency_cores():
 
 def all_metrics():
     return expand(
-        "results/{dataset}/{model}/eval/{variant}/metrics.json",
+        PATHS["metrics"],
         dataset=DATASET,
         model=MODELS,
         variant=VARIANTS,
@@ -207,7 +229,9 @@ def all_latencies():
     for the simulations: quantflow.variants.timed_variant)."""
     return sorted(
         {
-            f"results/{DATASET}/{model}/eval/{variants.timed_variant(variant)}/latency.json"
+            PATHS["latency"].format(
+                dataset=DATASET, model=model, variant=variants.timed_variant(variant)
+            )
             for model in MODELS
             for variant in VARIANTS
             if variants.timed_variant(variant)
@@ -217,10 +241,11 @@ def all_latencies():
 
 def all_weightquant_errors():
     return expand(
-        "results/{dataset}/{model}/weightquant/{variant}/errors.json",
+        PATHS["weightquant_errors"],
         dataset=DATASET,
         model=MODELS,
-        variant=[f"{a}_{b}bits" for a in WEIGHTQUANT["algorithms"] for b in WEIGHTQUANT["bits"]],
+        algorithm=WEIGHTQUANT["algorithms"],
+        bits=WEIGHTQUANT["bits"],
     )
 
 
@@ -236,7 +261,7 @@ def all_fat(name):
     if name == "tflite.json":
         schemes = [s for s in FAT_SCHEMES if variants.fat_exportable(s)]
     return expand(
-        "results/{dataset}/{model}/fat/{scheme}/{name}",
+        f"{MODEL_DIR}/fat/{{scheme}}/{{name}}",
         dataset=DATASET,
         model=MODELS,
         scheme=schemes,
@@ -253,7 +278,7 @@ def all_adjustable(name):
     if name == "tflite.json":
         targets = [t for t in targets if variants.adjustable_target_exportable(config, t)]
     return expand(
-        "results/{dataset}/{model}/adjustable/{target}/{name}",
+        f"{MODEL_DIR}/adjustable/{{target}}/{{name}}",
         dataset=DATASET,
         model=MODELS,
         target=targets,
@@ -266,9 +291,8 @@ def adjustable_fat_init(wildcards):
     scheme = ADJUSTABLE.get("init_from_fat")
     if not scheme:
         return {}
-    return {
-        "fat_thresholds": f"results/{wildcards.dataset}/{wildcards.model}/fat/{scheme}/thresholds.pickle"
-    }
+    where = dict(dataset=wildcards.dataset, model=wildcards.model, scheme=scheme)
+    return {"fat_thresholds": PATHS["fat_thresholds"].format(**where)}
 
 
 def all_diagnoses():
@@ -276,7 +300,7 @@ def all_diagnoses():
     if not DIAGNOSIS["images"]:
         return []
     return expand(
-        "results/{dataset}/{model}/eval/{variant}/diagnosis.json",
+        PATHS["diagnosis"],
         dataset=DATASET,
         model=MODELS,
         variant=[v for v in VARIANTS if variants.parse(v).family.int8],

@@ -1,7 +1,7 @@
 rule download:
     """Fetch the dataset's files from the configured mirrors, checksummed, atomically."""
     output:
-        manifest="data/{dataset}/raw/manifest.json",
+        manifest=PATHS["raw_manifest"],
     log:
         "logs/download/{dataset}.log",
     conda:

@@ -5,9 +5,9 @@ rule latency:
     input:
         model=variant_model,
         test=split_file("test"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
     output:
-        latency="results/{dataset}/{model}/eval/{variant}/latency.json",
+        latency=PATHS["latency"],
     log:
         "logs/latency/{dataset}/{model}/{variant}.log",
     conda:
@@ -34,9 +34,9 @@ rule evaluate:
         unpack(variant_extras),
         model=variant_model,
         test=split_file("test"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
     output:
-        metrics="results/{dataset}/{model}/eval/{variant}/metrics.json",
+        metrics=PATHS["metrics"],
         confusion=report(
             "results/{dataset}/{model}/eval/{variant}/confusion.png",
             caption="../reports/confusion.rst",
@@ -65,9 +65,9 @@ rule micronet_counts:
     """Parameters and operations of the float model per layer (quantflow.quant.micronet's
     counting convention): every variant's MicroNet score is weighed from these."""
     input:
-        model="results/{dataset}/{model}/float/model.keras",
+        model=PATHS["float_model"],
     output:
-        counts="results/{dataset}/{model}/micronet.json",
+        counts=PATHS["counts"],
     log:
         "logs/micronet_counts/{dataset}/{model}.log",
     conda:
@@ -87,12 +87,12 @@ rule diagnose:
     model's on held-out images (SNR, error in quantization steps, cosine, the error each
     op adds), in network order."""
     input:
-        reference="results/{dataset}/{model}/tflite/fp32.tflite",
+        reference=PATHS["fp32_tflite"],
         model=variant_model,
         val=split_file("val"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
     output:
-        diagnosis="results/{dataset}/{model}/eval/{variant}/diagnosis.json",
+        diagnosis=PATHS["diagnosis"],
     log:
         "logs/diagnose/{dataset}/{model}/{variant}.log",
     conda:

@@ -3,15 +3,15 @@ rule fat:
     and activations fake-quantized as int8 TFLite runs them), its thresholds calibrated,
     then trained to match the float logits on unlabelled training images."""
     input:
-        model="results/{dataset}/{model}/float/model.keras",
+        model=PATHS["float_model"],
         train=split_file("train"),
         val=split_file("val"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
     output:
         ckpt=directory("results/{dataset}/{model}/fat/{scheme}/ckpt"),
         best_ckpt=directory("results/{dataset}/{model}/fat/{scheme}/best_ckpt"),
-        thresholds="results/{dataset}/{model}/fat/{scheme}/thresholds.pickle",
-        model="results/{dataset}/{model}/fat/{scheme}/model.keras",
+        thresholds=PATHS["fat_thresholds"],
+        model=PATHS["fat_model"],
         history="results/{dataset}/{model}/fat/{scheme}/history.csv",
         summary="results/{dataset}/{model}/fat/{scheme}/fat.json",
     log:
@@ -37,10 +37,10 @@ rule fat_tflite:
     """The trained fake-quant model as a fully int8 TFLite model with its trained ranges,
     checked against the fake-quant model on held-out images."""
     input:
-        model="results/{dataset}/{model}/fat/{scheme}/model.keras",
+        model=PATHS["fat_model"],
         train=split_file("train"),
         val=split_file("val"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
     output:
         tflite="results/{dataset}/{model}/fat/{scheme}/model.tflite",
         check="results/{dataset}/{model}/fat/{scheme}/tflite.json",

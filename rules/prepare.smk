@@ -1,13 +1,13 @@
 rule prepare:
     """Train / validation (seeded hold-out from train) / test splits as .npz, plus info.json."""
     input:
-        manifest="data/{dataset}/raw/manifest.json",
+        manifest=PATHS["raw_manifest"],
         lists=image_lists,
     output:
         train=split_file("train"),
         val=split_file("val"),
         test=split_file("test"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
     log:
         "logs/prepare/{dataset}.log",
     conda:

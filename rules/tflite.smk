@@ -3,9 +3,9 @@ rule tflite:
     full-integer int8 (int8 or uint8 I/O) calibrated on training images (a sample, N, a
     percentage, or one class), or 16x8."""
     input:
-        model="results/{dataset}/{model}/float/model.keras",
+        model=PATHS["float_model"],
         train=split_file("train"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
     output:
         tflite="results/{dataset}/{model}/tflite/{fmt}.tflite",
     log:
@@ -29,7 +29,7 @@ rule tflite_aeq:
     """int4-weight variants by ai-edge-quantizer (the converter has no int4), from the
     fp32 TFLite model: weight-only (float compute) or dynamic (int4 compute)."""
     input:
-        fp32="results/{dataset}/{model}/tflite/fp32.tflite",
+        fp32=PATHS["fp32_tflite"],
     output:
         tflite="results/{dataset}/{model}/tflite/{aeq}.tflite",
     log:
@@ -50,9 +50,9 @@ rule tflite_float_fallback:
     """int8 post-training quantization with the k layers that tflite-int8's per-layer
     diagnosis finds worst left in float (the converter's selective quantization)."""
     input:
-        model="results/{dataset}/{model}/float/model.keras",
+        model=PATHS["float_model"],
         train=split_file("train"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
         diagnosis="results/{dataset}/{model}/eval/tflite-int8/diagnosis.json",
     output:
         tflite="results/{dataset}/{model}/tflite/int8-float{k}.tflite",

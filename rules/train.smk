@@ -3,12 +3,12 @@ rule train:
     input:
         train=split_file("train"),
         val=split_file("val"),
-        info="data/{dataset}/splits/info.json",
+        info=PATHS["info"],
         files=model_files,
     output:
-        model="results/{dataset}/{model}/float/model.keras",
+        model=PATHS["float_model"],
         history="results/{dataset}/{model}/float/history.csv",
-        summary="results/{dataset}/{model}/float/train.json",
+        summary=PATHS["training"],
     log:
         "logs/train/{dataset}/{model}.log",
     benchmark:

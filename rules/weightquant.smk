@@ -1,9 +1,9 @@
 rule extract_weights:
     """The trained model's arrays by layer and role, plus what rebuilds it, as a pickle."""
     input:
-        model="results/{dataset}/{model}/float/model.keras",
+        model=PATHS["float_model"],
     output:
-        weights="results/{dataset}/{model}/float/weights.pickle",
+        weights=PATHS["float_weights"],
     log:
         "logs/extract_weights/{dataset}/{model}.log",
     conda:
@@ -22,12 +22,12 @@ rule weightquant:
     """Weight-only bin or fixed-point quantization of every trainable variable
     (quantize, then dequantize: a float checkpoint that carries the quantization error)."""
     input:
-        weights="results/{dataset}/{model}/float/weights.pickle",
+        weights=PATHS["float_weights"],
     output:
         weights=weightquant_checkpoint(
             "results/{dataset}/{model}/weightquant/{algorithm}_{bits}bits/weights.pickle"
         ),
-        errors="results/{dataset}/{model}/weightquant/{algorithm}_{bits}bits/errors.json",
+        errors=PATHS["weightquant_errors"],
     log:
         "logs/weightquant/{dataset}/{model}/{algorithm}_{bits}bits.log",
     conda:

@@ -14,6 +14,7 @@ SPLITS = ("train", "val", "test")
 
 
 def read_info(path: str | Path) -> dict:
+    """A prepared dataset's info.json: classes, input shape, split sizes, class counts."""
     return json.loads(Path(path).read_text())
 
 

@@ -96,6 +96,7 @@ def _value(interp, details: dict, index: int) -> tuple[np.ndarray, float | None,
 
 
 def snr_db(reference: np.ndarray, value: np.ndarray) -> float:
+    """Signal-to-noise ratio of `value` against `reference` in dB (MAX_SNR_DB when equal)."""
     noise = float(np.sum((reference - value) ** 2))
     signal = float(np.sum(reference**2))
     if noise == 0.0:
@@ -133,6 +134,7 @@ def _db(ratio: float | None) -> float | None:
 
 
 def cosine(reference: np.ndarray, value: np.ndarray) -> float:
+    """Cosine similarity of the two tensors, flattened (1 for two equal zero tensors)."""
     a, b = reference.ravel(), value.ravel()
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float(np.dot(a, b) / norm) if norm > 0 else (1.0 if np.array_equal(a, b) else 0.0)

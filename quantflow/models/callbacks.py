@@ -68,6 +68,7 @@ def inference_copy(model):
 
 
 def write_history_csv(path: str | Path, rows: list[dict]) -> None:
+    """Write per-epoch rows (dicts with the same keys) to a CSV file at `path`."""
     path = Path(path)
     fields = list(rows[0]) if rows else ["epoch"]
     with path.open("w", newline="") as f:

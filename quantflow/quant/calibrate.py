@@ -22,10 +22,12 @@ def _per_channel(q: ActivationQuant) -> bool:
 
 
 def activation_quantizers(qmodel) -> list[ActivationQuant]:
+    """The activation fake-quant layers of a fake-quant model, in layer order."""
     return [layer for layer in qmodel.layers if isinstance(layer, ActivationQuant)]
 
 
 def weight_quantizers(qmodel) -> list[QuantizedOp]:
+    """The layers of a fake-quant model that quantize weights, in layer order."""
     return [layer for layer in qmodel.layers if isinstance(layer, QuantizedOp)]
 
 

@@ -35,6 +35,8 @@ class Node:
 
 @dataclass
 class Graph:
+    """A functional model flattened into nodes in call order, tensors by integer key."""
+
     nodes: list[Node] = field(default_factory=list)
     inputs: list[int] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)

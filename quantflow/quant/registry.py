@@ -40,4 +40,5 @@ def quantizer_class(kind: str, name: str) -> type:
 
 
 def quantizer_names(kind: str) -> list[str]:
+    """The registered quantizer names of `kind` ("weight" or "activation"), sorted."""
     return sorted(n for k, n in _REGISTRY if k == kind)

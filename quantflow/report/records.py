@@ -12,6 +12,7 @@ REFERENCE_VARIANT = "tflite-fp32"
 
 
 def read_records(paths) -> list[dict]:
+    """The metrics.json records of `paths`, in order."""
     return [json.loads(Path(p).read_text()) for p in paths]
 
 

@@ -105,6 +105,7 @@ def html_page(markdown_text: str, base_dir: str | Path, title: str) -> str:
 
 
 def render(template_path: str | Path, **context) -> str:
+    """The Jinja2 template at `template_path` rendered with `context` (markdown text)."""
     import jinja2
 
     template_path = Path(template_path)

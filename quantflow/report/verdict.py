@@ -53,10 +53,12 @@ def style(fam: str) -> tuple[str, str]:
 
 
 def deployable(record: dict) -> bool:
+    """Whether a record's variant is a file LiteRT runs (format "tflite")."""
     return record.get("format") == "tflite"
 
 
 def runs_on(record: dict) -> str:
+    """Where a record's variant runs: LiteRT, TensorFlow or TensorFlow (simulation)."""
     if deployable(record):
         return "LiteRT"
     return "TensorFlow" if record["variant"] == "keras-float" else "TensorFlow (simulation)"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def machine_description() -> dict:
+    """This machine for the report: cpu model, logical CPUs, platform, Python version."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -115,3 +115,14 @@ def test_scripts_import_the_library_not_each_other():
     for script in (REPO / "scripts").glob("*.py"):
         for name in quantflow_imports(script):
             assert not name.startswith("scripts"), script
+
+
+def test_public_functions_and_classes_say_what_they_take_and_give():
+    """Every public module-level function and class of the library has a docstring."""
+    missing = []
+    for path in sorted(LIBRARY.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            public = isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name[0] != "_"
+            if public and not ast.get_docstring(node):
+                missing.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert not missing, "no docstring: " + ", ".join(missing)

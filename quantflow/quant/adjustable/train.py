@@ -33,6 +33,7 @@ def accuracy(model, images, labels, batch_size: int = 250) -> float:
 
 
 def predict(model, images, batch_size: int = 250) -> np.ndarray:
+    """`model`'s outputs on `images` (inference mode), batch by batch, as one array."""
     return np.concatenate(
         [
             np.asarray(model(images[i : i + batch_size], training=False))
