@@ -4,9 +4,10 @@
 
 OLD_DIR and NEW_DIR are working directories of the same config run by the old and the new
 code (see benchmarks/compare_results.py, which checks their bytes). Here every fake-quant
-.keras model, thresholds.pickle and weights.pickle under OLD_DIR/results is loaded with the
-current library and run (or read) next to the NEW_DIR file of the same path: the outputs
-on a fixed batch of images (models), the records (pickles) must be equal. Prints one line
+.keras model, thresholds.pickle, weights.pickle and weights.packed under OLD_DIR/results is
+loaded with the current library and run (or read) next to the NEW_DIR file of the same
+path: the outputs on a fixed batch of images (models), the records (pickles) and the
+dequantized weights (packed files) must be equal. Prints one line
 per file; exits 1 on any difference or load failure.
 """
 
@@ -22,6 +23,7 @@ def main(old_dir: str, new_dir: str) -> int:
     import keras
 
     import quantflow.quant.layers  # noqa: F401 (registers the fake-quant layers)
+    from quantflow.formats.bitpack import load_packed
     from quantflow.formats.weights import load_weights, rebuild_model
     from quantflow.quant.fat.thresholds import load_thresholds
 
@@ -45,6 +47,11 @@ def main(old_dir: str, new_dir: str) -> int:
                 model = rebuild_model(a)
                 x = np.round(rng.uniform(0, 255, (4, *model.input_shape[1:]))).astype(np.float32)
                 same = np.array_equal(np.asarray(model(x)), np.asarray(rebuild_model(b)(x)))
+            elif path.name == "weights.packed":
+                a, b = load_packed(path), load_packed(other)
+                same = a.meta == b.meta and sorted(a.tensors) == sorted(b.tensors)
+                same = same and all(np.array_equal(a.weights(n), b.weights(n)) for n in a.tensors)
+                same = same and all(np.array_equal(a.arrays[n], b.arrays[n]) for n in a.arrays)
             else:
                 continue
         except Exception as e:  # a file the new code cannot load is the failure sought
