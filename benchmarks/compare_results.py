@@ -3,6 +3,11 @@ result; exit 0 only if they are equal.
 
     python benchmarks/compare_results.py BEFORE_DIR AFTER_DIR [--json OUT.json]
 
+The layout issue's check: the default config and benchmarks/equality_zoo.yaml (MobileNetV2
+from the zoo) each run by the old and the new code in two fresh clones (`snakemake --cores
+2 [--configfile ...]`), then this script and benchmarks/load_old_files.py on the two
+working directories (results: benchmarks/results/equality_*.json, load_old_*.txt).
+
 Each DIR is a workflow working directory holding results/. Every file under results/ is
 compared by its kind (standalone: imports nothing from quantflow):
 
