@@ -19,6 +19,7 @@ WORKFLOW_PARTS = (
     "Snakefile",
     "config.yaml",
     "configs",
+    "tests/configs",  # the test configs the docs show
     "rules",
     "scripts",
     "quantflow",
