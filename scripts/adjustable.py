@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
 from quantflow.workflow.logs import run_logged
+from quantflow.workflow.files import as_dataclass
 from quantflow.workflow.threads import configure_threads
 
 
@@ -15,10 +16,9 @@ def main(inp, out, target, params, threads):
     configure_threads(threads, params.seed)
     from quantflow.quant.adjustable.job import AdjustableFiles, AdjustableOutputs, run
 
-    fat = inp.fat_thresholds if "fat_thresholds" in inp.keys() else None
     run(
-        AdjustableFiles(inp.model, inp.train, inp.val, inp.info, fat),
-        AdjustableOutputs(**{k: getattr(out, k) for k in AdjustableOutputs.__dataclass_fields__}),
+        as_dataclass(AdjustableFiles, inp),  # fat_thresholds: when the target starts from FAT
+        as_dataclass(AdjustableOutputs, out),
         target,
         params.settings,
         params.seed,

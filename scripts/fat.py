@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
 from quantflow.workflow.logs import run_logged
+from quantflow.workflow.files import as_dataclass
 from quantflow.workflow.threads import configure_threads
 
 
@@ -16,8 +17,8 @@ def main(inp, out, scheme, cfg, seed, threads):
     from quantflow.quant.fat.job import FatFiles, FatOutputs, run
 
     run(
-        FatFiles(inp.model, inp.train, inp.val, inp.info),
-        FatOutputs(**{k: getattr(out, k) for k in FatOutputs.__dataclass_fields__}),
+        as_dataclass(FatFiles, inp),
+        as_dataclass(FatOutputs, out),
         scheme,
         cfg,
         seed,

@@ -7,15 +7,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
 from quantflow.workflow.environment import machine_description, package_versions
+from quantflow.workflow.files import as_dataclass
 from quantflow.workflow.logs import run_logged
 
 
 def main(inp, out, config):
-    from quantflow.report.summary import SummaryInputs, SummaryOutputs, from_named, summarise
+    from quantflow.report.summary import SummaryInputs, SummaryOutputs, summarise
 
     records = summarise(
-        from_named(SummaryInputs, inp),
-        from_named(SummaryOutputs, out),
+        as_dataclass(SummaryInputs, inp),
+        as_dataclass(SummaryOutputs, out),
         config,
         versions=package_versions(),
         machine=machine_description(),

@@ -10,7 +10,7 @@ and variant, scheme or target are read from them).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -80,12 +80,6 @@ class SummaryOutputs:
     pareto_plot: str
     adjustable_weight_bits_plot: str
     adjustable_activation_bits_plot: str
-
-
-def from_named(cls, named):
-    """A SummaryInputs / SummaryOutputs from an object with those attributes (Snakemake's
-    input and output)."""
-    return cls(**{f.name: getattr(named, f.name) for f in fields(cls)})
 
 
 def summarise(
