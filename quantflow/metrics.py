@@ -18,6 +18,7 @@ __all__ = [
     "confusion_matrix",
     "expected_confusion_matrix",
     "top_k_accuracy",
+    "top1_credit",
     "classification_metrics",
     "plot_confusion_matrix",
 ]
@@ -113,6 +114,17 @@ def top_k_accuracy(y_true: ArrayLike, scores: ArrayLike, k: int) -> float:
     if t.size == 0:
         raise ValueError("top_k_accuracy needs at least one sample")
     return float(np.mean(_expected_topk(t, s, k)[0]))
+
+
+def top1_credit(y_true: ArrayLike, scores: ArrayLike) -> np.ndarray:
+    """Per sample, the expected top-1 hit under random tie-breaking: 1 right, 0 wrong,
+    1/e when the true class is one of e classes tied at the top score (the mean is
+    ``top_k_accuracy(y_true, scores, 1)``)."""
+    raw = np.asarray(y_true)
+    if raw.ndim != 1:
+        raise ValueError(f"y_true must be 1-D, got shape {raw.shape}")
+    s = _scores(scores, raw.shape[0])
+    return _expected_topk(_labels(raw, s.shape[1], "y_true"), s, 1)[0]
 
 
 def expected_confusion_matrix(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:

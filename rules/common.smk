@@ -103,6 +103,7 @@ PATHS = {
     "fp32_tflite": f"{MODEL_DIR}/tflite/fp32.tflite",
     "counts": f"{MODEL_DIR}/micronet.json",
     "metrics": f"{MODEL_DIR}/eval/{{variant}}/metrics.json",
+    "predictions": f"{MODEL_DIR}/eval/{{variant}}/predictions.npz",
     "latency": f"{MODEL_DIR}/eval/{{variant}}/latency.json",
     "diagnosis": f"{MODEL_DIR}/eval/{{variant}}/diagnosis.json",
     "weightquant_errors": f"{MODEL_DIR}/weightquant/{{algorithm}}_{{bits}}bits/errors.json",
@@ -215,9 +216,10 @@ def latency_cores():
     return config["evaluate"]["latency_threads"]
 
 
-def all_metrics():
+def all_metrics(name="metrics"):
+    """metrics.json (or predictions.npz: name "predictions") of every variant."""
     return expand(
-        PATHS["metrics"],
+        PATHS[name],
         dataset=DATASET,
         model=MODELS,
         variant=VARIANTS,

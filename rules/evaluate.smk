@@ -37,6 +37,7 @@ rule evaluate:
         info=PATHS["info"],
     output:
         metrics=PATHS["metrics"],
+        predictions=PATHS["predictions"],
         confusion=report(
             "results/{dataset}/{model}/eval/{variant}/confusion.png",
             caption="../reports/confusion.rst",

@@ -3,6 +3,7 @@ rule summary:
     Editing the template reruns only this rule: `make report`."""
     input:
         metrics=all_metrics(),
+        predictions=all_metrics("predictions"),
         latencies=all_latencies(),
         training=expand(PATHS["training"], dataset=DATASET, model=MODELS),
         errors=all_weightquant_errors(),

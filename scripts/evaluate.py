@@ -27,6 +27,7 @@ def main(inp, out, wildcards, params, threads):
             info["num_classes"],
             batch_size=params.batch_size,
             threads=threads,
+            predictions=out.predictions,
         )
     )
     if "score" in inp.keys():  # an adjustable variant: its MicroNet score, bits per channel

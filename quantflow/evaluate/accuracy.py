@@ -8,16 +8,26 @@ from pathlib import Path
 import numpy as np
 
 from quantflow.metrics import classification_metrics
+from quantflow.evaluate.paired import save_predictions
 from quantflow.evaluate.runners import load_runner, predict
 
 
 def evaluate_model(
-    path: str | Path, split, num_classes: int, *, batch_size: int, threads: int
+    path: str | Path,
+    split,
+    num_classes: int,
+    *,
+    batch_size: int,
+    threads: int,
+    predictions: str | Path | None = None,
 ) -> dict:
     """Accuracy metrics and size of one model file on a prepared `Split` (not timed:
-    see :func:`measure_latency`)."""
+    see :func:`measure_latency`); with `predictions`, each image's top-1 class and credit
+    are written there too (quantflow.evaluate.paired: the paired tests read them)."""
     runner = load_runner(path, threads)
     scores, labels, _ = predict(runner, split.numpy_batches(batch_size), batch_size)
+    if predictions is not None:
+        save_predictions(predictions, labels, scores)
     record = classification_metrics(labels, scores, num_classes)
     record.update(
         size_bytes=runner.size_bytes,

@@ -38,6 +38,35 @@ def add_comparisons(records: list[dict], reference: str = REFERENCE_VARIANT) -> 
     return out
 
 
+PAIRED_FIELDS = ("paired_test", "differ_images", "p_value", "significant")
+
+
+def add_paired(
+    records: list[dict], credits: dict, reference: str = REFERENCE_VARIANT, alpha: float = 0.05
+) -> list[dict]:
+    """Judge every record's top-1 against the reference variant of its dataset and model
+    by the exact paired test on the same test images (quantflow.evaluate.paired):
+    "paired_test" (its name), "differ_images" (images whose credit differs), "p_value",
+    "significant" (p < alpha: a win or a loss; otherwise a tie). `credits`: (dataset,
+    model, variant) -> per-image tie-aware credit. Without the arrays: None."""
+    from quantflow.evaluate.paired import paired_test
+
+    for record in records:
+        key = (record["dataset"], record["model"])
+        mine, ref = credits.get((*key, record["variant"])), credits.get((*key, reference))
+        if mine is None or ref is None:
+            record.update(dict.fromkeys(PAIRED_FIELDS))
+            continue
+        result = paired_test(mine, ref, alpha=alpha)
+        record.update(
+            paired_test=result["test"],
+            differ_images=result["differ"],
+            p_value=result["p"],
+            significant=result["significant"],
+        )
+    return records
+
+
 SCORE_FIELDS = (
     "score",
     "parameter_score",

@@ -10,12 +10,13 @@ and variant, scheme or target are read from them).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from quantflow.data.splits import read_info
+from quantflow.evaluate.paired import load_predictions
 from quantflow.report import render as htmlreport
 from quantflow.report import verdict as comparison
 from quantflow.report.methods import (
@@ -33,6 +34,7 @@ from quantflow.report.records import (
     REFERENCE_VARIANT,
     add_comparisons,
     add_latencies,
+    add_paired,
     add_scores,
     read_records,
 )
@@ -61,6 +63,7 @@ class SummaryInputs:
     info: list
     template: str
     comparison_template: str
+    predictions: list = field(default_factory=list)  # predictions.npz: the paired tests
 
 
 @dataclass
@@ -101,6 +104,11 @@ def summarise(
         for p in inp.latencies
     }  # results/<dataset>/<model>/eval/<variant>/latency.json
     records = add_comparisons(add_latencies(read_records(inp.metrics), latencies))
+    credits = {  # results/<dataset>/<model>/eval/<variant>/predictions.npz
+        tuple(Path(p).parts[1:3]) + (Path(p).parent.name,): load_predictions(p)["credit"]
+        for p in inp.predictions
+    }
+    add_paired(records, credits, alpha=config["verdict"].get("alpha", 0.05))
     add_scores(records, counts, config["weightquant"])
     Path(out.json).write_text(json.dumps(records, indent=2) + "\n")
     infos = {info["dataset"]: info for info in map(read_info, inp.info)}
@@ -176,6 +184,8 @@ def summarise(
         cross_model=cross_model,
         tolerance_pp=vcfg["tolerance_pp"],
         runs_on=comparison.runs_on,
+        paired=comparison.paired_cell,
+        alpha=vcfg.get("alpha", 0.05),
         size_plot=Path(out.size_plot).name,
         pareto_plot=Path(out.pareto_plot).name,
     )

@@ -64,6 +64,20 @@ def runs_on(record: dict) -> str:
     return "TensorFlow" if record["variant"] == "keras-float" else "TensorFlow (simulation)"
 
 
+def paired_cell(record: dict) -> str:
+    """The table's verdict of the paired test against the reference: "win", "loss" or
+    "tie", with p and how many test images the two classify differently."""
+    if record.get("variant") == record.get("reference"):
+        return "reference"
+    p = record.get("p_value")
+    if p is None:
+        return "n/a"
+    word = "tie"
+    if record.get("significant"):
+        word = "win" if record["delta_accuracy_pp"] > 0 else "loss"
+    return f"{word} (p {p:.2g}, {record['differ_images']} differ)"
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -279,7 +279,7 @@ def test_verdict_on_a_real_summary():
 def test_comparison_section_for_two_models_renders_to_markdown_and_html(tmp_path):
     from quantflow.report import render as htmlreport
     from quantflow.report import render as report
-    from quantflow.report.verdict import runs_on
+    from quantflow.report.verdict import paired_cell, runs_on
 
     first = run()
     second = with_deltas(
@@ -314,6 +314,7 @@ def test_comparison_section_for_two_models_renders_to_markdown_and_html(tmp_path
         tolerance_pp=0.5,
         reference="tflite-fp32",
         runs_on=runs_on,
+        paired=paired_cell,
         size_plot="size.png",
         pareto_plot="score.png",
     )
@@ -321,7 +322,7 @@ def test_comparison_section_for_two_models_renders_to_markdown_and_html(tmp_path
     assert "| d / m | 90.00 | 976.6 | -0.10 | `fat-w8a8-sym-pc`: -0.03 | `adjq-s24`: -10.00" in md
     assert "| `bin-4`: -0.40, 117.2 KiB |" in md
     assert "| d / n | 85.00 | 1953.1 | -5.00 | n/a | n/a | `tflite-fp32`: +0.00, 1953.1 KiB |" in md
-    assert "| weight-only | bin-4 | 89.60 | -0.40 | 117.2 |" in md
+    assert "| weight-only | bin-4 | 89.60 | -0.40 | n/a | 117.2 |" in md
     html = htmlreport.html_fragment(md, tmp_path)
     assert html.count('src="data:image/png;base64,') == 2 and html.count("<table>") == 3
     assert "<strong>Smallest within 0.5 pp</strong>" in html

@@ -9,10 +9,13 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO
+from quantflow.evaluate.paired import load_predictions, paired_test, save_predictions
+from quantflow.report.records import PAIRED_FIELDS
 from quantflow.report.summary import SummaryInputs, SummaryOutputs, summarise
 
 RUN = REPO / "tests/data/summary_run"
@@ -38,6 +41,7 @@ def inputs(root: Path) -> SummaryInputs:
         adjustable_bits=rel(f"{MODEL}/adjustable/*/quant_info.json"),
         adjustable_checks=rel(f"{MODEL}/adjustable/*/tflite.json"),
         info=rel("data/*/splits/info.json"),
+        predictions=rel(f"{MODEL}/eval/*/predictions.npz"),
         template=str(REPO / "reports/summary.md.j2"),
         comparison_template=str(REPO / "reports/comparison.md.j2"),
     )
@@ -59,6 +63,13 @@ def outputs() -> SummaryOutputs:
 def summary(tmp_path_factory):
     root = tmp_path_factory.mktemp("summary") / "run"
     shutil.copytree(RUN, root)
+    # per-image results of two variants (the run predates them): made up here, so that
+    # the paired test's fields of the int8 record are checked against the function
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 300)
+    for variant, noise in (("tflite-fp32", 1.5), ("tflite-int8", 2.0)):
+        scores = np.eye(10)[labels] + noise * rng.random((300, 10))
+        save_predictions(root / MODEL / "eval" / variant / "predictions.npz", labels, scores)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     cwd = Path.cwd()
     try:
@@ -81,7 +92,19 @@ def test_every_record_is_the_runs_record(summary):
     by = {r["variant"]: r for r in expected}
     assert {r["variant"] for r in records} == set(by)
     for record in records:
-        assert record == by[record["variant"]], record["variant"]
+        # the run's record, and the paired test's fields added since
+        mine = {k: v for k, v in record.items() if k not in PAIRED_FIELDS}
+        assert mine == by[record["variant"]], record["variant"]
+    by = {r["variant"]: r for r in records}
+    credit = {
+        v: load_predictions(root / MODEL / "eval" / v / "predictions.npz")["credit"]
+        for v in ("tflite-fp32", "tflite-int8")
+    }
+    want = paired_test(credit["tflite-int8"], credit["tflite-fp32"])
+    assert by["tflite-int8"]["p_value"] == want["p"] and want["differ"] > 0
+    assert by["tflite-int8"]["differ_images"] == want["differ"]
+    assert by["tflite-fp32"]["differ_images"] == 0 and by["tflite-fp32"]["p_value"] == 1.0
+    assert by["fat-w8a8-sym-pc"]["p_value"] is None  # no per-image results: not judged
     assert json.loads((root / "results/summary.json").read_text()) == records
 
 
