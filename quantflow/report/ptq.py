@@ -42,9 +42,22 @@ def image_count(pp: float, num_samples) -> int | None:
     return int(round(abs(pp) * num_samples / 100.0))
 
 
-def compare(pp: float, num_samples: int, better: str = "higher", worse: str = "lower") -> str:
-    """'a tie (n images)' within TIE_IMAGES, else '<better|worse> by x pp (n images)'."""
+def compare(
+    pp: float,
+    num_samples: int,
+    better: str = "higher",
+    worse: str = "lower",
+    paired: dict | None = None,
+) -> str:
+    """'a tie (...)' or '<better|worse> by x pp (...)': by the exact paired test when its
+    result `paired` is given (quantflow.evaluate.paired: p and the images that differ),
+    else (no per-image results) within TIE_IMAGES test images."""
     n = image_count(pp, num_samples)
+    if paired is not None:
+        detail = f"p {paired['p']:.2g}, {paired['differ']} images differ"
+        if not paired["significant"]:
+            return f"a tie ({pp:+.2f} pp; {detail})"
+        return f"{better if pp > 0 else worse} by {abs(pp):.2f} pp ({n} test images; {detail})"
     if n <= TIE_IMAGES:
         return f"a tie ({pp:+.2f} pp, {n} test image{'s' if n != 1 else ''})"
     return f"{better if pp > 0 else worse} by {abs(pp):.2f} pp ({n} test images)"
@@ -99,10 +112,29 @@ def _trend(points: list[dict], key: str, num_samples: int) -> str:
     )
 
 
-def ptq_study(records: list[dict], info: dict | None = None, training: dict | None = None) -> dict:
+def ptq_study(
+    records: list[dict],
+    info: dict | None = None,
+    training: dict | None = None,
+    credits: dict | None = None,
+    alpha: float = 0.05,
+) -> dict:
     """The lab's questions for one (dataset, model): {"sentences": [...], "points": the
     calibration study, "dataset", "model"}. `records`: that model's variant records (with
-    add_comparisons' fields); `info`: its dataset's info.json; `training`: train.json."""
+    add_comparisons' fields); `info`: its dataset's info.json; `training`: train.json;
+    `credits`: variant -> per-image tie-aware credit, whose exact paired test decides every
+    win and tie (without them: TIE_IMAGES test images)."""
+    from quantflow.evaluate.paired import paired_test
+
+    credits = credits or {}
+
+    def paired(a: dict, b: dict) -> dict | None:
+        ca, cb = credits.get(a["variant"]), credits.get(b["variant"])
+        return None if ca is None or cb is None else paired_test(ca, cb, alpha=alpha)
+
+    def judge(a: dict, b: dict) -> str:
+        return compare(100.0 * (a["accuracy"] - b["accuracy"]), n, paired=paired(a, b))
+
     by = {r["variant"]: r for r in records}
     sentences: list[str] = []
     first = records[0]
@@ -110,10 +142,9 @@ def ptq_study(records: list[dict], info: dict | None = None, training: dict | No
     train_size = ((info or {}).get("sizes") or {}).get("train")
     native, fp32 = by.get("keras-float"), by.get("tflite-fp32")
     if native and fp32:
-        pp = 100.0 * (fp32["accuracy"] - native["accuracy"])
         sentences.append(
             f"tflite-fp32 against the native Keras model: top-1 {100 * fp32['accuracy']:.2f}% "
-            f"vs {100 * native['accuracy']:.2f}%, {compare(pp, n)}; G-mean "
+            f"vs {100 * native['accuracy']:.2f}%, {judge(fp32, native)}; G-mean "
             f"{100 * fp32['g_mean']:.2f}% vs {100 * native['g_mean']:.2f}%. At batch 1 LiteRT "
             f"takes {fp32['ms_per_image_b1']:.3f} ms per image, Keras "
             f"{native['ms_per_image_b1']:.3f} ms ("
@@ -125,13 +156,28 @@ def ptq_study(records: list[dict], info: dict | None = None, training: dict | No
         if _family(r["variant"]) in ("int8", "int8-cal", "int8-calpct", "int8-class")
     ]
     if fp32 and int8:
-        best = max(int8, key=lambda r: (r["accuracy"], r["g_mean"]))
-        pp = 100.0 * (best["accuracy"] - fp32["accuracy"])
+        top = max(int8, key=lambda r: (r["accuracy"], r["g_mean"]))
+        # those the paired test cannot tell from the most accurate: the most faithful to
+        # tflite-fp32 of them (top-1 agreement) is the best
+        tied = [r for r in int8 if r is not top and (p := paired(r, top)) and not p["significant"]]
+        best = max([top, *tied], key=lambda r: (r.get("agreement") or 0.0, r["accuracy"]))
         ratio = best["size_bytes"] / fp32["size_bytes"]
+        chosen = ""
+        if tied:
+            chosen = (
+                f" ({len(tied)} other int8 model{'s' if len(tied) != 1 else ''} tie at the top "
+                f"by the paired test; this one agrees most with tflite-fp32's top-1"
+                + (
+                    f", on {100 * best['agreement']:.2f}% of the images"
+                    if best.get("agreement")
+                    else ""
+                )
+                + ")"
+            )
         sentences.append(
-            f"The most accurate int8 model, {best['variant']}, against tflite-fp32: top-1 "
+            f"The best int8 model, {best['variant']}{chosen}, against tflite-fp32: top-1 "
             f"{100 * best['accuracy']:.2f}% vs {100 * fp32['accuracy']:.2f}%, "
-            f"{compare(pp, n)}; {ratio:.2f} of its size; "
+            f"{judge(best, fp32)}; {ratio:.2f} of its size; "
             f"{faster(fp32['ms_per_image_b1'], best['ms_per_image_b1'])} at batch 1."
         )
     points = calibration_points(records, train_size)
@@ -151,7 +197,7 @@ def ptq_study(records: list[dict], info: dict | None = None, training: dict | No
         parts = []
         if base:
             parts.append(
-                f"{compare(100 * (r['accuracy'] - base['accuracy']), n)} against "
+                f"{judge(r, base)} against "
                 f"tflite-int8 ({100 * base['accuracy']:.2f}%, calibrated on every "
                 "class)"
             )
@@ -178,7 +224,7 @@ def ptq_study(records: list[dict], info: dict | None = None, training: dict | No
         for k, r in fallback:
             parts.append(
                 f"{k} layer{'s' if k != 1 else ''}: {100 * r['accuracy']:.2f}%, "
-                f"{compare(100 * (r['accuracy'] - base['accuracy']), n)}, "
+                f"{judge(r, base)}, "
                 f"{r['size_bytes'] / base['size_bytes']:.2f}x the size, "
                 f"{r['ms_per_image_b1'] / base['ms_per_image_b1']:.2f}x the time per image"
             )

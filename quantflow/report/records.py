@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from quantflow.variants import timed_variant, variant_bits
 
 REFERENCE_VARIANT = "tflite-fp32"
@@ -38,31 +40,36 @@ def add_comparisons(records: list[dict], reference: str = REFERENCE_VARIANT) -> 
     return out
 
 
-PAIRED_FIELDS = ("paired_test", "differ_images", "p_value", "significant")
+PAIRED_FIELDS = ("paired_test", "differ_images", "p_value", "significant", "agreement")
 
 
 def add_paired(
-    records: list[dict], credits: dict, reference: str = REFERENCE_VARIANT, alpha: float = 0.05
+    records: list[dict],
+    predictions: dict,
+    reference: str = REFERENCE_VARIANT,
+    alpha: float = 0.05,
 ) -> list[dict]:
     """Judge every record's top-1 against the reference variant of its dataset and model
     by the exact paired test on the same test images (quantflow.evaluate.paired):
     "paired_test" (its name), "differ_images" (images whose credit differs), "p_value",
-    "significant" (p < alpha: a win or a loss; otherwise a tie). `credits`: (dataset,
-    model, variant) -> per-image tie-aware credit. Without the arrays: None."""
+    "significant" (p < alpha: a win or a loss; otherwise a tie), and its fidelity,
+    "agreement" (share of images with the reference's top-1 class). `predictions`:
+    (dataset, model, variant) -> {"credit", "top1"} per image. Without them: None."""
     from quantflow.evaluate.paired import paired_test
 
     for record in records:
         key = (record["dataset"], record["model"])
-        mine, ref = credits.get((*key, record["variant"])), credits.get((*key, reference))
+        mine, ref = predictions.get((*key, record["variant"])), predictions.get((*key, reference))
         if mine is None or ref is None:
             record.update(dict.fromkeys(PAIRED_FIELDS))
             continue
-        result = paired_test(mine, ref, alpha=alpha)
+        result = paired_test(mine["credit"], ref["credit"], alpha=alpha)
         record.update(
             paired_test=result["test"],
             differ_images=result["differ"],
             p_value=result["p"],
             significant=result["significant"],
+            agreement=float(np.mean(mine["top1"] == ref["top1"])),
         )
     return records
 

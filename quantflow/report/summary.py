@@ -104,11 +104,16 @@ def summarise(
         for p in inp.latencies
     }  # results/<dataset>/<model>/eval/<variant>/latency.json
     records = add_comparisons(add_latencies(read_records(inp.metrics), latencies))
-    credits = {  # results/<dataset>/<model>/eval/<variant>/predictions.npz
-        tuple(Path(p).parts[1:3]) + (Path(p).parent.name,): load_predictions(p)["credit"]
+    predictions = {  # results/<dataset>/<model>/eval/<variant>/predictions.npz
+        tuple(Path(p).parts[1:3]) + (Path(p).parent.name,): load_predictions(p)
         for p in inp.predictions
     }
-    add_paired(records, credits, alpha=config["verdict"].get("alpha", 0.05))
+    alpha = config["verdict"].get("alpha", 0.05)
+    add_paired(records, predictions, alpha=alpha)
+
+    def credits_of(dataset, model):  # variant -> per-image credit, for the verdict's ties
+        return {k[2]: v["credit"] for k, v in predictions.items() if k[:2] == (dataset, model)}
+
     add_scores(records, counts, config["weightquant"])
     Path(out.json).write_text(json.dumps(records, indent=2) + "\n")
     infos = {info["dataset"]: info for info in map(read_info, inp.info)}
@@ -130,7 +135,9 @@ def summarise(
                 "class_names": info["class_names"],
                 "batch_size": rows[0]["batch_size"],
                 "training": training.get(key),
-                "ptq": ptq_study(rows, info, training.get(key)),
+                "ptq": ptq_study(
+                    rows, info, training.get(key), credits=credits_of(*key), alpha=alpha
+                ),
             }
         )
     vcfg = config["verdict"]
@@ -141,6 +148,8 @@ def summarise(
             tolerance_pp=vcfg["tolerance_pp"],
             size_budget_bytes=budget,
             size_budget_ratio=vcfg["size_budget_ratio"],
+            credits=credits_of(group["dataset"], group["model"]),
+            alpha=alpha,
         )
         group["grouped"] = comparison.grouped_rows(group["records"])
         group["shared_timing"] = any(
@@ -151,6 +160,8 @@ def summarise(
         tolerance_pp=vcfg["tolerance_pp"],
         size_budget_ratio=vcfg["size_budget_ratio"],
         size_budget_bytes=budget,
+        credits={(g["dataset"], g["model"]): credits_of(g["dataset"], g["model"]) for g in groups},
+        alpha=alpha,
     )
     comparison.plot_accuracy_vs(
         records, out.size_plot, x="size_bytes", tolerance_pp=vcfg["tolerance_pp"]

@@ -11,8 +11,10 @@ A record is a variant's metrics as the summary has them (report.add_comparisons:
 "delta_accuracy_pp" against the fp32 TFLite model). "Deployable" means run by LiteRT (a
 TFLite file: format "tflite"); the others run in TensorFlow (the float Keras model and the
 simulations: weight-only checkpoints, fake-quant models), with the size of their packed
-weights. Accuracy differences of at most ptqreport.TIE_IMAGES test images are ties; timings
-within LATENCY_TIE of each other are ties on a shared machine.
+weights. Every pick is a deployable file, with its path; simulations appear as what-ifs.
+Accuracy differences are wins only by the exact paired test on the same test images
+(quantflow.evaluate.paired), otherwise ties; timings within LATENCY_TIE of each other are
+ties on a shared machine.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import math
 from pathlib import Path
 
 from quantflow.report.methods import _figure, pareto_front
-from quantflow.report.ptq import TIE_IMAGES, image_count
+from quantflow.report.ptq import image_count
 from quantflow.report.records import REFERENCE_VARIANT
 from quantflow.variants import FAMILIES, method
 
@@ -121,12 +123,14 @@ def _picked(kind: str, record: dict | None, ties: list[dict], sentence: str) -> 
         "ms_per_image_b1",
         "ms_per_image_batched",
         "score",
+        "agreement",
     )
     return {
         "kind": kind,
         "variant": record["variant"] if record else None,
         **{k: (record or {}).get(k) for k in numbers},
         "deployable": deployable(record) if record else None,
+        "path": (record or {}).get("model_path"),
         "ties": [r["variant"] for r in ties],
         "sentence": sentence,
     }
@@ -138,18 +142,28 @@ def verdict(
     size_budget_bytes: float | None = None,
     size_budget_ratio: float = 0.3,
     reference: str = REFERENCE_VARIANT,
+    credits: dict | None = None,
+    alpha: float = 0.05,
 ) -> list[dict]:
     """Three verdict lines for one (dataset, model)'s records, each a dict with "kind",
-    the chosen "variant" (None when nothing qualifies), its numbers, "ties" and a markdown
-    "sentence" with the numbers:
+    the chosen "variant" (None when nothing qualifies), its numbers, the "path" of the file
+    to ship, "ties" and a markdown "sentence" with the numbers. Every pick is a deployable
+    file LiteRT runs; a simulation that would be smaller or more accurate appears only as
+    a what-if after it:
 
-    - "smallest": the smallest variant within `tolerance_pp` of the reference's top-1
-      (and the smallest deployable one, when that is another);
-    - "most_accurate_under_budget": the most accurate variant no larger than the budget
-      (`size_budget_bytes`, else `size_budget_ratio` x the reference's size), with those
-      tied with it (within TIE_IMAGES test images) and the best deployable one;
+    - "smallest": the smallest deployable variant within `tolerance_pp` of the reference's
+      top-1;
+    - "most_accurate_under_budget": the most accurate deployable variant no larger than
+      the budget (`size_budget_bytes`, else `size_budget_ratio` x the reference's size);
+      the variants tied with it by the paired test are candidates too, and the pick among
+      them is the most faithful to the reference (top-1 agreement), then the smallest,
+      then the fastest;
     - "fastest_deployable": the deployable variant within tolerance with the least time per
-      image at batch 1, with its batched time and the timings within LATENCY_TIE of it."""
+      image at batch 1, with its batched time and the timings within LATENCY_TIE of it.
+
+    Accuracy ties: the exact paired test on the same test images (`credits`: variant ->
+    per-image tie-aware credit, quantflow.evaluate.paired; p >= `alpha` is a tie); a
+    variant without per-image results ties only at the same top-1."""
     ref = next((r for r in records if r["variant"] == reference), None)
     if ref is None or not _has(ref, "accuracy", "size_bytes") or ref["size_bytes"] <= 0:
         why = (
@@ -175,39 +189,64 @@ def verdict(
     ]
     within = [r for r in usable if r["delta_accuracy_pp"] >= -tolerance_pp - 1e-9]
     ref_text = f"`{reference}` ({100 * ref['accuracy']:.2f}%, {_kib(ref['size_bytes'])})"
+    tied = _tie_rule(credits or {}, alpha)
     return [
         _smallest(within, tolerance_pp, ref, ref_text),
-        _under_budget(usable, size_budget_bytes, size_budget_ratio, ref),
+        _under_budget(usable, size_budget_bytes, size_budget_ratio, ref, tied, alpha),
         _fastest(within, tolerance_pp, ref_text),
     ]
+
+
+def _tie_rule(credits: dict, alpha: float):
+    """tied(a, b): no significant top-1 difference by the exact paired test (without the
+    per-image results of both: the same top-1)."""
+    from quantflow.evaluate.paired import paired_test
+
+    def tied(a: dict, b: dict) -> bool:
+        ca, cb = credits.get(a["variant"]), credits.get(b["variant"])
+        if ca is None or cb is None:
+            return a["accuracy"] == b["accuracy"]
+        return not paired_test(ca, cb, alpha=alpha)["significant"]
+
+    return tied
 
 
 def _size_text(record: dict, ref: dict) -> str:
     return f"{_kib(record['size_bytes'])} ({record['size_bytes'] / ref['size_bytes']:.3f}x)"
 
 
+def _ship(record: dict) -> str:
+    path = record.get("model_path")
+    return f"; ship `{path}`" if path else ""
+
+
+def _what_if(record: dict, ref: dict, would: str) -> str:
+    return (
+        f" What-if: `{record['variant']}`, {_size_text(record, ref)}, {_top1(record)}, "
+        f"{would}, is a simulation run in TensorFlow: a runtime that held its format would "
+        "give that; it is not a file to ship."
+    )
+
+
 def _smallest(within: list[dict], tolerance_pp: float, ref: dict, ref_text: str) -> dict:
-    if not within:
-        return _picked(
-            "smallest", None, [], f"No variant is within {tolerance_pp:g} pp of {ref_text}."
-        )
-    best = _smallest_of(within)
-    ties = [r for r in within if r is not best and r["size_bytes"] == best["size_bytes"]]
+    shipped = [r for r in within if deployable(r)]
+    sims = [r for r in within if not deployable(r)]
+    if not shipped:
+        sentence = f"No deployable variant is within {tolerance_pp:g} pp of {ref_text}."
+        if sims:
+            sentence += _what_if(_smallest_of(sims), ref, "the smallest within tolerance")
+        return _picked("smallest", None, [], sentence)
+    best = _smallest_of(shipped)
+    ties = [r for r in shipped if r is not best and r["size_bytes"] == best["size_bytes"]]
     sentence = (
         f"**Smallest within {tolerance_pp:g} pp** of {ref_text}: `{best['variant']}`, "
-        f"{_size_text(best, ref)}, {_top1(best)}; {_kind(best)}."
+        f"{_size_text(best, ref)}, {_top1(best)}{_ship(best)}."
     )
     if ties:
         sentence += f" The same size: {_names(ties)}."
-    if not deployable(best):
-        small = _deployable_pick(within, _smallest_of)
-        if small:
-            sentence += (
-                f" The smallest deployable one: `{small['variant']}`, "
-                f"{_size_text(small, ref)}, {_top1(small)}."
-            )
-        else:
-            sentence += " No deployable variant is within the tolerance."
+    smaller = [r for r in sims if r["size_bytes"] < best["size_bytes"]]
+    if smaller:
+        sentence += _what_if(_smallest_of(smaller), ref, "smaller")
     return _picked("smallest", best, ties, sentence)
 
 
@@ -219,53 +258,49 @@ def _most_accurate_of(records: list[dict]) -> dict:
     return max(records, key=lambda r: (r["accuracy"], -r["size_bytes"]))
 
 
-def _deployable_pick(records: list[dict], pick) -> dict | None:
-    """`pick` among the deployable records (None without any)."""
-    shipped = [r for r in records if deployable(r)]
-    return pick(shipped) if shipped else None
+def _tie_break(record: dict) -> tuple:
+    """Among tied candidates: the most faithful to the reference, then the smallest, then
+    the fastest."""
+    agreement = record.get("agreement")
+    ms = record.get("ms_per_image_b1")
+    return (
+        -(agreement if _number(agreement) else 0.0),
+        record["size_bytes"],
+        ms if _number(ms) else math.inf,
+    )
 
 
-def _ties_by_accuracy(best: dict, candidates: list[dict]) -> list[dict]:
-    """The other candidates at most TIE_IMAGES test images below `best` (without a
-    test-set size, those with exactly its top-1)."""
-    n = best.get("num_samples")
-    ties = []
-    for r in candidates:
-        images = image_count(100 * (best["accuracy"] - r["accuracy"]), n)
-        if r is not best and (
-            images <= TIE_IMAGES if images is not None else r["accuracy"] == best["accuracy"]
-        ):
-            ties.append(r)
-    return ties
-
-
-def _under_budget(usable: list[dict], budget_bytes, budget_ratio: float, ref: dict) -> dict:
+def _under_budget(
+    usable: list[dict], budget_bytes, budget_ratio: float, ref: dict, tied, alpha: float
+) -> dict:
     budget = budget_bytes if budget_bytes is not None else budget_ratio * ref["size_bytes"]
     budget_text = f"{_kib(budget)}" + (
         "" if budget_bytes is not None else f", {budget_ratio:g}x `{ref['variant']}`"
     )
     fits = [r for r in usable if r["size_bytes"] <= budget]
-    if not fits:
-        return _picked(
-            "most_accurate_under_budget",
-            None,
-            [],
-            f"No variant fits the size budget of {budget_text}.",
-        )
-    best = _most_accurate_of(fits)
-    ties = _ties_by_accuracy(best, fits)
+    shipped = [r for r in fits if deployable(r)]
+    sims = [r for r in fits if not deployable(r)]
+    if not shipped:
+        sentence = f"No deployable variant fits the size budget of {budget_text}."
+        if sims:
+            sentence += _what_if(_most_accurate_of(sims), ref, "the most accurate under it")
+        return _picked("most_accurate_under_budget", None, [], sentence)
+    top = _most_accurate_of(shipped)
+    candidates = [top] + [r for r in shipped if r is not top and tied(r, top)]
+    best = min(candidates, key=_tie_break)
+    ties = [r for r in candidates if r is not best]
     sentence = (
         f"**Most accurate under {budget_text}**: `{best['variant']}`, "
-        f"{_top1(best)}, {_kib(best['size_bytes'])}; {_kind(best)}."
+        f"{_top1(best)}, {_kib(best['size_bytes'])}{_ship(best)}."
     )
     if ties:
-        sentence += f" Tied with it (within {TIE_IMAGES} test images): {_names(ties)}."
-    top = None if deployable(best) else _deployable_pick(fits, _most_accurate_of)
-    if top:
         sentence += (
-            f" The most accurate deployable one: `{top['variant']}`, {_top1(top)}, "
-            f"{_kib(top['size_bytes'])}."
+            f" Tied with it by the paired test (p >= {alpha:g}): {_names(ties)}; chosen "
+            "among them by fidelity to the reference, then size, then speed."
         )
+    better = [r for r in sims if r["accuracy"] > best["accuracy"] and not tied(r, best)]
+    if better:
+        sentence += _what_if(_most_accurate_of(better), ref, "more accurate")
     return _picked("most_accurate_under_budget", best, ties, sentence)
 
 
@@ -289,7 +324,7 @@ def _fastest(within: list[dict], tolerance_pp: float, ref_text: str) -> dict:
     sentence = (
         f"**Fastest deployable within {tolerance_pp:g} pp**: `{best['variant']}`, "
         f"{best['ms_per_image_b1']:.3f} ms per image at batch 1{batched}, {_top1(best)}, "
-        f"{_kib(best['size_bytes'])}."
+        f"{_kib(best['size_bytes'])}{_ship(best)}."
     )
     if ties:
         sentence += (
@@ -333,6 +368,8 @@ def cross_model_rows(
     size_budget_ratio: float = 0.3,
     size_budget_bytes: float | None = None,
     reference: str = REFERENCE_VARIANT,
+    credits: dict | None = None,
+    alpha: float = 0.05,
 ) -> list[dict]:
     """One row per (dataset, model) of `records_by_model` ((dataset, model) -> records): the
     reference's top-1 and size, int8 PTQ's Δ, the best FAT variant (highest top-1 among the
@@ -349,7 +386,15 @@ def cross_model_rows(
         adjq = _best(records, lambda r: family(r["variant"]) == "adjustable")
         picks = {
             v["kind"]: v
-            for v in verdict(records, tolerance_pp, size_budget_bytes, size_budget_ratio, reference)
+            for v in verdict(
+                records,
+                tolerance_pp,
+                size_budget_bytes,
+                size_budget_ratio,
+                reference,
+                credits=(credits or {}).get((dataset, model)),
+                alpha=alpha,
+            )
         }
         rows.append(
             {

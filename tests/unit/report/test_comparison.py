@@ -3,6 +3,7 @@ grouped table, the cross-model rows and the two plots."""
 
 import json
 
+import numpy as np
 import pytest
 from matplotlib.image import imread
 
@@ -60,82 +61,112 @@ def pick(lines, kind):
     return next(line for line in lines if line["kind"] == kind)
 
 
-def test_smallest_within_tolerance_follows_the_numbers():
+def test_smallest_within_tolerance_is_a_deployable_file():
     records = run()
+    next(r for r in records if r["variant"] == "fat-w8a8-sym-pc")["model_path"] = "f.tflite"
     smallest = pick(verdict(records), "smallest")
-    # adjq-s24 is smaller but 10 pp down; bin-4 (-0.40 pp) is the smallest within 0.5 pp
-    assert smallest["variant"] == "bin-4" and not smallest["deployable"]
-    assert "`bin-4`, 117.2 KiB (0.120x)" in smallest["sentence"]
+    # the smallest deployable within 0.5 pp: FAT and int8 at 293.0 KiB, FAT more accurate;
+    # int4 weights are smaller but -0.60 pp
+    assert smallest["variant"] == "fat-w8a8-sym-pc" and smallest["deployable"]
+    assert smallest["path"] == "f.tflite" and "ship `f.tflite`" in smallest["sentence"]
+    assert (
+        smallest["ties"] == ["tflite-int8"]
+        and "The same size: `tflite-int8`" in smallest["sentence"]
+    )
+    # bin-4 (-0.40 pp) is smaller, but a simulation: a what-if, never the pick
+    assert "What-if: `bin-4`, 117.2 KiB (0.120x)" in smallest["sentence"]
     assert "-0.40 pp, 40 test images" in smallest["sentence"]
-    # not deployable: the smallest deployable one within tolerance is named too (int4
-    # weights are smaller but -0.60 pp; of int8 and FAT at equal size the more accurate)
-    assert "smallest deployable one: `fat-w8a8-sym-pc`, 293.0 KiB" in smallest["sentence"]
     # change the numbers: bin-4 falls out of tolerance like int4 weights (-0.60)
     for r in records:
         if r["variant"] == "bin-4":
             r["accuracy"], r["delta_accuracy_pp"] = 0.8940, -0.60
     changed = pick(verdict(records), "smallest")
-    assert changed["variant"] == "fat-w8a8-sym-pc" and changed["deployable"]
-    assert (
-        changed["ties"] == ["tflite-int8"] and "The same size: `tflite-int8`" in changed["sentence"]
-    )
-    # a wider tolerance admits it again, and then adjq-s24 at 10 pp
-    assert pick(verdict(records, tolerance_pp=0.6), "smallest")["variant"] == "bin-4"
-    assert pick(verdict(records, tolerance_pp=10.0), "smallest")["variant"] == "adjq-s24"
+    assert changed["variant"] == "fat-w8a8-sym-pc" and "What-if" not in changed["sentence"]
+    # a wider tolerance admits int4 weights, and then adjq-s24's what-if at 10 pp
+    wider = pick(verdict(records, tolerance_pp=0.6), "smallest")
+    assert wider["variant"] == "tflite-int4-weights" and "What-if: `bin-4`" in wider["sentence"]
+    widest = pick(verdict(records, tolerance_pp=10.0), "smallest")
+    assert widest["variant"] == "tflite-int4-weights"
+    assert "What-if: `adjq-s24`" in widest["sentence"]
 
 
 def test_tolerance_boundary_is_included():
     records = run()
-    bin4 = next(r for r in records if r["variant"] == "bin-4")
-    assert bin4["delta_accuracy_pp"] == pytest.approx(-0.40)
-    assert pick(verdict(records, tolerance_pp=0.4), "smallest")["variant"] == "bin-4"
-    assert pick(verdict(records, tolerance_pp=0.39), "smallest")["variant"] != "bin-4"
+    int4 = next(r for r in records if r["variant"] == "tflite-int4-weights")
+    assert int4["delta_accuracy_pp"] == pytest.approx(-0.60)
+    assert pick(verdict(records, tolerance_pp=0.6), "smallest")["variant"] == "tflite-int4-weights"
+    assert pick(verdict(records, tolerance_pp=0.59), "smallest")["variant"] == "fat-w8a8-sym-pc"
 
 
 def test_exactly_half_a_point_down_is_within_the_default_tolerance():
     records = run()
     for r in records:
-        if r["variant"] == "bin-4":
+        if r["variant"] == "tflite-int4-weights":
             r["accuracy"] = 0.8950  # 50 images: -0.50 pp (-0.5000000000000004 in floats)
     smallest = pick(verdict(with_deltas(records)), "smallest")
-    assert smallest["variant"] == "bin-4"
+    assert smallest["variant"] == "tflite-int4-weights"
     assert "top-1 89.50% (-0.50 pp, 50 test images)" in smallest["sentence"]
     for r in records:
-        if r["variant"] == "bin-4":
+        if r["variant"] == "tflite-int4-weights":
             r["accuracy"] = 0.8949  # one image more: out
     assert pick(verdict(with_deltas(records)), "smallest")["variant"] == "fat-w8a8-sym-pc"
 
 
-def test_a_tie_is_at_most_five_test_images():
-    records = run()  # under 300,000 bytes: fat-w8a8-sym-pc leads with 89.97%
-    int8 = next(r for r in records if r["variant"] == "tflite-int8")
-    for accuracy, tied in ((0.8992, True), (0.8991, False)):  # 5, then 6 images behind
-        int8["accuracy"] = accuracy
-        line = pick(verdict(with_deltas(records)), "most_accurate_under_budget")
-        assert line["variant"] == "fat-w8a8-sym-pc"
-        assert line["ties"] == (["tflite-int8"] if tied else [])
-        assert ("Tied with it (within 5 test images): `tflite-int8`." in line["sentence"]) == tied
+def credits_for(**only):
+    """Per-image credit on N images: every variant right on the first 8,900 images, and
+    variant v also on the images of only[v] (index ranges past 8,900)."""
+    out = {}
+    for variant, extra in only.items():
+        c = np.zeros(N)
+        c[:8900] = 1.0
+        c[list(extra)] = 1.0
+        out[variant] = c
+    return out
 
 
-def test_most_accurate_under_the_budget_and_its_ties():
-    records = run()
-    # 0.3 x 1,000,000 bytes: int8 (89.90%), FAT (89.97%), bin-4, int4, adjq fit
-    line = pick(verdict(records), "most_accurate_under_budget")
-    assert line["variant"] == "fat-w8a8-sym-pc"
-    assert (
-        "292.97 KiB" not in line["sentence"] and "293.0 KiB, 0.3x `tflite-fp32`" in line["sentence"]
+def test_ties_under_the_budget_are_decided_by_the_paired_test():
+    records = run()  # under 300,000 bytes: fat-w8a8-sym-pc leads int8 by 7 images
+    by = {r["variant"]: r for r in records}
+    by["fat-w8a8-sym-pc"]["agreement"], by["tflite-int8"]["agreement"] = 0.990, 0.995
+    # FAT right on 7 images int8 gets wrong, never the reverse: p = 2/128, a win
+    credits = credits_for(
+        **{"fat-w8a8-sym-pc": range(8900, 8997), "tflite-int8": range(8900, 8990)}
     )
-    assert line["ties"] == []  # int8 is 7 images behind: more than 5
-    for r in records:
-        if r["variant"] == "tflite-int8":
-            r["accuracy"] = 0.8992  # 5 images behind: a tie
+    line = pick(verdict(records, credits=credits), "most_accurate_under_budget")
+    assert line["variant"] == "fat-w8a8-sym-pc" and line["ties"] == []
+    # the same 7-image lead with 50 images each way besides: p ~ 0.56, a tie, and the
+    # tie goes to the more faithful model (top-1 agreement with tflite-fp32)
+    credits["tflite-int8"][range(8997, 9047)] = 1.0
+    credits["tflite-int8"][range(8940, 8990)] = 0.0
+    credits["tflite-int8"][range(8990, 8997)] = 0.0
+    assert credits["tflite-int8"].sum() == 8990
+    line = pick(verdict(records, credits=credits), "most_accurate_under_budget")
+    assert line["variant"] == "tflite-int8" and line["ties"] == ["fat-w8a8-sym-pc"]
+    assert "Tied with it by the paired test (p >= 0.05): `fat-w8a8-sym-pc`" in line["sentence"]
+    # without per-image results only the same top-1 ties
     line = pick(verdict(records), "most_accurate_under_budget")
-    assert line["ties"] == ["tflite-int8"] and "Tied with it" in line["sentence"]
-    # a budget in bytes: only adjq-s24 and bin-4 fit under 125,000 bytes
+    assert line["variant"] == "fat-w8a8-sym-pc" and line["ties"] == []
+
+
+def test_most_accurate_under_the_budget_is_a_deployable_file():
+    records = run()
+    # 0.3 x 1,000,000 bytes: int8 (89.90%), FAT (89.97%), int4 fit; bin-4, adjq as what-ifs
+    line = pick(verdict(records), "most_accurate_under_budget")
+    assert line["variant"] == "fat-w8a8-sym-pc" and line["deployable"]
+    assert "292.97 KiB" not in line["sentence"]
+    assert "293.0 KiB, 0.3x `tflite-fp32`" in line["sentence"]
+    assert "What-if" not in line["sentence"]  # no simulation under it is more accurate
+    by = {r["variant"]: r for r in records}
+    by["bin-4"].update(accuracy=0.9000, delta_accuracy_pp=0.0)
+    line = pick(verdict(records), "most_accurate_under_budget")
+    assert line["variant"] == "fat-w8a8-sym-pc" and "What-if: `bin-4`" in line["sentence"]
+    # a budget in bytes that no deployable file fits: none picked, the what-if named
     small = pick(verdict(records, size_budget_bytes=125_000), "most_accurate_under_budget")
-    assert small["variant"] == "bin-4" and "122.1 KiB" in small["sentence"]
+    assert small["variant"] is None
+    assert "No deployable variant fits the size budget of 122.1 KiB" in small["sentence"]
+    assert "What-if: `bin-4`" in small["sentence"]
     nothing = pick(verdict(records, size_budget_bytes=1_000), "most_accurate_under_budget")
-    assert nothing["variant"] is None and "No variant fits" in nothing["sentence"]
+    assert nothing["variant"] is None and "What-if" not in nothing["sentence"]
 
 
 def test_fastest_deployable_ignores_simulations_and_variants_outside_tolerance():
@@ -193,11 +224,14 @@ def test_another_reference_measures_against_it():
     records = run()
     # against keras-float (1,100,000 bytes, 90.00%) the deltas are the same, the ratio not
     line = pick(verdict(records, reference="keras-float"), "smallest")
-    assert line["variant"] == "bin-4" and "`keras-float` (90.00%, 1074.2 KiB)" in line["sentence"]
-    assert line["size_ratio"] == pytest.approx(120_000 / 1_100_000)
-    # against int4 weights (89.40%) every variant but adjq-s24 is within 0.5 pp
+    assert line["variant"] == "fat-w8a8-sym-pc"
+    assert "`keras-float` (90.00%, 1074.2 KiB)" in line["sentence"]
+    assert line["size_ratio"] == pytest.approx(300_000 / 1_100_000)
+    # against int4 weights (89.40%) every variant but adjq-s24 is within 0.5 pp, and int4
+    # weights is the smallest deployable one (bin-4 a what-if at +0.20 pp)
     line = pick(verdict(records, reference="tflite-int4-weights"), "smallest")
-    assert line["variant"] == "bin-4" and line["delta_accuracy_pp"] == pytest.approx(0.2)
+    assert line["variant"] == "tflite-int4-weights" and line["delta_accuracy_pp"] == 0.0
+    assert "What-if: `bin-4`, 117.2 KiB (0.750x), top-1 89.60% (+0.20 pp" in line["sentence"]
 
 
 def test_grouped_rows_follow_the_method_families():
@@ -230,7 +264,7 @@ def test_cross_model_rows():
     assert [r["model"] for r in rows] == ["m", "n"]
     assert rows[0]["fat_variant"] == "fat-w8a8-sym-pc"
     assert rows[0]["fat_delta_pp"] == pytest.approx(-0.03)
-    assert rows[0]["smallest"]["variant"] == "bin-4"
+    assert rows[0]["smallest"]["variant"] == "fat-w8a8-sym-pc"
     assert rows[1]["int8_delta_pp"] == pytest.approx(-5.0)
     assert rows[1]["fat_variant"] is None and rows[1]["smallest"]["variant"] == "tflite-fp32"
     assert rows[1]["most_accurate_under_budget"]["variant"] == "tflite-int8"
@@ -320,7 +354,7 @@ def test_comparison_section_for_two_models_renders_to_markdown_and_html(tmp_path
     )
     assert md.count("**Smallest within 0.5 pp**") == 2
     assert "| d / m | 90.00 | 976.6 | -0.10 | `fat-w8a8-sym-pc`: -0.03 | `adjq-s24`: -10.00" in md
-    assert "| `bin-4`: -0.40, 117.2 KiB |" in md
+    assert "| `fat-w8a8-sym-pc`: -0.03, 293.0 KiB |" in md
     assert "| d / n | 85.00 | 1953.1 | -5.00 | n/a | n/a | `tflite-fp32`: +0.00, 1953.1 KiB |" in md
     assert "| weight-only | bin-4 | 89.60 | -0.40 | n/a | 117.2 |" in md
     html = htmlreport.html_fragment(md, tmp_path)

@@ -50,7 +50,7 @@ def test_sentences_follow_the_numbers():
     text = "\n".join(study["sentences"])
     assert "tflite-fp32 against the native Keras model: top-1 91.00% vs 91.00%, a tie" in text
     assert "5.0x faster in LiteRT" in text
-    assert "The most accurate int8 model, tflite-int8-cal1000" in text
+    assert "The best int8 model, tflite-int8-cal1000, against" in text
     assert "rises with the calibration size: 90.00% at 10 images, 91.00% at 1000" in text
     assert "Calibrated on class 3 (c3) only, int8 reaches 80.00%" in text
     assert "lower by 10.90 pp (1090 test images) against tflite-int8" in text
@@ -65,6 +65,40 @@ def test_sentences_follow_the_numbers():
     assert "inside the calibration-size study's range" in flat
     falling = "\n".join(ptq_study(records(cal=(0.92, 0.91, 0.90)), INFO)["sentences"])
     assert "falls with the calibration size" in falling
+
+
+def right_on(*ranges):
+    credit = np.zeros(10000)
+    for lo, hi in ranges:
+        credit[lo:hi] = 1.0
+    return credit
+
+
+def test_wins_and_ties_by_the_paired_test_and_the_best_int8_by_fidelity():
+    rows = records()
+    credits = {
+        "keras-float": right_on((0, 9100)),
+        "tflite-fp32": right_on((0, 9100)),
+        "tflite-int8": right_on((0, 9090)),
+        "tflite-int8-cal10": right_on((0, 9000)),
+        "tflite-int8-cal100": right_on((0, 9050)),
+        # 0.1 pp above int8, but 50 images one way and 40 the other: a tie
+        "tflite-int8-cal1000": right_on((0, 9000), (9040, 9140)),
+        "tflite-int8-cal2pct": right_on((0, 9000), (9040, 9140)),
+        "tflite-int8-class3": right_on((0, 8000)),
+    }
+    for r in rows:
+        r["agreement"] = 0.995 if r["variant"] == "tflite-int8" else 0.98
+    text = "\n".join(ptq_study(rows, INFO, credits=credits)["sentences"])
+    # the most accurate (cal1000) ties with int8 and cal2pct: the most faithful is the best
+    assert (
+        "The best int8 model, tflite-int8 (2 other int8 models tie at the top by the paired "
+        "test; this one agrees most with tflite-fp32's top-1, on 99.50% of the images)" in text
+    )
+    # 10 images only fp32 gets right and none the other way: p = 2/1024, a real loss
+    assert "lower by 0.10 pp (10 test images; p 0.002, 10 images differ)" in text
+    assert "a tie (+0.00 pp; p 1, 0 images differ)" in text  # fp32 against Keras
+    assert "lower by 10.90 pp (1090 test images; p " in text  # class 3 against int8
 
 
 def test_float_fallback_sentence():
