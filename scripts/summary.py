@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.workflow.environment import machine_description, package_versions
+from quantflow.workflow.environment import machine_description, package_versions, run_details
 from quantflow.workflow.files import as_dataclass
 from quantflow.workflow.logs import run_logged
 
@@ -20,6 +20,7 @@ def main(inp, out, config):
         config,
         versions=package_versions(),
         machine=machine_description(),
+        run=run_details(Path(snakemake.scriptdir).parent, dict(config)),
     )
     print(f"{len(records)} variants summarised")
 

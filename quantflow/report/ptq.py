@@ -91,12 +91,24 @@ def calibration_points(records: list[dict], train_size: int | None) -> list[dict
     return sorted(points, key=lambda p: (p["images"], p["variant"]))
 
 
-def _trend(points: list[dict], key: str, num_samples: int) -> str:
+def _trend(points: list[dict], key: str, num_samples: int, paired=None) -> str:
+    """How `key` moves with the calibration size. With `paired` (variant, variant ->
+    the exact paired test's result, or None), top-1 is flat when its best and worst
+    calibration sizes tie by the test; otherwise (G-mean, or no per-image results) when
+    they are within TIE_IMAGES test images."""
     first, last = points[0], points[-1]
     values = [p[key] for p in points]
     pp = 100.0 * (last[key] - first[key])
     spread = 100.0 * (max(values) - min(values))
-    if image_count(spread, num_samples) <= TIE_IMAGES:
+    best, worst = max(points, key=lambda p: p[key]), min(points, key=lambda p: p[key])
+    test = paired(best["variant"], worst["variant"]) if paired else None
+    if test is not None and not test["significant"]:
+        return (
+            f"flat: the best and worst calibration sizes ({best['images']} and "
+            f"{worst['images']} images, {spread:.2f} pp apart) tie by the paired test "
+            f"(p {test['p']:.2g}, {test['differ']} images differ)"
+        )
+    if test is None and image_count(spread, num_samples) <= TIE_IMAGES:
         return f"flat: every calibration size within {image_count(spread, num_samples)} test images (a tie)"
     steps = [b - a for a, b in zip(values, values[1:])]
     if all(s >= 0 for s in steps):
@@ -131,6 +143,9 @@ def ptq_study(
     def paired(a: dict, b: dict) -> dict | None:
         ca, cb = credits.get(a["variant"]), credits.get(b["variant"])
         return None if ca is None or cb is None else paired_test(ca, cb, alpha=alpha)
+
+    def paired_names(a: str, b: str) -> dict | None:
+        return paired(by[a], by[b])
 
     def judge(a: dict, b: dict) -> str:
         return compare(100.0 * (a["accuracy"] - b["accuracy"]), n, paired=paired(a, b))
@@ -185,7 +200,8 @@ def ptq_study(
         sentences.append(
             f"int8 quality against calibration size ({len(points)} sizes, "
             f"{points[0]['images']} to {points[-1]['images']} training images): top-1 "
-            f"{_trend(points, 'accuracy', n)}; G-mean {_trend(points, 'g_mean', n)}."
+            f"{_trend(points, 'accuracy', n, paired_names)}; "
+            f"G-mean {_trend(points, 'g_mean', n)}."
         )
     names = (info or {}).get("class_names") or []
     base = by.get("tflite-int8")

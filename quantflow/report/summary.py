@@ -91,10 +91,12 @@ def summarise(
     config: dict,
     versions: dict | None = None,
     machine: dict | None = None,
+    run: dict | None = None,
 ) -> list[dict]:
     """Read every input, write every output; returns the records (summary.json). `config`
     is the run's configuration (weightquant, diagnosis and verdict sections are read, and
-    the whole is printed in the report); `versions` and `machine` describe the environment
+    the whole is printed in the report); `versions`, `machine` and `run` (revision, date,
+    config digest: quantflow.workflow.environment) describe the environment and the run
     for the report's footer."""
     counts = {
         tuple(Path(p).parts[1:3]): json.loads(Path(p).read_text())["layers"] for p in inp.counts
@@ -222,6 +224,7 @@ def summarise(
         config_yaml=yaml.safe_dump(dict(config), sort_keys=False),
         versions=versions or {},
         machine=machine or {},
+        run=run,
     )
     Path(out.md).write_text(markdown)
     base = Path(out.md).parent  # the markdown's image links are relative to it

@@ -99,6 +99,18 @@ def test_wins_and_ties_by_the_paired_test_and_the_best_int8_by_fidelity():
     assert "lower by 0.10 pp (10 test images; p 0.002, 10 images differ)" in text
     assert "a tie (+0.00 pp; p 1, 0 images differ)" in text  # fp32 against Keras
     assert "lower by 10.90 pp (1090 test images; p " in text  # class 3 against int8
+    # 10 to 1000 calibration images: 100 images more right, none fewer: a real rise
+    assert "top-1 rises with the calibration size" in text
+    # the extremes 5 images apart, all one way: p = 0.0625, flat
+    flat = {**credits, "tflite-int8-cal10": right_on((0, 9000), (9045, 9140))}
+    for v in ("tflite-int8-cal100", "tflite-int8-cal2pct"):
+        flat[v] = credits["tflite-int8-cal1000"]
+    rows = records(cal=(0.9095, 0.9100, 0.9100))
+    text = "\n".join(ptq_study(rows, INFO, credits=flat)["sentences"])
+    assert (
+        "top-1 flat: the best and worst calibration sizes (100 and 10 images, 0.05 pp apart) "
+        "tie by the paired test (p 0.062, 5 images differ)" in text
+    )
 
 
 def test_float_fallback_sentence():
