@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,33 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# what a copy of the workflow needs to run (and the configs the docs name)
+WORKFLOW_PARTS = (
+    "Snakefile",
+    "config.yaml",
+    "configs",
+    "tests/configs",
+    "rules",
+    "scripts",
+    "quantflow",
+    "reports",
+    "envs",
+    "profiles",
+)
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A copy of the workflow under `dest` (its library code can be edited there)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / part)
+    return dest
 
 
 def snakemake_cmd(workdir, configfile, *args):

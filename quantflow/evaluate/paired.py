@@ -21,6 +21,7 @@ such difference is as likely to have either sign. The test is exact:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def _sign_flip(d: np.ndarray) -> float:
     ints = [int(f * scale) for f in fractions]
     observed = abs(sum(k if x > 0 else -k for k, x in zip(ints, d)))
     dist = np.ones(1)  # over sums -T..T (offset T); starts at 0
-    for value, m in sorted(_counts(ints).items()):
+    for value, m in sorted(Counter(ints).items()):
         pmf = np.array([math.comb(m, j) for j in range(m + 1)], dtype=np.float64) / 2.0**m
         kernel = np.zeros(2 * value * m + 1)
         kernel[:: 2 * value] = pmf  # value * (2j - m), j ones of m
@@ -107,13 +108,6 @@ def _sign_flip(d: np.ndarray) -> float:
     sums = np.arange(-total, total + 1)
     p = float(dist[np.abs(sums) >= observed].sum())
     return min(1.0, max(p, 0.0))
-
-
-def _counts(values: list[int]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
 
 
 def _convolve(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -42,22 +42,15 @@ def run_details(repo: str | Path, config: dict) -> dict:
     """What the report says of the run itself: the source revision ("<commit>", with
     " + local changes" when tracked files differ, or "not a git checkout"), the date
     (UTC) and a digest of the configuration."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        revision = commit + (" + local changes" if dirty else "")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        revision = git("rev-parse", "--short=12", "HEAD") + (" + local changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         revision = "not a git checkout"
     text = json.dumps(config, sort_keys=True, default=str)

@@ -12,21 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, copy_workflow
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-WORKFLOW_PARTS = (
-    "Snakefile",
-    "config.yaml",
-    "configs",
-    "tests/configs",  # the test configs the docs show
-    "rules",
-    "scripts",
-    "quantflow",
-    "reports",
-    "envs",
-    "profiles",
-)
 
 
 def doc_pages() -> list[Path]:
@@ -141,12 +129,7 @@ def test_readme_links_every_docs_page():
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory):
     repo = tmp_path_factory.mktemp("readme")
-    for part in WORKFLOW_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, repo / part)
+    copy_workflow(repo)
     # the README's "my.yaml": a user's own settings on top of config.yaml
     (repo / "my.yaml").write_text("models:\n  mine: {arch: tiny_mobilenet, width: 0.5}\n")
     return repo

@@ -16,22 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, copy_workflow
 
 from quantflow.variants import timed_variant
 
 pytestmark = pytest.mark.workflow
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-WORKFLOW_PARTS = (
-    "Snakefile",
-    "config.yaml",
-    "rules",
-    "scripts",
-    "quantflow",
-    "reports",
-    "envs",
-    "profiles",
-)
 
 MICRO = yaml.safe_load((REPO / "tests/configs/micro.yaml").read_text())
 
@@ -97,13 +87,7 @@ SUMMARY = {("summary", "")}
 def micro(tmp_path_factory, fashion_mnist_dir):
     base = tmp_path_factory.mktemp("reruns")
     repo = base / "repo"
-    for part in WORKFLOW_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, repo / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            repo.mkdir(exist_ok=True)
-            shutil.copy2(src, repo / part)
+    copy_workflow(repo)
     work = base / "work"
     work.mkdir()
     config = json.loads(json.dumps(MICRO))
