@@ -72,7 +72,7 @@ def model_figures(records: dict, fat_dir: Path) -> dict:
         if check.exists():
             check = json.loads(check.read_text())
             row["tflite_vs_sim_top1_agreement"] = check["top1_agreement"]
-            row["tflite_max_weight_levels"] = check["max_weight_levels"]
+            row["tflite_weight_storage"] = check["weight_storage"]
         out[scheme] = row
     return out
 

@@ -1,5 +1,6 @@
-"""adjustable_tflite: the deployable int8 TFLite model of an adjustable target (each
-weight channel on its own b-bit grid, stored as int8; 8-bit activations per tensor),
+"""adjustable_tflite: the deployable TFLite model of an adjustable target (each weight
+channel on its own b-bit grid, a layer stored as INT4 where every channel is <= 4 bits and
+as int8 otherwise; 8-bit activations per tensor),
 checked against the simulation of that same configuration on held-out images."""
 
 import json
@@ -16,6 +17,7 @@ def main(inp, out, target, params, threads):
     configure_threads(threads, params.seed)
     import keras
     from quantflow.quant.adjustable import export as adj
+    from quantflow.quant.adjustable.storage import stored_bits
     from quantflow.data import splits as data
     from quantflow.quant.micronet import score as micronet
     from quantflow.deploy import check as tflite
@@ -37,10 +39,11 @@ def main(inp, out, target, params, threads):
         threads=threads,
     )
 
-    # its score: every weight channel at its trained bits, every activation at 8 bits
+    # its score: every kernel at its storage class's bits (INT4: 4, int8: 8), every
+    # activation at 8 bits: what the file holds and runs
     info = json.loads(Path(inp.quant_info).read_text())
     counts = json.loads(Path(inp.model_info).read_text())["layers"]
-    weights = {k: v["bits"] for k, v in info["weights"].items()}
+    weights = {k: stored_bits(v["bits"]) for k, v in info["weights"].items()}
     score = micronet.score(
         counts, weights, 8, bias_bits=info["bias_bits"], p_ref=info["p_ref"], f_ref=info["f_ref"]
     )
@@ -48,15 +51,18 @@ def main(inp, out, target, params, threads):
     Path(out.score).write_text(json.dumps(score, indent=2) + "\n")
     check = {
         "target": target,
-        "weight_bits": "per channel",
+        "weight_bits": "per layer: INT4 where every channel is <= 4 bits, else int8",
+        "int4_layers": sorted(
+            k for k, v in info["weights"].items() if stored_bits(v["bits"])[0] == 4
+        ),
         "activation_bits": 8,
         **check,
         "score": score,
     }
     Path(out.check).write_text(json.dumps(check, indent=2) + "\n")
     print(
-        f"{tflite.describe_check(check)}; score {score['score']:.4f} (weights at their "
-        f"bits, activations at 8)"
+        f"{tflite.describe_check(check)}; score {score['score']:.4f} (kernels at their "
+        f"stored bits, activations at 8)"
     )
     if check["activation_grid_mismatches"]:
         raise tflite.grid_mismatch_error(

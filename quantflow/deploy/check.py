@@ -223,18 +223,6 @@ def _shared_grid(index: int, ops: list, readers: dict) -> int | None:
     return None
 
 
-def int8_weight_levels(path) -> int:
-    """The largest number of distinct values in one int8 constant tensor of rank >= 2
-    (the weights) of a TFLite model: at most 2^bits - 1 for a `bits`-bit grid."""
-    interp = interpreter(Path(path))
-    levels = 0
-    for detail in interp.get_tensor_details():
-        if detail["dtype"] == np.int8 and len(detail["shape"]) >= 2:
-            if _is_constant(interp, detail["index"]):
-                levels = max(levels, np.unique(interp.get_tensor(detail["index"])).size)
-    return levels
-
-
 def convert_checked(
     qmodel,
     path: str | Path,
@@ -247,18 +235,24 @@ def convert_checked(
     batch_size: int = 250,
 ) -> dict:
     """Convert a fake-quant model (int8-exact layers: FAT's, or the adjustable model's
-    int8 export) to a fully int8 TFLite model at `path` (the converter's representative
-    data: 32 seeded images of the `train` Split; its ranges are the model's own), and check
-    it against the fake-quant model on `check_images` seeded images of the `val` Split: `agreement` of the logits, the activation tensors whose
-    scale is not the fake-quant range (`check_activation_grids`: the converter calibrated
-    them instead; should be none) and the most distinct values of a weight tensor.
-    Returns the check record (its "activation_grid_mismatches" for the caller to judge)."""
+    export) to a fully integer TFLite model at `path` (the converter's representative
+    data: 32 seeded images of the `train` Split; its ranges are the model's own; kernels of
+    at most 4 bits stored as INT4: `quantflow.deploy.int4`), and check it against the
+    fake-quant model on `check_images` seeded images of the `val` Split: `agreement` of the
+    logits, the activation tensors whose scale is not the fake-quant range
+    (`check_activation_grids`: the converter calibrated them instead; should be none) and
+    how the kernels are stored (`weight_storage`). Returns the check record (its
+    "activation_grid_mismatches" for the caller to judge)."""
+    from quantflow.deploy.int4 import int4_kernels, store_int4, weight_storage
     from quantflow.deploy.litert import TFLiteRunner
     from quantflow.quant.calibrate import image_batches
 
     calibration = train.take(calibration_indices(len(train), 32, seed))
     images = val.sample(check_images, seed)
     flatbuffer = convert(qmodel, "int8", calibration)
+    kernels = int4_kernels(qmodel)
+    if kernels:  # the <= 4-bit kernels as INT4, on the simulation's grid
+        flatbuffer = store_int4(flatbuffer, kernels)
     types = save(flatbuffer, path)
     runner = TFLiteRunner(path, threads)
     tflite_scores = np.concatenate(
@@ -281,8 +275,7 @@ def convert_checked(
         **agreement(fake_scores, tflite_scores, output_scale),
         "max_abs_logit_difference": float(np.abs(tflite_scores - fake_scores).max()),
         "output_scale": output_scale,
-        "weight_storage": "int8",
-        "max_weight_levels": int8_weight_levels(path),
+        "weight_storage": weight_storage(flatbuffer),
         "activation_grid_mismatches": check_activation_grids(qmodel, str(path)),
     }
 
@@ -291,15 +284,27 @@ def describe_check(check: dict) -> str:
     """One sentence on a `convert_checked` record, for the job's log."""
     clear = check["top1_agreement_clear_margin"]
     return (
-        f"int8 TFLite vs fake-quant model on {check['images']} held-out images: top-1 "
+        f"TFLite model vs fake-quant model on {check['images']} held-out images: top-1 "
         f"agreement {100 * check['top1_agreement']:.2f}%, "
         f"{'n/a' if clear is None else f'{100 * clear:.2f}%'} on the "
         f"{check['clear_margin_images']} images whose top-2 margin exceeds "
         f"{check['clear_margin_steps']:g} output steps; logit difference mean "
         f"{check['mean_abs_logit_difference_steps']:.3f}, largest "
         f"{check['max_abs_logit_difference_steps']:.0f} output steps (step "
-        f"{check['output_scale']:.4g}); weights stored as int8 with at most "
-        f"{check['max_weight_levels']} distinct values per tensor"
+        f"{check['output_scale']:.4g}); {describe_storage(check['weight_storage'])}"
+    )
+
+
+def describe_storage(storage: dict) -> str:
+    """How the kernels are stored, in words (from `quantflow.deploy.int4.weight_storage`)."""
+    parts = [
+        f"{storage[kind]} as {kind.upper()} ({storage[f'{kind}_bytes']:,} B)"
+        for kind in ("int4", "int8")
+        if storage[kind]
+    ]
+    return (
+        f"kernels stored {' and '.join(parts) or 'as float'}, at most "
+        f"{storage['max_levels']} distinct codes in one"
     )
 
 

@@ -18,13 +18,14 @@ from quantflow.quant.ops import (
     f32_step,
     fixed_point_add,
     requantized,
+    requantized_builtin,
     ste_round,
 )
 
 # the implementations register themselves on import: every quantizer a layer may name
 import quantflow.quant.quantizers  # noqa: F401
 from quantflow.quant.registry import quantizer_class
-from quantflow.quant.lowering import ACTIVATIONS, FUSED_ACTIVATIONS
+from quantflow.quant.lowering import ACTIVATIONS, FUSED_ACTIVATIONS, INT4_BITS
 
 DEFAULT_QUANTIZER = "fat"
 
@@ -278,9 +279,11 @@ class QuantizedOp(layers.Layer):
                 out_step = self._output_step()
                 if out_step is None or self.activation not in FUSED_ACTIVATIONS:
                     return outputs
-                return outputs + tf.stop_gradient(
-                    requantized(acc, acc_step / out_step, self.activation, out_step) - outputs
-                )
+                if self.quantizer.bits <= INT4_BITS:  # an INT4 kernel: the built-in kernels
+                    exact = requantized_builtin(acc, step, w_step, out_step, self.activation)
+                else:  # XNNPACK
+                    exact = requantized(acc, acc_step / out_step, self.activation, out_step)
+                return outputs + tf.stop_gradient(exact - outputs)
         return keras.activations.get(self.activation)(outputs)
 
     def set_kernel(self, kernel: np.ndarray, bias: np.ndarray) -> None:

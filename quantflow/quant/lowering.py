@@ -98,6 +98,10 @@ SAME_GRID_OPS = (
     "MINIMUM",
 )
 SHARED_GRID_OPS = ("CONCATENATION", "MAXIMUM", "MINIMUM")
+# weights of at most INT4_BITS bits are stored as INT4 (two codes a byte, the b-bit step as
+# scale) on the ops whose int8 kernels LiteRT runs with int4 filters; more bits: int8
+INT4_BITS = 4
+INT4_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def activation_name(layer) -> str | None:

@@ -180,6 +180,47 @@ def requantized(acc, multiplier, activation: str, out_step):
     return (r + tf.clip_by_value(v - r, -0.49, 0.49)) * out_step
 
 
+def requantized_builtin(acc, s_in, s_w, s_out, activation: str):
+    """The int32 accumulator `acc` (a float32 tensor of whole numbers) requantized as
+    LiteRT's built-in integer kernels do it (those run a kernel stored as INT4, which the
+    XNNPACK delegate does not take): the multiplier s_in s_w / s_out (per channel, in
+    double precision) as q * 2**shift, q = round(frac * 2**31) with frac in [0.5, 1); then
+    two roundings (gemmlowp): round(acc * 2**max(shift, 0) * q / 2**31), half away from
+    zero, then a rounding right shift by -shift, half away from zero; clamped to the fused
+    activation's range. Returned in real units, a hair inside its rounding interval (as
+    `requantized`); no gradient."""
+    s_in, s_w, s_out = (tf.cast(tf.stop_gradient(v), tf.float64) for v in (s_in, s_w, s_out))
+    multiplier = s_in * s_w / s_out
+    shift = tf.floor(tf.math.log(multiplier) / np.log(2.0)) + 1.0
+    frac = multiplier / tf.pow(tf.constant(2.0, tf.float64), shift)
+    shift = shift + tf.cast(frac >= 1.0, tf.float64) - tf.cast(frac < 0.5, tf.float64)
+    frac = multiplier / tf.pow(tf.constant(2.0, tf.float64), shift)
+    q = tf.sign(frac) * tf.floor(tf.abs(frac) * 2.0**31 + 0.5)  # std::round
+    overflow = q >= 2.0**31
+    q = tf.where(overflow, q / 2.0, q)
+    shift = shift + tf.cast(overflow, tf.float64)
+    left = tf.cast(tf.maximum(shift, 0.0), tf.int64)
+    right = tf.cast(tf.maximum(-shift, 0.0), tf.int64)
+    x = tf.cast(tf.stop_gradient(acc), tf.int64) * tf.bitwise.left_shift(tf.ones_like(left), left)
+    ab = x * tf.cast(q, tf.int64)
+    nudge = tf.where(ab >= 0, tf.constant(1 << 30, tf.int64), tf.constant(1 - (1 << 30), tf.int64))
+    high = tf.truncatediv(ab + nudge, tf.constant(1 << 31, tf.int64))
+    right = tf.broadcast_to(right, tf.shape(high))
+    mask = tf.bitwise.left_shift(tf.ones_like(right), right) - 1
+    remainder = tf.bitwise.bitwise_and(high, mask)
+    threshold = tf.bitwise.right_shift(mask, tf.ones_like(mask)) + tf.cast(high < 0, tf.int64)
+    v = tf.bitwise.right_shift(high, right) + tf.cast(remainder > threshold, tf.int64)
+    v = tf.cast(v, tf.float32)
+    if activation in ("relu", "relu6"):
+        v = tf.maximum(v, 0.0)
+    if activation == "relu6":
+        v = tf.minimum(v, tf.round(6.0 / tf.cast(s_out, tf.float32)))
+    # the rounded value, a hair inside its rounding interval (the output quantizer's own
+    # rounding lands on it); the float product for the residual's sign
+    exact = tf.cast(tf.cast(tf.stop_gradient(acc), tf.float64) * multiplier, tf.float32)
+    return (v + tf.clip_by_value(exact - v, -0.49, 0.49)) * tf.cast(s_out, tf.float32)
+
+
 def fixed_point_add(a, b, sa, sb, so):
     """a + b (on the grids of steps `sa`, `sb`) onto the output grid of step `so`, as
     LiteRT's XNNPACK ADD computes it: each input's scale over the output's as a 20-bit

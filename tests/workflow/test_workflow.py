@@ -146,7 +146,7 @@ def test_fat_outputs_and_variants(tiny_run):
     assert check["top1_agreement_clear_margin"] in (None, 1.0)
     assert check["mean_abs_logit_difference_steps"] <= 0.5
     assert check["activation_grid_mismatches"] == []
-    assert check["input"] == check["output"] == "int8" and check["max_weight_levels"] <= 255
+    assert check["input"] == check["output"] == "int8" and check["weight_storage"]["int4"] == 0
     # 4-bit activations: no TFLite model, simulation only
     assert not (base / "w4a4-asym-pt/model.tflite").exists()
     assert by["fat-w4a4-asym-pt-sim"]["size_bytes"] < sim["size_bytes"]
@@ -309,7 +309,7 @@ def test_adjustable_target_files_score_and_report(tiny_run):
     # the deployable int8 model agrees with its simulation
     check = json.loads((base / "tflite.json").read_text())
     assert check["top1_agreement"] >= 0.99 and check["activation_grid_mismatches"] == []
-    assert check["max_weight_levels"] <= 255
+    assert check["weight_storage"]["max_levels"] <= 255
     by = {r["variant"]: r for r in json.loads((work / "results/summary.json").read_text())}
     sim, int8 = by["adjq-t1"], by["adjq-t1-int8"]
     assert sim["score"] == pytest.approx(summary["score"]["score"])

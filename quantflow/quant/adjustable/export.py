@@ -1,5 +1,6 @@
 """What an adjustable model is shipped as: its packed weights (each channel at its own bits)
-and the int8 fake-quant model the TFLite converter turns into the deployable file."""
+and the fake-quant model the TFLite converter turns into the deployable file (kernels INT4
+or int8 by layer, int8 activations)."""
 
 from __future__ import annotations
 
@@ -51,12 +52,17 @@ def quantized_kernels(model) -> dict:
 
 
 def int8_model(float_model, model, images=None):
-    """The deployable configuration as a FAT-style int8 fake-quant model (which converts
-    to an int8 TFLite model and which LiteRT runs exactly): each kernel channel on an int8
-    grid that contains its b-bit grid (step S / floor(127 / (2^(b-1) - 1)), so the int8
-    codes are the b-bit codes times that factor: at most 2^b - 1 distinct values), the
-    same float biases, and every activation 8-bit per tensor over the largest trained
-    range of its channels. Returns the model (its thresholds set; no calibration needed)."""
+    """The deployable configuration as a FAT-style fake-quant model that converts to a
+    TFLite model LiteRT runs exactly: a layer whose every channel is at most 4 bits
+    (`quantflow.quant.adjustable.storage`) as INT4, each channel on its own trained grid
+    (a 4-bit quantizer over [-7 S, 7 S]: a 3-bit channel's codes stay within +-3); any
+    other layer as int8 on a grid that contains each channel's b-bit grid (step
+    S / floor(127 / (2^(b-1) - 1)), so the int8 codes are the b-bit codes times that
+    factor: at most 2^b - 1 distinct values); the same float biases; every activation
+    8-bit per tensor over the largest trained range of its channels. Returns the model
+    (its thresholds set; no calibration needed)."""
+    from quantflow.quant.adjustable.storage import storage_class
+    from quantflow.quant.lowering import INT4_BITS
     from quantflow.quant.transform import fake_quant_model
 
     qmodel = fake_quant_model(
@@ -69,12 +75,17 @@ def int8_model(float_model, model, images=None):
     adj_ops = {layer.name: layer for layer in _ops(model)}
     for name, (kernel, step, bits) in kernels.items():
         layer = ops8[name]
-        levels = 2.0 ** (bits.astype(np.float64) - 1) - 1
-        factor = np.floor(127.0 / np.maximum(levels, 1.0))
-        int8_step = step.astype(np.float64) / factor
         layer.kernel.assign(kernel)
         layer.bias.assign(np.asarray(adj_ops[name].bias.numpy()))
-        t_max = np.maximum(127.0 * int8_step, 1e-12).astype(np.float32)
+        if storage_class(bits) == "int4":
+            layer.quantizer.bits = INT4_BITS
+            levels = 2.0 ** (INT4_BITS - 1) - 1
+            t_max = np.maximum(levels * step.astype(np.float64), 1e-12).astype(np.float32)
+        else:
+            levels = 2.0 ** (bits.astype(np.float64) - 1) - 1
+            factor = np.floor(127.0 / np.maximum(levels, 1.0))
+            int8_step = step.astype(np.float64) / factor
+            t_max = np.maximum(127.0 * int8_step, 1e-12).astype(np.float32)
         layer.quantizer.t_max.assign(t_max.reshape(layer.quantizer.t_max.shape))
         layer.quantizer.alpha.assign(np.ones_like(t_max).reshape(layer.quantizer.alpha.shape))
     adj_acts = {a.name: a for a in _activations(model)}

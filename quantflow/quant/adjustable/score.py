@@ -78,6 +78,19 @@ class ScoreGraph:
             self.counts, weight, act, bias_bits=self.bias_bits, p_ref=self.p_ref, f_ref=self.f_ref
         )
 
+    def deployed(self) -> dict:
+        """`score` of what the deployable file holds: each kernel at its storage class's
+        width (`quantflow.quant.adjustable.storage`: 4 when every channel is at most 4
+        bits, else 8), every activation at 8 bits (LiteRT runs int8 activations)."""
+        from quantflow.quant.adjustable.storage import stored_bits
+
+        weight, act = self.bits()
+        weight = {k: np.asarray(stored_bits(v), np.float64) for k, v in weight.items()}
+        act = {k: np.full_like(v, 8.0) for k, v in act.items()}
+        return score(
+            self.counts, weight, act, bias_bits=self.bias_bits, p_ref=self.p_ref, f_ref=self.f_ref
+        )
+
     # ---- differentiable
     def _tf_bits(self, tf, host, channels: int):
         if host is not None and hasattr(host.quantizer, "bits_tensor"):

@@ -42,6 +42,10 @@ class Settings:
     tolerance: float = 1.0  # percentage points of held-out top-1 below the float model
     reference: str = "model"  # or micronet_imagenet
     calibration_batches: int = 10
+    # the deployment-aware search: layers end as INT4 (all channels <= 4 bits) or int8
+    # (quantflow.quant.adjustable.storage); "per-channel": any bits per channel
+    storage: str = "int4-int8"
+    int4_share: float = 0.9  # the share of <= 4-bit channels that moves a layer to INT4
 
     @classmethod
     def from_dict(cls, data: dict) -> "Settings":
@@ -70,6 +74,12 @@ class Settings:
             )
         if self.epochs < 1 or self.mini_epochs < 1 or self.batch_size < 1 or self.images < 1:
             raise QuantflowError("adjustable: epochs, mini_epochs, batch_size, images >= 1")
+        if self.storage not in ("int4-int8", "per-channel"):
+            raise QuantflowError(
+                f"adjustable: storage must be int4-int8 or per-channel, got {self.storage!r}"
+            )
+        if not 0 < self.int4_share <= 1:
+            raise QuantflowError("adjustable: int4_share must be in (0, 1]")
         if not 0 < self.swa_freq <= 1 or not 0 <= self.swa_delay < 1 or self.swa_epochs < 0:
             raise QuantflowError("adjustable: need 0 < swa_freq <= 1, 0 <= swa_delay < 1")
 

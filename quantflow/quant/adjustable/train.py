@@ -10,6 +10,7 @@ import numpy as np
 from quantflow.errors import QuantflowError
 from quantflow.quant.adjustable.score import ScoreGraph, bit_summary
 from quantflow.quant.adjustable.settings import Settings, _activations, _ops
+from quantflow.quant.adjustable.storage import snap_to_int4
 
 
 def _variables(model):
@@ -159,6 +160,7 @@ def train(
             "score_term": row_losses.get("score"),
             "val_accuracy": acc,
             "score": exact["score"],
+            "deployed_score": graph.deployed()["score"],
             "parameter_score": exact["parameter_score"],
             "operation_score": exact["operation_score"],
             "mean_weight_bits": exact["mean_weight_bits"],
@@ -173,8 +175,13 @@ def train(
         best_ok = best["within_tolerance"]
         if ok != best_ok:
             return ok
-        if ok:
-            return (row["score"], -row["val_accuracy"]) < (best["score"], -best["val_accuracy"])
+        if ok:  # the deployment-aware search picks by what the file holds
+            key = "deployed_score" if settings.storage == "int4-int8" else "score"
+            return (row[key], row["score"], -row["val_accuracy"]) < (
+                best[key],
+                best["score"],
+                -best["val_accuracy"],
+            )
         return row["val_accuracy"] > best["val_accuracy"]
 
     def finish_row(row):
@@ -205,11 +212,17 @@ def train(
             for values in run_steps(steps_fn[train_bits], order, bounds[m], bounds[m + 1]):
                 for k, v in zip(sums, values):
                     sums[k] += float(v)
+            moved = []
+            if train_bits and settings.storage == "int4-int8":
+                moved = snap_to_int4(model, settings.int4_share)
+                if moved:
+                    log(f"int4 storage class from now on: {', '.join(moved)}")
             n = max(int(bounds[m + 1] - bounds[m]), 1)
             step_count += int(bounds[m + 1] - bounds[m])
             means = {k: v / n for k, v in sums.items()}
             row = finish_row(evaluate_state(mini, train_bits, means))
             row["epoch"] = epoch + 1
+            row["moved_to_int4"] = moved
             history.append(row)
             improved = better(row, best)
             if improved:
@@ -227,6 +240,7 @@ def train(
     search_seconds = time.perf_counter() - start
     for v, value in zip(weights + betas, best_values):
         v.assign(value)
+    clip_alphas(model)  # a checkpoint from before a layer joined the int4 class: its bits
 
     # fine-tuning with SWA, bit widths fixed
     swa = {"epochs": settings.swa_epochs, "used": False, "before": best["val_accuracy"]}

@@ -15,6 +15,7 @@ from quantflow.quant.ops import (
     grid_quant,
     int8_grid,
 )
+from quantflow.quant.lowering import INT4_BITS
 from quantflow.quant.quantizers.base import Quantizer, _clip
 from quantflow.quant.registry import register_quantizer
 
@@ -128,9 +129,14 @@ class FatActivationQuantizer(Quantizer):
 class FatWeightQuantizer(Quantizer):
     """A kernel (viewed with its output channels last) quantized symmetric, narrow range, to
     [-T, T], T = clip(alpha) * max|W|, per output channel or per tensor, on the grid the
-    TFLite converter stores. `folded`: a Dense kernel, per channel by `grid_quant` (the
-    converter rejects per-channel fake-quant ops for FULLY_CONNECTED) and below 8 bits as
-    FULLY_CONNECTED holds it (`folded_int8`); other kernels below 8 bits by `int8_grid`."""
+    deployable file stores. At most 4 bits (`INT4_BITS`) the file holds the b-bit codes as
+    INT4 with the b-bit step as scale, and so does the simulation (its int32 bias on the
+    grid s_in x that step): CONV_2D and DEPTHWISE_CONV_2D by the b-bit fake-quant op, which
+    the converter stores as INT4 itself; a Dense kernel (`folded`: per channel by
+    `grid_quant`, the converter rejects per-channel fake-quant ops for FULLY_CONNECTED) is
+    repacked as INT4 after conversion (`quantflow.deploy.int4`). From 5 to 7 bits the file
+    holds int8: a Dense kernel as FULLY_CONNECTED holds it (`folded_int8`), other kernels by
+    `int8_grid`."""
 
     def __init__(self, bits: int = 8, per_channel: bool = True, folded: bool = False):
         super().__init__(bits)
@@ -152,8 +158,12 @@ class FatWeightQuantizer(Quantizer):
         return -t, t
 
     def scale(self):
-        """The scale of the int8 weights TFLite stores (per output channel or scalar)."""
+        """The scale of the weights TFLite stores (per output channel or scalar): at most
+        4 bits the b-bit step itself (stored as INT4: `quantflow.deploy.int4`), from 5 to 7
+        bits an int8 step that divides it, at 8 bits the int8 step."""
         t = self.threshold()
+        if self.bits <= INT4_BITS:
+            return f32_step(-t, t, 2**self.bits - 2)
         if self.bits < 8 and not (self.per_channel and self.folded):
             levels = 2 ** (self.bits - 1) - 1  # `int8_grid`: k times finer than the b-bit grid
             return f32_step(-t, t, 2 * levels * (127 // levels))
@@ -163,8 +173,12 @@ class FatWeightQuantizer(Quantizer):
         t = self.threshold()
         if self.per_channel and self.folded:
             view = grid_quant(view, t, bits=self.bits)
-            if self.bits < 8:  # what FULLY_CONNECTED will hold: see `folded_int8`
+            if INT4_BITS < self.bits < 8:  # what FULLY_CONNECTED will hold: see `folded_int8`
                 view = folded_int8(view, t)
+        elif self.bits <= INT4_BITS:  # the converter stores it as INT4 with the b-bit step
+            view = fake_quant(
+                view, -t, t, bits=self.bits, narrow_range=True, per_channel=self.per_channel
+            )
         elif self.bits < 8:  # the b-bit grid by plain ops, handed over as int8: `int8_grid`
             view = grid_quant(view, t, bits=self.bits, per_channel=self.per_channel)
             view = int8_grid(view, t, bits=self.bits, per_channel=self.per_channel)

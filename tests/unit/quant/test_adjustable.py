@@ -180,6 +180,7 @@ def test_packed_weights_round_trip(setup, tmp_path):
 def test_int8_export_agrees_with_its_simulation(setup, tmp_path):
     from quantflow.deploy.check import check_activation_grids
     from quantflow.deploy.convert import convert, save
+    from quantflow.deploy.int4 import int4_kernels, store_int4
     from quantflow.deploy.litert import TFLiteRunner
 
     model, qmodel, graph, images, *_ = setup
@@ -189,7 +190,7 @@ def test_int8_export_agrees_with_its_simulation(setup, tmp_path):
             rng.uniform(0.3, 1.0, layer.quantizer.channels).astype(np.float32)
         )
     q8 = int8_model(model, qmodel)
-    flatbuffer = convert(q8, "int8", images[:16])
+    flatbuffer = store_int4(convert(q8, "int8", images[:16]), int4_kernels(q8))
     path = tmp_path / "m.tflite"
     save(flatbuffer, path)
     runner = TFLiteRunner(path, 1)
@@ -204,6 +205,86 @@ def test_int8_export_agrees_with_its_simulation(setup, tmp_path):
         np.testing.assert_allclose(
             np.asarray(layer.quantized_kernel()), kernels[layer.name][0], rtol=0, atol=1e-7
         )
+
+
+def test_layers_at_most_4_bits_are_stored_as_int4(setup, tmp_path):
+    """The deployable file: `conv` (every channel 2..4 bits) and `logits` (all 3 bits) as
+    INT4, each channel on its own grid (a 2-bit channel's codes within +-1, a 3-bit one's
+    within +-3); `dw` and `pw` (some channels above 4 bits) as int8; LiteRT's outputs equal
+    the simulation's within one output step, and the deployed score counts 4 and 8 bits."""
+    from quantflow.deploy.convert import convert, save
+    from quantflow.deploy.int4 import int4_kernels, store_int4, unpack_int4, weight_storage
+    from quantflow.deploy.litert import TFLiteRunner
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model, qmodel, graph, images, *_ = setup
+    bits = {"conv": [2, 3, 4, 4, 3, 2], "dw": [3, 5, 8, 4, 6, 2], "pw": [4] * 7 + [5]}
+    bits["logits"] = [3, 3, 3, 3]
+    for layer in _ops(qmodel):
+        q = layer.quantizer
+        q.beta.assign(np.asarray(bits[layer.name], np.float32) / q.bits)
+        assert q.channel_bits().tolist() == bits[layer.name]
+    q8 = int8_model(model, qmodel)
+    assert sorted(k.layer for k in int4_kernels(q8)) == ["conv", "logits"]
+    flatbuffer = store_int4(convert(q8, "int8", images[:16]), int4_kernels(q8))
+    storage = weight_storage(flatbuffer)
+    assert (storage["int4"], storage["int8"]) == (2, 2)
+    path = tmp_path / "m.tflite"
+    save(flatbuffer, path)
+    runner = TFLiteRunner(path, 1)
+    out = runner.scores(runner.run(runner.prepare(images[:64])))
+    sim = np.asarray(q8(images[:64]))
+    assert np.max(np.abs(out - sim)) <= float(runner.output["quantization"][0]) * 1.01
+    # each INT4 channel's codes stay within its own bits' levels
+    tfl = flatbuffer_utils.read_model(str(path))
+    graph_ = tfl.subgraphs[0]
+    found = {}
+    for tensor in graph_.tensors:
+        if tensor.type == 17:  # INT4
+            codes = unpack_int4(tfl, tensor)
+            axis = tensor.quantization.quantizedDimension
+            found[codes.shape[axis]] = (
+                np.abs(np.moveaxis(codes, axis, 0)).reshape(codes.shape[axis], -1).max(1)
+            )
+    np.testing.assert_array_equal(found[6], [1, 3, 7, 7, 3, 1])  # conv
+    assert found[4].max() <= 3  # logits at 3 bits
+    # the deployed score: conv and logits at 4 bits, dw and pw at 8, activations at 8
+    deployed = graph.deployed()
+    weight, act = graph.bits()
+    stored = {k: np.full_like(v, 4.0 if v.max() <= 4 else 8.0) for k, v in weight.items()}
+    expected = score(
+        graph.counts,
+        stored,
+        {k: np.full_like(v, 8.0) for k, v in act.items()},
+        bias_bits=graph.bias_bits,
+        p_ref=graph.p_ref,
+        f_ref=graph.f_ref,
+    )
+    assert deployed["score"] == pytest.approx(expected["score"])
+
+
+def test_deployment_aware_search_moves_mostly_4_bit_layers_to_int4(setup):
+    from quantflow.quant.adjustable.storage import int4_layers, snap_to_int4
+
+    _, qmodel, graph, *_ = setup
+    ops = {layer.name: layer.quantizer for layer in _ops(qmodel)}
+    ops["pw"].beta.assign(np.asarray([4] * 7 + [5], np.float32) / 8)  # 7 of 8 <= 4 bits
+    ops["dw"].beta.assign(np.asarray([3, 4, 4, 5, 6, 7], np.float32) / 8)  # half
+    ops["logits"].beta.assign(np.asarray([2, 3, 4, 4], np.float32) / 8)  # all
+    assert int4_layers(qmodel) == ["logits"]
+    before = graph.deployed()["score"]
+    assert snap_to_int4(qmodel, 0.85) == ["pw", "logits"]
+    assert ops["pw"].channel_bits().tolist() == [4] * 8
+    assert ops["logits"].channel_bits().tolist() == [4] * 4  # the spare levels are free
+    assert ops["dw"].channel_bits().tolist() == [3, 4, 4, 5, 6, 7]
+    assert sorted(int4_layers(qmodel)) == ["logits", "pw"]
+    assert graph.deployed()["score"] < before
+    assert snap_to_int4(qmodel, 0.85) == []  # once in, for good
+    # training keeps them there, and picks its checkpoint by the deployed score
+    result = run(setup, metric_weight=50.0, bits_learning_rate=0.05, tolerance=100.0, epochs=1)
+    assert ops["pw"].channel_bits().tolist() == [4] * 8
+    best = result["best"]
+    assert best["deployed_score"] == min(r["deployed_score"] for r in result["history"])
 
 
 def test_saved_model_keeps_bit_bounds_and_outputs(setup, tmp_path):
