@@ -13,7 +13,6 @@ keras = pytest.importorskip("keras")
 
 from quantflow.deploy import check as deploy_check  # noqa: E402
 from quantflow.deploy.int4 import int4_kernels, unpack_int4, weight_storage  # noqa: E402
-from quantflow.deploy.litert import interpreter  # noqa: E402
 from quantflow.models.tiny_mobilenet import tiny_mobilenet  # noqa: E402
 from quantflow.quant.calibrate import calibrate  # noqa: E402
 from quantflow.quant.ops import requantized_builtin  # noqa: E402
