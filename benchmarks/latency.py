@@ -56,7 +56,7 @@ def models(workdir: Path) -> dict[str, Path]:
 
 
 def time_models(paths, images, threads, batch_size, latency_images, batches):
-    from quantflow.evaluate.latency import latency_batch1, latency_batched
+    from quantflow.evaluate.latency import latency_batch1, latency_batched, spread
     from quantflow.evaluate.runners import load_runner
 
     out = {}
@@ -64,8 +64,8 @@ def time_models(paths, images, threads, batch_size, latency_images, batches):
         runner = load_runner(path, threads)
         chunks = [images[i : i + batch_size] for i in range(0, batch_size * batches, batch_size)]
         out[fmt] = {
-            "ms_per_image_b1": latency_batch1(runner, images, latency_images),
-            "ms_per_image_batched": latency_batched(runner, chunks),
+            "ms_per_image_b1": spread(latency_batch1(runner, images, latency_images))[0],
+            "ms_per_image_batched": spread(latency_batched(runner, chunks))[0],
         }
     return out
 

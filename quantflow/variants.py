@@ -21,6 +21,8 @@ Bits (for the MicroNet score of every variant, `quant.micronet.score.uniform_sco
     tflite-int16x8             8-bit weights, 16-bit activations, biases counted at 32
                                (TFLite stores int64: the score's widths stop at 32)
     tflite-int4-weights        4-bit weights, float compute
+    tflite-static-int4         4-bit weights on CONV_2D / FULLY_CONNECTED, int8 activations
+                               calibrated (ai-edge-quantizer's static recipe)
     tflite-dynamic-int4        4-bit weights, activations at 8 bits on the fly (XNNPACK's
                                dynamically quantized int8 x channelwise int4 kernels)
     bin-<b>, fixed-<b>         b-bit weights (and biases, unless weightquant keeps them
@@ -182,6 +184,7 @@ FAMILIES: list[Family] = [
     # ai-edge-quantizer, from tflite-fp32 (the converter has no int4)
     _listed("int4-weights", "tflite-int4-weights", "deployable", "LiteRT", (4, 32, 32, 32)),
     _listed("dynamic-int4", "tflite-dynamic-int4", "deployable", "LiteRT", (4, 8, 32, 32)),
+    _listed("static-int4", "tflite-static-int4", "deployable", "LiteRT", (4, 8, 32, 8)),
     # int8 calibration studies: N seeded training images, P percent, one class only
     Family(
         "int8-cal",

@@ -121,6 +121,7 @@ wildcard_constraints:
     variant=r"[a-z0-9.-]+",
     fmt=r"(fp32|fp16|dynamic|int16x8|int8)(-cal[0-9]+(pct)?|-class[0-9]+)?",
     aeq=r"int4-weights|dynamic-int4",
+    aeq_static=r"static-int4",
     k=r"[0-9]+",
     algorithm=r"bin|fixed",
     bits=r"[0-9]+",

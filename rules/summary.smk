@@ -73,6 +73,11 @@ rule summary:
             caption="../reports/adjustable_bits.rst",
             category="Adjustable mixed precision",
         ),
+        recall_plot=report(
+            "results/per_class_recall.png",
+            caption="../reports/per_class_recall.rst",
+            category="Summary",
+        ),
     log:
         "logs/summary.log",
     conda:

@@ -46,6 +46,32 @@ rule tflite_aeq:
         "../scripts/tflite_aeq.py"
 
 
+rule tflite_aeq_static:
+    """ai-edge-quantizer's static recipe from the fp32 TFLite model: int4 weights on
+    CONV_2D and FULLY_CONNECTED, int8 elsewhere, int8 activations calibrated on the
+    tflite-int8 calibration sample (as one batch)."""
+    input:
+        fp32=PATHS["fp32_tflite"],
+        train=split_file("train"),
+        info=PATHS["info"],
+    output:
+        tflite="results/{dataset}/{model}/tflite/{aeq_static}.tflite",
+    log:
+        "logs/tflite_aeq/{dataset}/{model}/{aeq_static}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        calibration_images=TFLITE["calibration_images"],
+        seed=config["seed"],
+        code=code_digest("tflite_aeq"),
+    script:
+        "../scripts/tflite_aeq.py"
+
+
 rule tflite_float_fallback:
     """int8 post-training quantization with the k layers that tflite-int8's per-layer
     diagnosis finds worst left in float (the converter's selective quantization)."""

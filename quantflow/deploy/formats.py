@@ -52,6 +52,12 @@ AEQ_FORMATS = {
 }
 
 
+# ai-edge-quantizer's static recipe with int8 activations, calibrated: format -> (weight
+# bits, the ops at those bits; every other op int8). Its policy lists static_wi4_ai8 for
+# CONV_2D and FULLY_CONNECTED only (DEPTHWISE_CONV_2D stays int8).
+AEQ_STATIC = {"static-int4": (4, ("CONV_2D", "FULLY_CONNECTED"))}
+
+
 def needs_calibration(name: str) -> bool:
     """Full-integer formats take a representative dataset."""
     return parse_format(name)["base"] in ("int8", "int16x8")

@@ -33,7 +33,8 @@ SIGN_FLIP = "exact sign-flip"
 
 def save_predictions(path: str | Path, labels, scores) -> None:
     """predictions.npz beside metrics.json: the test labels, each image's top-1 class
-    (lowest index among tied classes) and its tie-aware top-1 credit."""
+    (lowest index among tied classes), its tie-aware top-1 credit and the outputs
+    themselves (float32: the fidelity to another variant, `output_snr_db`)."""
     import io
 
     from quantflow.formats.atomic import write_atomic
@@ -46,14 +47,33 @@ def save_predictions(path: str | Path, labels, scores) -> None:
         labels=np.asarray(labels, dtype=np.int32),
         top1=np.argmax(scores, axis=1).astype(np.int32),
         credit=top1_credit(labels, scores).astype(np.float64),
+        scores=scores.astype(np.float32),
     )
     write_atomic(Path(path), buffer.getbuffer())
 
 
 def load_predictions(path: str | Path) -> dict:
-    """A predictions.npz as {labels, top1, credit} arrays."""
+    """A predictions.npz as {labels, top1, credit, scores} arrays (scores None in a file
+    written before they were saved)."""
     with np.load(path) as data:
-        return {k: data[k] for k in ("labels", "top1", "credit")}
+        out = {k: data[k] for k in ("labels", "top1", "credit")}
+        out["scores"] = data["scores"] if "scores" in data else None
+    return out
+
+
+def output_snr_db(scores, reference) -> float | None:
+    """The reference's output power over the power of the difference, in dB, over all
+    images and classes: 10 log10(sum r^2 / sum (s - r)^2). None when the outputs are
+    equal (no noise) or either is missing."""
+    if scores is None or reference is None:
+        return None
+    scores, reference = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
+    if scores.shape != reference.shape:
+        return None
+    noise = float(np.sum((scores - reference) ** 2))
+    if noise == 0.0:
+        return None
+    return float(10.0 * np.log10(np.sum(reference**2) / noise))
 
 
 def paired_test(credit_a, credit_b, *, alpha: float = 0.05) -> dict:

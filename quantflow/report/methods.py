@@ -27,6 +27,11 @@ def weightquant_rows(records: list[dict], errors: list[dict]) -> list[dict]:
                     "error_min_pct": e["relative_error_pct_min"],
                     "error_mean_pct": e["relative_error_pct_mean"],
                     "error_max_pct": e["relative_error_pct_max"],
+                    "affine_exact": (
+                        None
+                        if "affine_exact" not in e
+                        else [sum(e["affine_exact"].values()), len(e["affine_exact"])]
+                    ),
                 }
             )
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["algorithm"], r["bits"]))
@@ -326,3 +331,44 @@ def pareto_front(points) -> list[int]:
         for i, (s, a) in enumerate(points)
         if not any(t <= s and b >= a and (t < s or b > a) for t, b in points)
     ]
+
+
+def plot_recall_change(groups: list[dict], reference: str, path: str | Path) -> None:
+    """Per-class recall of every variant minus the reference's, in percentage points, as
+    one heatmap per dataset / model (rows: variants in table order, columns: classes;
+    red: the variant loses recall on that class, blue: gains; the colour scale is
+    symmetric and clipped at the largest change among the deployable-scale ones, at least
+    1 pp). The per-class numbers themselves are in summary.json and summary.md."""
+    import numpy as np
+
+    shown = [g for g in groups if any(r["variant"] == reference for r in g["records"])]
+    heights = [max(2.0, 0.22 * len(g["records"]) + 1.2) for g in shown] or [2.0]
+    fig = _figure((9, sum(heights)))
+    if not shown:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, f"no {reference} to compare with", ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=110)
+        return
+    axes = fig.subplots(len(shown), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, group in zip(axes, shown):
+        ref = next(r for r in group["records"] if r["variant"] == reference)
+        rows = [r for r in group["records"] if r["variant"] != reference]
+        base = np.array([np.nan if v is None else v for v in ref["per_class_recall"]], float)
+        change = np.array(
+            [[np.nan if v is None else v for v in r["per_class_recall"]] for r in rows], float
+        )
+        change = 100.0 * (change - base)
+        finite = np.abs(change[np.isfinite(change)])
+        limit = max(1.0, float(np.percentile(finite, 95)) if finite.size else 1.0)
+        image = ax.imshow(change, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        ax.set_yticks(range(len(rows)), [r["variant"] for r in rows], fontsize=7)
+        names = group.get("class_names") or [str(i) for i in range(change.shape[1])]
+        ax.set_xticks(range(change.shape[1]), names, fontsize=7, rotation=45, ha="right")
+        ax.set_title(
+            f"{group['dataset']} / {group['model']}: per-class recall minus {reference}'s (pp)",
+            fontsize=9,
+        )
+        fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

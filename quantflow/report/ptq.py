@@ -11,6 +11,8 @@ A difference of at most `TIE_IMAGES` test images is called a tie, whatever its s
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 from quantflow.variants import parse
@@ -86,9 +88,22 @@ def calibration_points(records: list[dict], train_size: int | None) -> list[dict
                 "images": images,
                 "accuracy": r["accuracy"],
                 "g_mean": r["g_mean"],
+                "output_snr_db": r.get("output_snr_db"),
             }
         )
     return sorted(points, key=lambda p: (p["images"], p["variant"]))
+
+
+def _fidelity(points: list[dict]) -> str:
+    """The calibration study's output SNR against tflite-fp32 at each size, or ''."""
+    snr = [(p["images"], p["output_snr_db"]) for p in points if p.get("output_snr_db") is not None]
+    if len(snr) < 2:
+        return ""
+    listed = ", ".join(f"{v:.1f} dB at {n}" for n, v in snr)
+    return (
+        f" Fidelity to tflite-fp32 (output SNR, higher is closer): {listed} images; "
+        f"{snr[-1][1] - snr[0][1]:+.1f} dB from the fewest to the most calibration images."
+    )
 
 
 def _trend(points: list[dict], key: str, num_samples: int, paired=None) -> str:
@@ -173,9 +188,16 @@ def ptq_study(
     if fp32 and int8:
         top = max(int8, key=lambda r: (r["accuracy"], r["g_mean"]))
         # those the paired test cannot tell from the most accurate: the most faithful to
-        # tflite-fp32 of them (top-1 agreement) is the best
+        # tflite-fp32 of them (top-1 agreement, then output SNR) is the best
         tied = [r for r in int8 if r is not top and (p := paired(r, top)) and not p["significant"]]
-        best = max([top, *tied], key=lambda r: (r.get("agreement") or 0.0, r["accuracy"]))
+        best = max(
+            [top, *tied],
+            key=lambda r: (
+                r.get("agreement") or 0.0,
+                r.get("output_snr_db") or -math.inf,
+                r["accuracy"],
+            ),
+        )
         ratio = best["size_bytes"] / fp32["size_bytes"]
         chosen = ""
         if tied:
@@ -185,6 +207,11 @@ def ptq_study(
                 + (
                     f", on {100 * best['agreement']:.2f}% of the images"
                     if best.get("agreement")
+                    else ""
+                )
+                + (
+                    f"; output SNR {best['output_snr_db']:.1f} dB"
+                    if best.get("output_snr_db") is not None
                     else ""
                 )
                 + ")"
@@ -201,7 +228,7 @@ def ptq_study(
             f"int8 quality against calibration size ({len(points)} sizes, "
             f"{points[0]['images']} to {points[-1]['images']} training images): top-1 "
             f"{_trend(points, 'accuracy', n, paired_names)}; "
-            f"G-mean {_trend(points, 'g_mean', n)}."
+            f"G-mean {_trend(points, 'g_mean', n)}.{_fidelity(points)}"
         )
     names = (info or {}).get("class_names") or []
     base = by.get("tflite-int8")
@@ -227,6 +254,11 @@ def ptq_study(
             )
             parts.append(
                 f"{where} the calibration-size study's range " f"{100 * low:.2f}-{100 * high:.2f}%"
+            )
+        if base and r.get("output_snr_db") is not None and base.get("output_snr_db") is not None:
+            parts.append(
+                f"output SNR against tflite-fp32 {r['output_snr_db']:.1f} dB vs "
+                f"{base['output_snr_db']:.1f} dB for tflite-int8"
             )
         sentences.append(
             f"Calibrated on class {k}{name} only, int8 reaches {100 * r['accuracy']:.2f}% "

@@ -40,7 +40,14 @@ def add_comparisons(records: list[dict], reference: str = REFERENCE_VARIANT) -> 
     return out
 
 
-PAIRED_FIELDS = ("paired_test", "differ_images", "p_value", "significant", "agreement")
+PAIRED_FIELDS = (
+    "paired_test",
+    "differ_images",
+    "p_value",
+    "significant",
+    "agreement",
+    "output_snr_db",
+)
 
 
 def add_paired(
@@ -53,9 +60,11 @@ def add_paired(
     by the exact paired test on the same test images (quantflow.evaluate.paired):
     "paired_test" (its name), "differ_images" (images whose credit differs), "p_value",
     "significant" (p < alpha: a win or a loss; otherwise a tie), and its fidelity,
-    "agreement" (share of images with the reference's top-1 class). `predictions`:
-    (dataset, model, variant) -> {"credit", "top1"} per image. Without them: None."""
-    from quantflow.evaluate.paired import paired_test
+    "agreement" (share of images with the reference's top-1 class) and "output_snr_db"
+    (the reference's outputs over their difference; None when equal). `predictions`:
+    (dataset, model, variant) -> {"credit", "top1", "scores"} per image. Without them:
+    None."""
+    from quantflow.evaluate.paired import output_snr_db, paired_test
 
     for record in records:
         key = (record["dataset"], record["model"])
@@ -70,6 +79,7 @@ def add_paired(
             p_value=result["p"],
             significant=result["significant"],
             agreement=float(np.mean(mine["top1"] == ref["top1"])),
+            output_snr_db=output_snr_db(mine.get("scores"), ref.get("scores")),
         )
     return records
 
@@ -111,7 +121,11 @@ def add_scores(records: list[dict], counts: dict, weightquant: dict | None = Non
 
 LATENCY_FIELDS = (
     "ms_per_image_b1",
+    "ms_per_image_b1_iqr",
     "ms_per_image_batched",
+    "ms_per_image_batched_iqr",
+    "load_before",
+    "load_after",
     "latency_images",
     "latency_batches",
     "latency_threads",
@@ -131,10 +145,27 @@ def add_latencies(records: list[dict], latencies: dict) -> list[dict]:
         latency = latencies[record["dataset"], record["model"], timed]
         record.update(
             ms_per_image_b1=latency["ms_per_image_b1"],
+            ms_per_image_b1_iqr=latency.get("ms_per_image_b1_iqr"),
             ms_per_image_batched=latency["ms_per_image_batched"],
+            ms_per_image_batched_iqr=latency.get("ms_per_image_batched_iqr"),
+            load_before=latency.get("load_before"),
+            load_after=latency.get("load_after"),
             latency_images=latency["latency_images"],
             latency_batches=latency["latency_batches"],
             latency_threads=latency["threads"],
             latency_cores_held=latency["cores_held"],
         )
     return records
+
+
+def other_work(records: list[dict]) -> list[str]:
+    """The timed variants whose timing job saw other work on the machine: more threads
+    runnable than its own one just before or after the timing."""
+    busy = []
+    for r in records:
+        if r.get("latency_variant") != r.get("variant"):
+            continue
+        loads = [r.get("load_before") or {}, r.get("load_after") or {}]
+        if any((load.get("runnable") or 0) > 1 for load in loads):
+            busy.append(r["variant"])
+    return busy

@@ -32,6 +32,7 @@ STYLE = """
 .quantflow code { background: #f6f8fa; padding: 0 0.2rem; border-radius: 3px; }
 .quantflow pre { background: #f6f8fa; padding: 0.6rem; overflow-x: auto; }
 .quantflow .file-link { text-decoration: underline dotted; }
+.quantflow img[alt^="confusion"] { width: 15rem; margin: 0.2rem; vertical-align: top; }
 """
 
 

@@ -26,6 +26,7 @@ from quantflow.report.methods import (
     plot_bits_per_layer,
     plot_fat_alphas,
     plot_fat_rmse,
+    plot_recall_change,
     weightquant_rows,
 )
 from quantflow.report.ptq import diagnosis_rows, plot_calibration, plot_diagnosis, ptq_study
@@ -83,6 +84,7 @@ class SummaryOutputs:
     pareto_plot: str
     adjustable_weight_bits_plot: str
     adjustable_activation_bits_plot: str
+    recall_plot: str
 
 
 def summarise(
@@ -172,6 +174,7 @@ def summarise(
         records, out.pareto_plot, x="score", tolerance_pp=vcfg["tolerance_pp"]
     )
     plot_calibration([g["ptq"] for g in groups], out.calibration_plot)
+    plot_recall_change(groups, REFERENCE_VARIANT, out.recall_plot)
     diagnoses = []
     for path in inp.diagnoses:  # results/<dataset>/<model>/eval/<variant>/diagnosis.json
         dataset, model = Path(path).parts[1:3]
@@ -198,15 +201,13 @@ def summarise(
         tolerance_pp=vcfg["tolerance_pp"],
         runs_on=comparison.runs_on,
         paired=comparison.paired_cell,
+        fidelity=comparison.fidelity_cell,
         alpha=vcfg.get("alpha", 0.05),
         size_plot=Path(out.size_plot).name,
         pareto_plot=Path(out.pareto_plot).name,
     )
     front = render(inp.comparison_template, compact_table=True, **shared)
-    markdown = render(
-        inp.template,
-        compact_table=False,
-        **shared,
+    details = dict(
         weightquant=weightquant,
         weightquant_plot=Path(out.weightquant_plot).name,
         fat=fat,
@@ -221,14 +222,20 @@ def summarise(
         latency_images=timed["latency_images"],
         latency_batches=timed["latency_batches"],
         cores_held=timed["latency_cores_held"],
+        timing_load=_timing_load(records),
         config_yaml=yaml.safe_dump(dict(config), sort_keys=False),
         versions=versions or {},
         machine=machine or {},
         run=run,
+        recall_plot=Path(out.recall_plot).name,
     )
+    markdown = render(inp.template, compact_table=False, for_html=False, **shared, **details)
     Path(out.md).write_text(markdown)
     base = Path(out.md).parent  # the markdown's image links are relative to it
-    Path(out.html).write_text(htmlreport.html_page(markdown, base, "quantflow summary"))
+    # the page: every confusion matrix shown (a gallery) and the per-class recall as a
+    # plot instead of its wide table
+    page = render(inp.template, compact_table=False, for_html=True, **shared, **details)
+    Path(out.html).write_text(htmlreport.html_page(page, base, "quantflow summary"))
     Path(out.front).write_text(htmlreport.html_fragment(front, base))
     return records
 
@@ -277,3 +284,22 @@ def _adjustable(inp, records, out):
     plot_bits_per_layer(bits, "weights", out.adjustable_weight_bits_plot)
     plot_bits_per_layer(bits, "activations", out.adjustable_activation_bits_plot)
     return adjustable_rows(records, summaries, checks)
+
+
+def _timing_load(records: list[dict]) -> dict:
+    """What the timing jobs saw of the machine: the variants timed beside other work
+    (`records.other_work`), and the range of the 1-minute load average before them."""
+    from quantflow.report.records import other_work
+
+    loads = [
+        r["load_before"]["load_1min"]
+        for r in records
+        if r.get("latency_variant") == r["variant"]
+        and (r.get("load_before") or {}).get("load_1min") is not None
+    ]
+    return {
+        "busy": other_work(records),
+        "seen": bool(loads),
+        "low": min(loads) if loads else None,
+        "high": max(loads) if loads else None,
+    }

@@ -13,8 +13,8 @@ TFLite file: format "tflite"); the others run in TensorFlow (the float Keras mod
 simulations: weight-only checkpoints, fake-quant models), with the size of their packed
 weights. Every pick is a deployable file, with its path; simulations appear as what-ifs.
 Accuracy differences are wins only by the exact paired test on the same test images
-(quantflow.evaluate.paired), otherwise ties; timings within LATENCY_TIE of each other are
-ties on a shared machine.
+(quantflow.evaluate.paired), otherwise ties; timings whose interquartile ranges overlap are
+ties (`speed_tie`; without ranges, within LATENCY_TIE of each other).
 """
 
 from __future__ import annotations
@@ -80,6 +80,18 @@ def paired_cell(record: dict) -> str:
     return f"{word} (p {p:.2g}, {record['differ_images']} differ)"
 
 
+def fidelity_cell(record: dict) -> str:
+    """The table's fidelity to the reference: top-1 agreement % / output SNR dB ("equal"
+    where the outputs are the reference's own)."""
+    agreement, snr = record.get("agreement"), record.get("output_snr_db")
+    if agreement is None:
+        return "n/a"
+    snr_text = (
+        "equal" if snr is None and agreement == 1.0 else "n/a" if snr is None else f"{snr:.1f}"
+    )
+    return f"{100 * agreement:.2f} / {snr_text}"
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -124,6 +136,7 @@ def _picked(kind: str, record: dict | None, ties: list[dict], sentence: str) -> 
         "ms_per_image_batched",
         "score",
         "agreement",
+        "output_snr_db",
     )
     return {
         "kind": kind,
@@ -156,10 +169,11 @@ def verdict(
     - "most_accurate_under_budget": the most accurate deployable variant no larger than
       the budget (`size_budget_bytes`, else `size_budget_ratio` x the reference's size);
       the variants tied with it by the paired test are candidates too, and the pick among
-      them is the most faithful to the reference (top-1 agreement), then the smallest,
-      then the fastest;
-    - "fastest_deployable": the deployable variant within tolerance with the least time per
-      image at batch 1, with its batched time and the timings within LATENCY_TIE of it.
+      them is the most faithful to the reference (top-1 agreement, then output SNR), then
+      the smallest, then the fastest;
+    - "fastest_deployable": among the deployable variants within tolerance, the one with
+      the least median time per image at batch 1 and those whose timings tie with it
+      (`speed_tie`), the most faithful, then the smallest; with its batched time.
 
     Accuracy ties: the exact paired test on the same test images (`credits`: variant ->
     per-image tie-aware credit, quantflow.evaluate.paired; p >= `alpha` is a tie); a
@@ -259,12 +273,16 @@ def _most_accurate_of(records: list[dict]) -> dict:
 
 
 def _tie_break(record: dict) -> tuple:
-    """Among tied candidates: the most faithful to the reference, then the smallest, then
-    the fastest."""
+    """Among tied candidates: the most faithful to the reference (top-1 agreement, then
+    output SNR; equal outputs count as the highest), then the smallest, then the fastest."""
     agreement = record.get("agreement")
+    snr = record.get("output_snr_db")
+    if snr is None and agreement == 1.0:
+        snr = math.inf  # the reference's own outputs
     ms = record.get("ms_per_image_b1")
     return (
         -(agreement if _number(agreement) else 0.0),
+        -(snr if _number(snr) or snr == math.inf else -math.inf),
         record["size_bytes"],
         ms if _number(ms) else math.inf,
     )
@@ -304,6 +322,21 @@ def _under_budget(
     return _picked("most_accurate_under_budget", best, ties, sentence)
 
 
+def _iqr(record: dict) -> bool:
+    iqr = record.get("ms_per_image_b1_iqr")
+    return isinstance(iqr, (list, tuple)) and len(iqr) == 2 and all(_number(v) for v in iqr)
+
+
+def speed_tie(a: dict, b: dict) -> bool:
+    """Two batch-1 timings tie when their interquartile ranges overlap (without ranges,
+    when within LATENCY_TIE of each other)."""
+    if _iqr(a) and _iqr(b):
+        (a_low, a_high), (b_low, b_high) = a["ms_per_image_b1_iqr"], b["ms_per_image_b1_iqr"]
+        return a_low <= b_high and b_low <= a_high
+    low, high = sorted((a["ms_per_image_b1"], b["ms_per_image_b1"]))
+    return high <= low * (1 + LATENCY_TIE)
+
+
 def _fastest(within: list[dict], tolerance_pp: float, ref_text: str) -> dict:
     timed = [r for r in within if deployable(r) and _has(r, "ms_per_image_b1")]
     if not timed:
@@ -313,9 +346,10 @@ def _fastest(within: list[dict], tolerance_pp: float, ref_text: str) -> dict:
             [],
             f"No deployable variant with a timing is within {tolerance_pp:g} pp " f"of {ref_text}.",
         )
-    best = min(timed, key=lambda r: r["ms_per_image_b1"])
-    limit = best["ms_per_image_b1"] * (1 + LATENCY_TIE)
-    ties = [r for r in timed if r is not best and r["ms_per_image_b1"] <= limit]
+    fastest = min(timed, key=lambda r: r["ms_per_image_b1"])
+    candidates = [fastest] + [r for r in timed if r is not fastest and speed_tie(r, fastest)]
+    best = min(candidates, key=_tie_break)
+    ties = [r for r in candidates if r is not best]
     batched = (
         f", {best['ms_per_image_batched']:.4f} ms batched"
         if _has(best, "ms_per_image_batched")
@@ -326,9 +360,16 @@ def _fastest(within: list[dict], tolerance_pp: float, ref_text: str) -> dict:
         f"{best['ms_per_image_b1']:.3f} ms per image at batch 1{batched}, {_top1(best)}, "
         f"{_kib(best['size_bytes'])}{_ship(best)}."
     )
+    if _iqr(best):
+        low, high = best["ms_per_image_b1_iqr"]
+        sentence = sentence[:-1] + f" (interquartile range {low:.3f}-{high:.3f} ms)."
     if ties:
         sentence += (
-            f" Within {100 * LATENCY_TIE:.0f}% of its time (a tie on a shared "
+            f" As fast by their timings' interquartile ranges, which overlap the fastest's "
+            f"(`{fastest['variant']}`): {_names([r for r in ties])}; chosen among them by "
+            "fidelity to the reference, then size."
+            if _iqr(fastest)
+            else f" Within {100 * LATENCY_TIE:.0f}% of the fastest's time (a tie on a shared "
             f"machine): {_names(ties)}."
         )
     fast_batched = [r for r in timed if _has(r, "ms_per_image_batched")]

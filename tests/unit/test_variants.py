@@ -23,6 +23,7 @@ def test_the_default_config_evaluates_these_variants_in_this_order():
         "tflite-int16x8",
         "tflite-int4-weights",
         "tflite-dynamic-int4",
+        "tflite-static-int4",
         "tflite-int8-cal10",
         "tflite-int8-cal100",
         "tflite-int8-cal1000",

@@ -3,12 +3,13 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO, run_snakemake
 from quantflow.evaluate.paired import load_predictions, paired_test
-from quantflow.report.verdict import paired_cell
+from quantflow.report.verdict import fidelity_cell, paired_cell
 
 pytestmark = pytest.mark.workflow
 
@@ -198,8 +199,9 @@ def test_summary_markdown_shows_the_numbers(tiny_run):
         assert cells[2] == f"{100 * r['accuracy']:.2f}"
         assert cells[3] == f"{r['delta_accuracy_pp']:+.2f}"
         assert cells[4] == paired_cell(r)  # the paired test against tflite-fp32
-        assert cells[5] == f"{r['size_bytes'] / 1024:.1f}"
-        assert cells[14] == f"{r['size_ratio']:.3f}"
+        assert cells[5] == fidelity_cell(r)  # agreement / output SNR against it
+        assert cells[6] == f"{r['size_bytes'] / 1024:.1f}"
+        assert cells[15] == f"{r['size_ratio']:.3f}"
         assert f"]({r['confusion_png']})" in md
         # every variant judged from its per-image results: the summary's p is the test's
         eval_dir = work / "results/fashion_mnist/tiny/eval"
@@ -207,6 +209,13 @@ def test_summary_markdown_shows_the_numbers(tiny_run):
         ref = load_predictions(eval_dir / "tflite-fp32" / "predictions.npz")
         assert mine["credit"].mean() == pytest.approx(r["accuracy"], abs=1e-12)
         assert r["p_value"] == paired_test(mine["credit"], ref["credit"])["p"]
+        # output SNR from the saved outputs, written out from its definition
+        noise = np.sum((mine["scores"].astype(np.float64) - ref["scores"]) ** 2)
+        if r["variant"] == "tflite-fp32" or noise == 0:
+            assert r["output_snr_db"] is None
+        else:
+            signal = np.sum(ref["scores"].astype(np.float64) ** 2)
+            assert r["output_snr_db"] == pytest.approx(10 * np.log10(signal / noise))
     assert "max_train: 2000" in md  # the config used
     assert re.search(r"- tensorflow(-cpu)? 2\.\d+", md)  # package versions
     history = (work / "results/fashion_mnist/tiny/float/history.csv").read_text().splitlines()

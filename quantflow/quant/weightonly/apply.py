@@ -70,8 +70,10 @@ def quantize_weights(
     ``quantization``. errors (what errors.json holds): ``algorithm``, ``bits``,
     ``relative_error_pct`` {"layer/role": 100 * ||x - q||_2 / ||x||_2} of the quantized
     variables, their ``relative_error_pct_min``, ``_max`` and unweighted ``_mean`` (None if
-    nothing was quantized), and for ``fixed`` ``fixed_point`` {"layer/role":
-    {decimal_shift, integer_bits, fractional_bits, sign_bit}}. `threads` goes to the
+    nothing was quantized), for ``fixed`` ``fixed_point`` {"layer/role":
+    {decimal_shift, integer_bits, fractional_bits, sign_bit}}, for ``bin``
+    ``affine_exact`` {"layer/role": whether an integer grid with a scale and zero point
+    holds its bin centres exactly}. `threads` goes to the
     algorithm.
     """
     from quantflow.formats.weights import check_weights
@@ -87,7 +89,7 @@ def quantize_weights(
     metadata = data["metadata"]
     trainable = metadata.get("trainable", {})
     classes = metadata.get("layer_classes", {})
-    layers, per_variable, formats = {}, {}, {}
+    layers, per_variable, formats, exact = {}, {}, {}, {}
     for layer, roles in data["layers"].items():
         keep_layer = keep_batchnorm_float and classes.get(layer) == "BatchNormalization"
         layers[layer] = {}
@@ -107,6 +109,8 @@ def quantize_weights(
                 layers[layer][role] = array.copy()
                 continue
             q, fmt = quantize(array, bits, name=key, threads=threads)
+            if algorithm == "bin":
+                exact[key] = algorithm_module("bin").affine_exact(array, bits)
             if fmt is not None:
                 formats[key] = fmt
             layers[layer][role] = q
@@ -130,4 +134,6 @@ def quantize_weights(
     }
     if algorithm == "fixed":
         errors["fixed_point"] = formats
+    if algorithm == "bin":  # which quantized tensors a scale and zero point hold exactly
+        errors["affine_exact"] = exact
     return {**data, "metadata": new_metadata, "layers": layers}, errors

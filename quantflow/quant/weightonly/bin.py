@@ -150,3 +150,15 @@ def quantize(x, bits: int, *, name: str | None = None, threads: int | None = Non
     """The weight-only algorithm's entry (quantflow.quant.weightonly.apply): the binned
     values, and no format."""
     return bin_quantize(x, bits, name=name, threads=threads), None
+
+
+def affine_exact(x, bits: int, tolerance: float = 1e-6) -> bool:
+    """Whether the `bits`-bit bin grid of `x` (centres min + (i + 0.5) w, w = (max - min)
+    / 2**bits) is an affine integer grid a runtime holds exactly: (q - z) * w for an
+    integer zero point z, i.e. min / w + 0.5 a whole number (within `tolerance` of one).
+    A constant tensor is exact (it is left unchanged)."""
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if hi == lo:
+        return True
+    zero = lo / ((hi - lo) / 2.0**bits) + 0.5
+    return abs(zero - round(zero)) <= tolerance

@@ -178,3 +178,34 @@ def test_int4_weights_by_ai_edge_quantizer(tmp_path):
         assert len(kernel["quantization_parameters"]["scales"]) == 128  # per channel
     with pytest.raises(QuantflowError, match="unknown ai-edge-quantizer format"):
         quantize_with_aeq(fp32, "int3")
+
+
+def test_static_int4_by_ai_edge_quantizer(model_and_images, tmp_path):
+    """ai-edge-quantizer's static recipe at int4 weights: CONV_2D and FULLY_CONNECTED
+    kernels INT4, DEPTHWISE_CONV_2D int8, activations int8 on ranges calibrated from the
+    images fed as one batch (equal to the TF converter's int8 ranges on the same images,
+    so the int4 model's only difference from tflite-int8 is its weights)."""
+    pytest.importorskip("ai_edge_quantizer")
+    from quantflow.deploy.aeq import quantize_static_with_aeq
+    from quantflow.deploy.check import activation_ranges
+    from quantflow.deploy.int4 import weight_storage
+    from quantflow.deploy.litert import TFLiteRunner
+
+    model, images = model_and_images
+    fp32 = tmp_path / "fp32.tflite"
+    save(convert(model, "fp32"), fp32)
+    path = tmp_path / "static-int4.tflite"
+    save(quantize_static_with_aeq(fp32, "static-int4", images), path)
+    storage = weight_storage(path)
+    assert (storage["int4"], storage["int8"]) == (2, 1)  # conv + dense INT4, depthwise int8
+    int8 = tmp_path / "int8.tflite"
+    save(convert(model, "int8", images), int8)
+    ours = {round(r["scale"], 7) for r in activation_ranges(path)}
+    theirs = {round(r["scale"], 7) for r in activation_ranges(int8)}
+    assert theirs <= ours  # every converter range is there (its model adds I/O tensors)
+    runner = TFLiteRunner(path)
+    scores = runner.scores(runner.run(runner.prepare(images)))
+    reference = np.asarray(model(images))
+    assert np.max(np.abs(scores - reference)) <= 0.15 * float(reference.max() - reference.min())
+    with pytest.raises(QuantflowError, match="unknown ai-edge-quantizer static format"):
+        quantize_static_with_aeq(fp32, "static-int3", images)

@@ -650,7 +650,7 @@ def test_quantize_weights_quantizes_every_trainable_variable(algorithm):
         "relative_error_pct_min",
         "relative_error_pct_mean",
         "relative_error_pct_max",
-        *(["fixed_point"] if algorithm == "fixed" else []),
+        *(["fixed_point"] if algorithm == "fixed" else ["affine_exact"]),
     }
     if algorithm == "fixed":
         assert set(errors["fixed_point"]) == set(errors["relative_error_pct"])
@@ -742,3 +742,19 @@ def test_packed_size_counts_quantized_values_at_their_bit_width():
     assert packed_size_bytes(quantized) == 50 + 8 + 10 * 4 + 10 * 4
     quantized, _ = quantize_weights(data, "fixed", 3)
     assert packed_size_bytes(quantized) == (38 + 8) + (4 + 8) + 10 * 4  # ceil(300/8), ceil(30/8)
+
+
+def test_bin_grid_is_affine_exact_only_when_its_offset_is_whole_steps():
+    """bin-2 of [-1, 3]: w = 1, centres -0.5, 0.5, 1.5, 2.5 = (q - z) w with z = 0.5: not
+    an integer, so no scale and zero point hold it; [-1.5, 2.5]: centres -1, 0, 1, 2,
+    z = 1: exact."""
+    from quantflow.quant.weightonly.bin import affine_exact, bin_quantize
+
+    off = np.array([-1.0, 0.2, 3.0], np.float32)
+    on = np.array([-1.5, 0.2, 2.5], np.float32)
+    assert not affine_exact(off, 2) and affine_exact(on, 2)
+    np.testing.assert_array_equal(bin_quantize(on, 2), [-1.0, 0.0, 2.0])
+    assert affine_exact(np.full(4, 0.3, np.float32), 2)  # constant: left unchanged
+    _, errors = quantize_weights(checkpoint(), "bin", 4)
+    assert set(errors["affine_exact"]) == set(errors["relative_error_pct"])
+    assert "affine_exact" not in quantize_weights(checkpoint(), "fixed", 4)[1]

@@ -313,7 +313,7 @@ def test_verdict_on_a_real_summary():
 def test_comparison_section_for_two_models_renders_to_markdown_and_html(tmp_path):
     from quantflow.report import render as htmlreport
     from quantflow.report import render as report
-    from quantflow.report.verdict import paired_cell, runs_on
+    from quantflow.report.verdict import fidelity_cell, paired_cell, runs_on
 
     first = run()
     second = with_deltas(
@@ -349,6 +349,7 @@ def test_comparison_section_for_two_models_renders_to_markdown_and_html(tmp_path
         reference="tflite-fp32",
         runs_on=runs_on,
         paired=paired_cell,
+        fidelity=fidelity_cell,
         size_plot="size.png",
         pareto_plot="score.png",
     )

@@ -182,7 +182,7 @@ def test_plot_bits_per_layer(tmp_path, kind):
 
 def _render(**adjustable_context):
     """The whole summary template with no variant groups and no weight-only or FAT rows."""
-    from quantflow.report.verdict import paired_cell, runs_on
+    from quantflow.report.verdict import fidelity_cell, paired_cell, runs_on
 
     context = {"size_plot": "size.png", "pareto_plot": "score.png", **adjustable_context}
     return render(
@@ -192,6 +192,7 @@ def _render(**adjustable_context):
         tolerance_pp=0.5,
         runs_on=runs_on,
         paired=paired_cell,
+        fidelity=fidelity_cell,
         alpha=0.05,
         compact_table=False,
         reference=REFERENCE_VARIANT,

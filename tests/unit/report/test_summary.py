@@ -6,6 +6,7 @@ and the rendered report must carry each of them."""
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -114,6 +115,14 @@ def test_the_report_names_every_variant_and_embeds_every_figure(summary):
     html = (root / "results/summary.html").read_text()
     for r in records:
         assert f"{r['variant']}" in md and r["variant"] in html
+        # every confusion matrix shown in the page (embedded), linked from the markdown
+        assert re.search(
+            f'<img src="data:image/png;base64,[^"]+" alt="confusion: {r["variant"]}"', html
+        )
+        assert f"]({r['confusion_png']})" in md
+    # the per-class recall: a table in the markdown, a plot of its change in the page
+    assert "| class |" in md and "<th>class</th>" not in html
+    assert 'alt="per-class recall change"' in html
     for field in SummaryOutputs.__dataclass_fields__:
         path = root / getattr(outputs(), field)
         assert path.exists() and path.stat().st_size > 0, field
