@@ -27,6 +27,8 @@ Bits (for the MicroNet score of every variant, `quant.micronet.score.uniform_sco
                                dynamically quantized int8 x channelwise int4 kernels)
     bin-<b>, fixed-<b>         b-bit weights (and biases, unless weightquant keeps them
                                float), float activations: weight-only quantization
+    fixed-<b>-tflite           its LiteRT file (b <= 8): kernels as int8 / INT4 codes,
+                               float compute
     fat-<scheme>[-sim]         the scheme's weight and activation bits, 8-bit input,
                                int32 biases
     adjq-<target>[-int8]       none: per-channel bits of their own (their score.json)
@@ -248,6 +250,21 @@ FAMILIES: list[Family] = [
         "keras-float",
         _weight_only_bits,
         "weightquant",
+    ),
+    # its deployable form: fixed-point kernels of at most 8 bits as int8 / INT4 codes
+    # behind DEQUANTIZE ops, float compute (bin has no exact one: see weightquant's
+    # affine_exact)
+    Family(
+        "weight-only-tflite",
+        "weight-only",
+        "fixed-{bits}-tflite",
+        "weightquant/fixed_{bits}bits/model.tflite",
+        "deployable",
+        "LiteRT",
+        "own",
+        _weight_only_bits,
+        "weightquant",
+        include=lambda f, c: f["algorithm"] == "fixed" and f["bits"] <= 8,
     ),
     # FAT: the int8 TFLite model, and the fake-quant Keras model (the only one for
     # schemes TFLite cannot run exactly)

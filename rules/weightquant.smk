@@ -43,3 +43,31 @@ rule weightquant:
         code=lambda w: code_digest("weightquant", f"quantflow.quant.weightonly.{w.algorithm}"),
     script:
         "../scripts/weightquant.py"
+
+
+rule weightonly_tflite:
+    """A fixed-point checkpoint of at most 8 bits as a deployable LiteRT model: its kernels
+    stored as int8 (INT4 where the codes fit) behind DEQUANTIZE ops, float compute;
+    checked against the checkpoint run by TensorFlow on held-out images."""
+    input:
+        weights="results/{dataset}/{model}/weightquant/fixed_{bits}bits/weights.pickle",
+        errors="results/{dataset}/{model}/weightquant/fixed_{bits}bits/errors.json",
+        val=split_file("val"),
+        info=PATHS["info"],
+    output:
+        tflite="results/{dataset}/{model}/weightquant/fixed_{bits}bits/model.tflite",
+        check="results/{dataset}/{model}/weightquant/fixed_{bits}bits/tflite.json",
+    log:
+        "logs/weightonly_tflite/{dataset}/{model}/fixed_{bits}bits.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    params:
+        check_images=WEIGHTQUANT["check_images"],
+        seed=config["seed"],
+        code=code_digest("weightonly_tflite"),
+    script:
+        "../scripts/weightonly_tflite.py"

@@ -186,8 +186,9 @@ def _repack(model, subgraph, op, kernel: Int4Kernel, scale8: np.ndarray, pack_da
 
 def weight_storage(flatbuffer) -> dict:
     """How a TFLite model (path or bytes) stores the kernels of its CONV_2D,
-    DEPTHWISE_CONV_2D and FULLY_CONNECTED ops: counts of INT4, INT8 and other kernels, the
-    bytes of INT4 and INT8 kernel data, and the most distinct codes in one kernel."""
+    DEPTHWISE_CONV_2D and FULLY_CONNECTED ops (a kernel behind a DEQUANTIZE op: the
+    DEQUANTIZE's input): counts of INT4, INT8 and other kernels, the bytes of INT4 and
+    INT8 kernel data, and the most distinct codes in one kernel."""
     from pathlib import Path
 
     from ai_edge_litert import schema_py_generated as schema
@@ -198,10 +199,15 @@ def weight_storage(flatbuffer) -> dict:
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     out = {"int4": 0, "int8": 0, "other": 0, "int4_bytes": 0, "int8_bytes": 0, "max_levels": 0}
     for subgraph in model.subgraphs:
+        dequantized = {  # a weight-only model's kernel: the output of a DEQUANTIZE op
+            op.outputs[0]: op.inputs[0]
+            for op in subgraph.operators
+            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "DEQUANTIZE"
+        }
         for op in subgraph.operators:
             if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) not in INT4_OPS:
                 continue
-            tensor = subgraph.tensors[op.inputs[1]]
+            tensor = subgraph.tensors[dequantized.get(op.inputs[1], op.inputs[1])]
             data = model.buffers[tensor.buffer].data
             if tensor.type == schema.TensorType.INT4:
                 codes = unpack_int4(model, tensor)

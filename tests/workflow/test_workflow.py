@@ -58,6 +58,7 @@ def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
         "tflite-int16x8",
         "tflite-int4-weights",
         "tflite-dynamic-int4",
+        "tflite-static-int4",
         "tflite-int8-cal10",
         "tflite-int8-cal100",
         "tflite-int8-class3",
@@ -347,6 +348,7 @@ def test_post_training_quantization_variants(tiny_run):
         "tflite-int16x8",
         "tflite-int4-weights",
         "tflite-dynamic-int4",
+        "tflite-static-int4",
         "tflite-int8-cal10",
         "tflite-int8-cal100",
         "tflite-int8-class3",
@@ -355,6 +357,12 @@ def test_post_training_quantization_variants(tiny_run):
         assert r["format"] == "tflite" and abs(r["delta_accuracy_pp"]) <= 5.0, variant
         assert r["size_bytes"] < fp32["size_bytes"], variant
     assert by["tflite-int4-weights"]["size_bytes"] < 0.7 * by["tflite-dynamic"]["size_bytes"]
+    # ai-edge-quantizer's static int4: INT4 conv and dense kernels, int8 depthwise ones
+    from quantflow.deploy.int4 import weight_storage
+
+    storage = weight_storage(work / "results/fashion_mnist/tiny/tflite/static-int4.tflite")
+    assert storage["int4"] >= 2 and storage["int8"] >= 1
+    assert by["tflite-static-int4"]["size_bytes"] < 0.8 * by["tflite-int8"]["size_bytes"]
     for variant in ("tflite-int8", "tflite-int8-cal10", "tflite-int8-class3"):
         r = by[variant]
         assert (r["input_dtype"], r["output_dtype"]) == ("int8", "int8")

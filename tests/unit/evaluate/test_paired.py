@@ -1,6 +1,7 @@
 """quantflow.evaluate.paired: the exact paired test, against p-values worked by hand."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -92,3 +93,17 @@ def test_predictions_file_round_trip(tmp_path):
 def test_arrays_of_different_lengths_are_refused():
     with pytest.raises(ValueError):
         paired_test(np.ones(3), np.ones(4))
+
+
+def test_output_snr_worked_by_hand(tmp_path):
+    """Reference outputs [[3, 4]] (power 25) against [[3, 3]] (noise power 1): 10 log10 25
+    = 13.98 dB; equal outputs have no noise (None); predictions.npz keeps the outputs."""
+    from quantflow.evaluate.paired import load_predictions, output_snr_db, save_predictions
+
+    assert output_snr_db([[3.0, 3.0]], [[3.0, 4.0]]) == pytest.approx(10 * math.log10(25))
+    assert output_snr_db([[3.0, 4.0]], [[3.0, 4.0]]) is None
+    assert output_snr_db(None, [[1.0]]) is None and output_snr_db([[1.0, 2.0]], [[1.0]]) is None
+    save_predictions(tmp_path / "p.npz", [1], [[3.0, 4.0]])
+    loaded = load_predictions(tmp_path / "p.npz")
+    np.testing.assert_array_equal(loaded["scores"], [[3.0, 4.0]])
+    assert loaded["scores"].dtype == np.float32

@@ -368,3 +368,28 @@ def test_comparison_section_for_two_models_renders_to_markdown_and_html(tmp_path
     )
     assert '<span class="file-link" title="x/confusion.png">a file</span>' in page
     assert '<a href="https://example.org">a site</a>' in page
+
+
+def test_speeds_tie_when_their_interquartile_ranges_overlap():
+    """With ranges: 0.020 [0.019, 0.024] and 0.023 [0.022, 0.026] overlap (a tie, even at
+    15% apart); 0.030 [0.029, 0.031] does not. Among tied ones the most faithful to the
+    reference is named (agreement, then output SNR), then the smallest."""
+    from quantflow.report.verdict import speed_tie
+
+    records = run()
+    by = {r["variant"]: r for r in records}
+    by["tflite-int8"].update(ms_per_image_b1_iqr=[0.019, 0.024], agreement=0.990)
+    by["fat-w8a8-sym-pc"].update(
+        ms_per_image_b1=0.023, ms_per_image_b1_iqr=[0.022, 0.026], agreement=0.995
+    )
+    assert speed_tie(by["tflite-int8"], by["fat-w8a8-sym-pc"])
+    line = pick(verdict(records), "fastest_deployable")
+    assert line["variant"] == "fat-w8a8-sym-pc" and line["ties"] == ["tflite-int8"]
+    assert "interquartile ranges" in line["sentence"] and "(`tflite-int8`)" in line["sentence"]
+    # same agreement: output SNR decides
+    by["tflite-int8"].update(agreement=0.995, output_snr_db=30.0)
+    by["fat-w8a8-sym-pc"].update(output_snr_db=25.0)
+    assert pick(verdict(records), "fastest_deployable")["variant"] == "tflite-int8"
+    by["fat-w8a8-sym-pc"].update(ms_per_image_b1=0.030, ms_per_image_b1_iqr=[0.029, 0.031])
+    assert not speed_tie(by["tflite-int8"], by["fat-w8a8-sym-pc"])
+    assert pick(verdict(records), "fastest_deployable")["ties"] == []
