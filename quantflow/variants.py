@@ -305,7 +305,10 @@ FAMILIES: list[Family] = [
         None,
         None,
         "adjustable",
-        extras={"score": "adjustable/{target}/score.json"},
+        extras={
+            "score": "adjustable/{target}/score.json",
+            "packed": "adjustable/{target}/weights.packed",
+        },
     ),
     Family(
         "adjq-int8",

@@ -32,6 +32,10 @@ def main(inp, out, wildcards, params, threads):
     )
     if "score" in inp.keys():  # an adjustable variant: its MicroNet score, bits per channel
         record.update(json.loads(Path(inp.score).read_text()))
+    if "packed" in inp.keys():  # its packed weights: the size is that file's, on disk
+        record["packed_payload_bytes"] = record["size_bytes"]
+        record["size_bytes"] = Path(inp.packed).stat().st_size
+        record["size_kind"] = "packed file"
     record["model_path"] = inp.model
     record["confusion_png"] = str(Path(out.confusion).relative_to("results"))
     plot_confusion_matrix(

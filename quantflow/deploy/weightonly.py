@@ -156,9 +156,7 @@ def store_weight_only(flatbuffer: bytes, kernels: list[WeightOnlyKernel]) -> byt
             )
         bits = 4 if np.abs(codes).max() <= 7 else 8
         done.add(tensor_id)
-        consumers = [
-            i for i, op in enumerate(subgraph.operators) if tensor_id in list(op.inputs)
-        ]
+        consumers = [i for i, op in enumerate(subgraph.operators) if tensor_id in list(op.inputs)]
         params = qtyping.UniformQuantParams(
             num_bits=bits,
             quantized_dimension=kernel.axis,
@@ -202,7 +200,10 @@ def export_checked(model, formats: dict, path, images, batch_size: int = 250) ->
 
     def outputs(runner):
         return np.concatenate(
-            [runner.scores(runner.run(runner.prepare(x))) for x in image_batches(images, batch_size)]
+            [
+                runner.scores(runner.run(runner.prepare(x)))
+                for x in image_batches(images, batch_size)
+            ]
         )
 
     simulation = np.concatenate(

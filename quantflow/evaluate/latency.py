@@ -92,6 +92,9 @@ def measure_latency(
         split.take(np.resize(np.arange(i, min(i + batch_size, images)), batch_size))
         for i in range(0, images, batch_size)
     ]
+    from datetime import datetime, timezone
+
+    measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     before = machine_load()
     b1, b1_iqr = spread(latency_batch1(runner, split.take(np.arange(count)), count))
     batched, batched_iqr = spread(latency_batched(runner, batches))
@@ -103,6 +106,7 @@ def measure_latency(
         "ms_per_image_batched_iqr": batched_iqr,
         "load_before": before,
         "load_after": after,
+        "measured_at": measured_at,
         "latency_images": count,
         "latency_batches": len(batches),
         "batch_size": batch_size,

@@ -247,6 +247,7 @@ def adjustable_rows(records: list[dict], summaries: list[dict], checks: list[dic
                 "mean_weight_bits": score.get("mean_weight_bits"),
                 "mean_activation_bits": score.get("mean_activation_bits"),
                 "packed_kib": packed_bytes / 1024 if packed_bytes is not None else None,
+                "packed": packed,
                 "int8_kib": int8_bytes / 1024 if int8_bytes is not None else None,
                 "int8_agreement": check.get("top1_agreement"),
                 "swa_used": swa.get("used"),

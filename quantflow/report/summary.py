@@ -297,9 +297,24 @@ def _timing_load(records: list[dict]) -> dict:
         if r.get("latency_variant") == r["variant"]
         and (r.get("load_before") or {}).get("load_1min") is not None
     ]
+    from datetime import datetime
+
+    times = sorted(
+        datetime.fromisoformat(r["measured_at"])
+        for r in records
+        if r.get("latency_variant") == r["variant"] and r.get("measured_at")
+    )
+    span = (times[-1] - times[0]).total_seconds() / 60 if times else 0.0
     return {
         "busy": other_work(records),
         "seen": bool(loads),
         "low": min(loads) if loads else None,
         "high": max(loads) if loads else None,
+        # timings taken more than SEPARATE_RUNS_MINUTES apart: not one run's
+        "separate_runs": span > SEPARATE_RUNS_MINUTES,
+        "first": times[0].strftime("%Y-%m-%d %H:%M UTC") if times else None,
+        "last": times[-1].strftime("%Y-%m-%d %H:%M UTC") if times else None,
     }
+
+
+SEPARATE_RUNS_MINUTES = 30  # one run times every model within minutes

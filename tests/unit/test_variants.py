@@ -37,9 +37,13 @@ def test_the_default_config_evaluates_these_variants_in_this_order():
         "bin-8",
         "bin-16",
         "fixed-2",
+        "fixed-2-tflite",
         "fixed-4",
+        "fixed-4-tflite",
         "fixed-6",
+        "fixed-6-tflite",
         "fixed-8",
+        "fixed-8-tflite",
         "fixed-16",
         "fat-w8a8-sym-pc",
         "fat-w8a8-sym-pc-sim",
@@ -91,6 +95,13 @@ def test_the_default_config_evaluates_these_variants_in_this_order():
             "keras-float",
         ),
         (
+            "fixed-8-tflite",
+            "weightquant/fixed_8bits/model.tflite",
+            "weight-only",
+            "deployable",
+            "fixed-8-tflite",
+        ),
+        (
             "fat-w4a8-asym-pt",
             "fat/w4a8-asym-pt/model.tflite",
             "FAT",
@@ -130,7 +141,10 @@ def test_every_name_belongs_to_one_family_and_is_written_back_the_same():
 
 
 def test_the_extras_are_the_adjustable_scores():
-    assert parse("adjq-t1").extras == {"score": "adjustable/t1/score.json"}
+    assert parse("adjq-t1").extras == {
+        "score": "adjustable/t1/score.json",
+        "packed": "adjustable/t1/weights.packed",
+    }
     assert parse("adjq-t1-int8").extras == {"score": "adjustable/t1/score_int8.json"}
     assert parse("fat-w8a8-sym-pc").extras == {}
 

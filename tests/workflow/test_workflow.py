@@ -66,7 +66,9 @@ def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
         "bin-2",
         "bin-8",
         "fixed-2",
+        "fixed-2-tflite",
         "fixed-8",
+        "fixed-8-tflite",
         *FAT_VARIANTS,
         *ADJUSTABLE_VARIANTS,
     ]
@@ -82,9 +84,9 @@ def test_summary_json_has_one_meaningful_record_per_variant(tiny_run):
             assert r["ms_per_image_b1"] is None and r["latency_variant"] is None
         else:  # timed: their own timing, the weight-only ones keras-float's
             assert r["ms_per_image_b1"] > 0 and r["ms_per_image_batched"] > 0
-            assert r["latency_variant"] == (
-                "keras-float" if r["variant"].startswith(("bin-", "fixed-")) else r["variant"]
-            )
+            simulated = r["variant"].startswith(("bin-", "fixed-"))
+            simulated = simulated and not r["variant"].endswith("-tflite")
+            assert r["latency_variant"] == ("keras-float" if simulated else r["variant"])
         assert sum(map(sum, r["confusion_matrix"])) == pytest.approx(500)
         assert 0.0 <= r["tie_rate"] <= 1.0 and 0.0 <= r["top5_tie_rate"] <= 1.0
         assert (work / "results" / r["confusion_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -127,6 +129,18 @@ def test_weight_only_quantization_variants(tiny_run):
     assert "## Weight-only quantization" in md and "](weightquant_accuracy.png)" in md
     assert (work / "results/weightquant_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert re.search(r"\| tiny \| fixed \| 8 \| " + f"{100 * by['fixed-8']['accuracy']:.2f}", md)
+    # the deployable fixed-point files: the checkpoint's predictions from int8 / INT4 codes
+    for b, storage in ((8, "int8"), (2, "int4")):
+        deployed, sim = by[f"fixed-{b}-tflite"], by[f"fixed-{b}"]
+        assert deployed["format"] == "tflite" and deployed["ms_per_image_b1"] > 0
+        assert abs(deployed["accuracy"] - sim["accuracy"]) <= 0.004  # float rounding: ties
+        check = json.loads((base / f"fixed_{b}bits/tflite.json").read_text())
+        assert check["weight_storage"][storage] > 0 and "DEQUANTIZE" in check["ops"]
+        assert check["max_abs_difference"] <= 1e-4 * check["max_abs_output"]
+    assert by["fixed-8-tflite"]["size_bytes"] < 0.35 * by["tflite-fp32"]["size_bytes"]
+    # bin has no exact integer form: said in the report, no file made
+    assert not (base / "bin_8bits/model.tflite").exists()
+    assert "`bin` has no exact deployable form here" in md
 
 
 def test_fat_outputs_and_variants(tiny_run):
@@ -324,7 +338,10 @@ def test_adjustable_target_files_score_and_report(tiny_run):
     sim, int8 = by["adjq-t1"], by["adjq-t1-int8"]
     assert sim["score"] == pytest.approx(summary["score"]["score"])
     assert int8["score"] >= sim["score"] - 1e-12  # 8-bit activations
-    assert int8["input_dtype"] == "int8" and sim["size_kind"] == "packed"
+    assert int8["input_dtype"] == "int8" and sim["size_kind"] == "packed file"
+    # its size is the file on disk; the computed packed size is kept beside it
+    assert sim["size_bytes"] == (base / "weights.packed").stat().st_size
+    assert sim["packed_payload_bytes"] < sim["size_bytes"]
     # every variant has a score: fp32 2.0, uniform int8 about 0.5
     assert by["tflite-fp32"]["score"] == pytest.approx(2.0)
     assert 0.5 <= by["tflite-int8"]["score"] < 0.52

@@ -1,6 +1,6 @@
 """quantflow.report.summary: the summary job as a library function, on a subset of a real
-default run's files (tests/data/summary_run: 12 variants of every method family, copied
-from the default pipeline's results). Every record it writes must equal that run's record
+default run's files (tests/data/summary_run: 14 variants of every method family, copied
+from the default pipeline's results; refreshed when a record gains a field). Every record it writes must equal that run's record
 of the same variant (they depend only on the variant's own files and the fp32 reference),
 and the rendered report must carry each of them."""
 
@@ -71,6 +71,16 @@ def summary(tmp_path_factory):
     for variant, noise in (("tflite-fp32", 1.5), ("tflite-int8", 2.0)):
         scores = np.eye(10)[labels] + noise * rng.random((300, 10))
         save_predictions(root / MODEL / "eval" / variant / "predictions.npz", labels, scores)
+    # the confusion matrices the page shows (PNGs are not kept in the test data): drawn
+    # from each metrics.json, as the evaluation draws them
+    from quantflow.metrics import plot_confusion_matrix
+
+    names = json.loads((root / "data/fashion_mnist/splits/info.json").read_text())["class_names"]
+    for path in (root / MODEL / "eval").glob("*/metrics.json"):
+        m = json.loads(path.read_text())
+        plot_confusion_matrix(
+            m["confusion_matrix"], names, root / "results" / m["confusion_png"], m["variant"]
+        )
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     cwd = Path.cwd()
     try:
@@ -132,3 +142,26 @@ def test_the_report_names_every_variant_and_embeds_every_figure(summary):
     # the table groups the variants by method family, every family of the run present
     for family in ("float", "post-training quantization", "weight-only", "FAT", "adjustable"):
         assert family in md, family
+
+
+def test_timing_notes_other_work_and_separate_runs():
+    """The report's timing note: a timing job that saw other runnable threads is named,
+    and timings taken hours apart are said to come from different runs."""
+    from quantflow.report.summary import _timing_load
+
+    def timed(variant, at, runnable=(1, 1), load=0.5):
+        return {
+            "variant": variant,
+            "latency_variant": variant,
+            "measured_at": at,
+            "load_before": {"load_1min": load, "load_5min": load, "runnable": runnable[0]},
+            "load_after": {"load_1min": load, "load_5min": load, "runnable": runnable[1]},
+        }
+
+    quiet = [timed("a", "2026-12-05T10:00:00+00:00"), timed("b", "2026-12-05T10:03:00+00:00")]
+    note = _timing_load(quiet + [{"variant": "fixed-4", "latency_variant": "keras-float"}])
+    assert note["busy"] == [] and not note["separate_runs"] and note["seen"]
+    assert (note["first"], note["last"]) == ("2026-12-05 10:00 UTC", "2026-12-05 10:03 UTC")
+    busy = quiet + [timed("c", "2026-12-05T13:00:00+00:00", runnable=(1, 3), load=2.5)]
+    note = _timing_load(busy)
+    assert note["busy"] == ["c"] and note["separate_runs"] and note["high"] == 2.5
