@@ -57,17 +57,42 @@ def spread(times) -> tuple[float, list[float]]:
 
 def machine_load() -> dict:
     """The machine's load now: the 1- and 5-minute load averages and the threads runnable
-    at this instant (from /proc/loadavg; this process's own thread counts 1), or Nones
-    where the platform does not say."""
+    at this instant (from /proc/loadavg; this process's own threads count), the CPU
+    seconds every process has used so far (/proc/stat: user, nice, system, irq, softirq,
+    steal) and this process's own (os.times), or Nones where the platform does not say."""
+    import os
+
+    out = {"load_1min": None, "load_5min": None, "runnable": None, "cpu_seconds": None}
     try:
         fields = Path("/proc/loadavg").read_text().split()
-        return {
-            "load_1min": float(fields[0]),
-            "load_5min": float(fields[1]),
-            "runnable": int(fields[3].split("/")[0]),
-        }
+        out.update(
+            load_1min=float(fields[0]),
+            load_5min=float(fields[1]),
+            runnable=int(fields[3].split("/")[0]),
+        )
+        cpu = Path("/proc/stat").read_text().splitlines()[0].split()
+        busy = sum(int(cpu[i]) for i in (1, 2, 3, 6, 7, 8) if i < len(cpu))
+        out["cpu_seconds"] = busy / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        return {"load_1min": None, "load_5min": None, "runnable": None}
+        pass
+    own = os.times()
+    out["own_cpu_seconds"] = own.user + own.system
+    out["time"] = time.perf_counter()
+    return out
+
+
+def other_work_cores(before: dict, after: dict) -> float | None:
+    """How many cores' worth of CPU time other processes used between two `machine_load`
+    snapshots (all processes' CPU time less this one's, over the wall time), or None."""
+    if before.get("cpu_seconds") is None or after.get("cpu_seconds") is None:
+        return None
+    wall = after["time"] - before["time"]
+    if wall <= 0:
+        return None
+    others = (after["cpu_seconds"] - before["cpu_seconds"]) - (
+        after["own_cpu_seconds"] - before["own_cpu_seconds"]
+    )
+    return max(0.0, others / wall)
 
 
 def measure_latency(
@@ -106,6 +131,8 @@ def measure_latency(
         "ms_per_image_batched_iqr": batched_iqr,
         "load_before": before,
         "load_after": after,
+        # other processes' CPU use while timing, in cores (0: nothing else ran)
+        "other_work_cores": other_work_cores(before, after),
         "measured_at": measured_at,
         "latency_images": count,
         "latency_batches": len(batches),

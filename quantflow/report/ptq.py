@@ -188,13 +188,14 @@ def ptq_study(
     if fp32 and int8:
         top = max(int8, key=lambda r: (r["accuracy"], r["g_mean"]))
         # those the paired test cannot tell from the most accurate: the most faithful to
-        # tflite-fp32 of them (top-1 agreement, then output SNR) is the best
+        # tflite-fp32 of them (output SNR, then top-1 agreement: verdict._tie_break) is the
+        # best
         tied = [r for r in int8 if r is not top and (p := paired(r, top)) and not p["significant"]]
         best = max(
             [top, *tied],
             key=lambda r: (
-                r.get("agreement") or 0.0,
                 r.get("output_snr_db") or -math.inf,
+                r.get("agreement") or 0.0,
                 r["accuracy"],
             ),
         )
@@ -203,15 +204,15 @@ def ptq_study(
         if tied:
             chosen = (
                 f" ({len(tied)} other int8 model{'s' if len(tied) != 1 else ''} tie at the top "
-                f"by the paired test; this one agrees most with tflite-fp32's top-1"
+                f"by the paired test; this one is the closest to tflite-fp32's outputs"
                 + (
-                    f", on {100 * best['agreement']:.2f}% of the images"
-                    if best.get("agreement")
+                    f": output SNR {best['output_snr_db']:.1f} dB"
+                    if best.get("output_snr_db") is not None
                     else ""
                 )
                 + (
-                    f"; output SNR {best['output_snr_db']:.1f} dB"
-                    if best.get("output_snr_db") is not None
+                    f", the same top-1 on {100 * best['agreement']:.2f}% of the images"
+                    if best.get("agreement")
                     else ""
                 )
                 + ")"

@@ -127,6 +127,7 @@ LATENCY_FIELDS = (
     "load_before",
     "load_after",
     "measured_at",
+    "other_work_cores",
     "latency_images",
     "latency_batches",
     "latency_threads",
@@ -152,6 +153,7 @@ def add_latencies(records: list[dict], latencies: dict) -> list[dict]:
             load_before=latency.get("load_before"),
             load_after=latency.get("load_after"),
             measured_at=latency.get("measured_at"),
+            other_work_cores=latency.get("other_work_cores"),
             latency_images=latency["latency_images"],
             latency_batches=latency["latency_batches"],
             latency_threads=latency["threads"],
@@ -160,14 +162,15 @@ def add_latencies(records: list[dict], latencies: dict) -> list[dict]:
     return records
 
 
+OTHER_WORK_CORES = 0.2  # other processes' CPU use during a timing that counts as other work
+
+
 def other_work(records: list[dict]) -> list[str]:
-    """The timed variants whose timing job saw other work on the machine: more threads
-    runnable than its own one just before or after the timing."""
-    busy = []
-    for r in records:
-        if r.get("latency_variant") != r.get("variant"):
-            continue
-        loads = [r.get("load_before") or {}, r.get("load_after") or {}]
-        if any((load.get("runnable") or 0) > 1 for load in loads):
-            busy.append(r["variant"])
-    return busy
+    """The timed variants whose timing job saw other work on the machine: other processes
+    used more than OTHER_WORK_CORES cores' worth of CPU time while it timed."""
+    return [
+        r["variant"]
+        for r in records
+        if r.get("latency_variant") == r.get("variant")
+        and (r.get("other_work_cores") or 0.0) > OTHER_WORK_CORES
+    ]

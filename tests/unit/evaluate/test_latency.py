@@ -20,9 +20,24 @@ def test_machine_load_reads_loadavg(monkeypatch, tmp_path):
     real = latency.Path
 
     monkeypatch.setattr(latency, "Path", lambda p: real(fake) if p == "/proc/loadavg" else real(p))
-    assert latency.machine_load() == {"load_1min": 1.5, "load_5min": 0.75, "runnable": 3}
+    load = latency.machine_load()
+    assert (load["load_1min"], load["load_5min"], load["runnable"]) == (1.5, 0.75, 3)
+    assert load["cpu_seconds"] > 0 and load["own_cpu_seconds"] > 0
     fake.write_text("garbage")
-    assert latency.machine_load() == {"load_1min": None, "load_5min": None, "runnable": None}
+    assert latency.machine_load()["load_1min"] is None
+
+
+def test_other_work_is_the_cpu_time_of_other_processes():
+    """All processes used 3 CPU seconds in 2 s of wall time, this one 1: the others used
+    one core's worth."""
+    before = {"cpu_seconds": 10.0, "own_cpu_seconds": 1.0, "time": 100.0}
+    after = {"cpu_seconds": 13.0, "own_cpu_seconds": 2.0, "time": 102.0}
+    assert latency.other_work_cores(before, after) == 1.0
+    assert latency.other_work_cores({**before, "cpu_seconds": None}, after) is None
+    # a busy loop here, nothing else: close to no other work (what this machine runs aside)
+    start = latency.machine_load()
+    _Sleeper(200).run(None)
+    assert latency.other_work_cores(start, latency.machine_load()) < 1.0
 
 
 class _Sleeper:

@@ -145,23 +145,24 @@ def test_the_report_names_every_variant_and_embeds_every_figure(summary):
 
 
 def test_timing_notes_other_work_and_separate_runs():
-    """The report's timing note: a timing job that saw other runnable threads is named,
+    """The report's timing note: a timing job that saw other processes use CPU is named,
     and timings taken hours apart are said to come from different runs."""
     from quantflow.report.summary import _timing_load
 
-    def timed(variant, at, runnable=(1, 1), load=0.5):
+    def timed(variant, at, others=0.01, load=0.5):
         return {
             "variant": variant,
             "latency_variant": variant,
             "measured_at": at,
-            "load_before": {"load_1min": load, "load_5min": load, "runnable": runnable[0]},
-            "load_after": {"load_1min": load, "load_5min": load, "runnable": runnable[1]},
+            "other_work_cores": others,
+            "load_before": {"load_1min": load, "load_5min": load, "runnable": 1},
+            "load_after": {"load_1min": load, "load_5min": load, "runnable": 2},
         }
 
     quiet = [timed("a", "2026-12-05T10:00:00+00:00"), timed("b", "2026-12-05T10:03:00+00:00")]
     note = _timing_load(quiet + [{"variant": "fixed-4", "latency_variant": "keras-float"}])
     assert note["busy"] == [] and not note["separate_runs"] and note["seen"]
     assert (note["first"], note["last"]) == ("2026-12-05 10:00 UTC", "2026-12-05 10:03 UTC")
-    busy = quiet + [timed("c", "2026-12-05T13:00:00+00:00", runnable=(1, 3), load=2.5)]
+    busy = quiet + [timed("c", "2026-12-05T13:00:00+00:00", others=0.9, load=2.5)]
     note = _timing_load(busy)
     assert note["busy"] == ["c"] and note["separate_runs"] and note["high"] == 2.5
