@@ -35,7 +35,7 @@ CONFIG["tflite"] = {
 }
 CONFIG["diagnosis"] = {"images": 0}
 CONFIG["variants"] = ["keras-float", "tflite-fp32", "tflite-int8"]
-VARIANTS = ["keras-float", "tflite-fp32", "tflite-int8", "bin-8", "fixed-8"]
+VARIANTS = ["keras-float", "tflite-fp32", "tflite-int8", "bin-8", "fixed-8", "fixed-8-tflite"]
 # The jobs snakemake submits (`all` has nothing to run and stays local).
 CLUSTER_JOBS = {
     "download": 1,
@@ -44,6 +44,7 @@ CLUSTER_JOBS = {
     "tflite": 2,
     "extract_weights": 1,
     "weightquant": 2,
+    "weightonly_tflite": 1,  # fixed-8's LiteRT file
     "evaluate": len(VARIANTS),
     # bin-8 and fixed-8 take keras-float's timing
     "latency": len({timed_variant(v) for v in VARIANTS}),

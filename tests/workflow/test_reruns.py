@@ -194,7 +194,8 @@ def test_editing_a_library_module_reruns_exactly_the_jobs_that_run_it(micro):
             job("tflite", dataset="fashion_mnist", model="micro", fmt="fp32"),
             job("fat_tflite", dataset="fashion_mnist", model="micro", scheme="w8a8-sym-pc"),
             job("adjustable_tflite", dataset="fashion_mnist", model="micro", target="m0"),
-            *variant_jobs("tflite-fp32", "fat-w8a8-sym-pc", "adjq-m0-int8"),
+            job("weightonly_tflite", dataset="fashion_mnist", model="micro", bits="8"),
+            *variant_jobs("tflite-fp32", "fat-w8a8-sym-pc", "adjq-m0-int8", "fixed-8-tflite"),
             *SUMMARY,
         }
     finally:
@@ -247,7 +248,9 @@ def test_an_edit_to_the_fixed_point_code_plans_only_the_fixed_jobs(micro):
     repo, work, cfg, _ = micro
     assert edited(repo, work, cfg, "quantflow/quant/weightonly/fixed.py") == {
         job("weightquant", dataset="fashion_mnist", model="micro", algorithm="fixed", bits="8"),
-        *variant_jobs("fixed-8"),
+        # and the LiteRT file made from that checkpoint
+        job("weightonly_tflite", dataset="fashion_mnist", model="micro", bits="8"),
+        *variant_jobs("fixed-8", "fixed-8-tflite"),
         *SUMMARY,
     }
 
