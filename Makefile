@@ -70,8 +70,11 @@ browser:
 
 # Re-render results/summary.{json,md,html} from the existing metrics (nothing else reruns);
 # after a run with your own config file: make report CONFIG=my.yaml
+# the report alone, with the configuration of the run it summarises (results/run_config.yaml,
+# written by the summary job) unless CONFIG= names one; no other rule may run
+REPORT_CONFIG = $(if $(CONFIG),--configfile $(CONFIG),$(if $(wildcard results/run_config.yaml),--configfile results/run_config.yaml))
 report: install
-	$(BIN)/snakemake --cores 1 --forcerun summary $(SNAKEMAKE_CONFIG) -- results/summary.md
+	$(BIN)/snakemake --cores 1 --allowed-rules summary --forcerun summary $(REPORT_CONFIG) -- results/summary.md
 
 dry-run: install
 	$(BIN)/snakemake -n $(SNAKEMAKE_CONFIG)

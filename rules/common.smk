@@ -48,6 +48,12 @@ def config_error(error):
 
 
 def validate_config():
+    from quantflow.workflow.configcheck import adjustable_problems, scheme_problems
+
+    # scheme names first: the schema would only print their pattern
+    for problem in scheme_problems(config):
+        print(f"quantflow: config: {problem} (see rules/config.schema.yaml)", file=sys.stderr)
+        sys.exit(1)
     try:
         validate(config, "config.schema.yaml")
     except WorkflowError as e:
@@ -56,6 +62,10 @@ def validate_config():
             raise
         print(config_error(cause), file=sys.stderr)
         sys.exit(1)  # the one line above, not the whole schema
+    # what the schema cannot say: keys that depend on each other
+    for problem in adjustable_problems(config):
+        print(f"quantflow: config: {problem} (see rules/config.schema.yaml)", file=sys.stderr)
+        sys.exit(1)
 
 
 replace_sections_from_configfiles()
@@ -187,6 +197,8 @@ def model_files(wildcards):
     weights file, the checkpoint to restore. Replacing one reruns training."""
     spec = config["models"][wildcards.model]
     files = [spec["path"]] if spec.get("path") else []
+    if spec.get("arch") == "saved_model" and files:  # a directory: its graph file
+        files = [os.path.join(spec["path"], "saved_model.pb")]
     if spec.get("weights") not in (None, "none", "imagenet"):
         files.append(spec["weights"])
     if config["train"].get("checkpoint"):

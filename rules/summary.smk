@@ -22,6 +22,7 @@ rule summary:
     output:
         json="results/summary.json",
         md="results/summary.md",
+        run_config="results/run_config.yaml",
         html=report(
             "results/summary.html",
             caption="../reports/summary.rst",

@@ -22,6 +22,13 @@ def main(inp, out, config):
         machine=machine_description(),
         run=run_details(Path(snakemake.scriptdir).parent, dict(config)),
     )
+    # the configuration this report was made with: `make report` re-renders with it
+    import yaml
+
+    Path(out.run_config).write_text(
+        "# the configuration of the run summarised in results/summary.md (make report reads it)\n"
+        + yaml.safe_dump(dict(config), sort_keys=False)
+    )
     print(f"{len(records)} variants summarised")
 
 

@@ -16,12 +16,24 @@ def main(inp, out, spec, cfg, seed, augment, threads):
     from quantflow.data import splits as data
     from quantflow.models.finetune import fine_tune, restore_weights
     from quantflow.data.stream import pipeline_errors
-    from quantflow.models.registry import model_from_spec
+    from quantflow.models.health import batchnorm_momentum, float_model_check, momenta
+    from quantflow.models.keras_apps import BN_MOMENTUM
+    from quantflow.models.registry import USER_FILES, model_from_spec
     from quantflow.models.callbacks import inference_copy, write_history_csv
 
     info = data.read_info(inp.info)
     size = info["input_shape"][:2]
     model = model_from_spec(spec, info["input_shape"], info["num_classes"])
+    if cfg.get("batchnorm_momentum") is not None:
+        changed = batchnorm_momentum(model, cfg["batchnorm_momentum"])
+        print(f"train.batchnorm_momentum {cfg['batchnorm_momentum']}: {len(changed)} layer(s)")
+    elif spec["arch"] in USER_FILES:  # the zoo's cap, applied to the user's model
+        changed = batchnorm_momentum(model, cap=BN_MOMENTUM)
+        if changed:
+            print(
+                f"BatchNorm momentum capped at {BN_MOMENTUM} (as the zoo models; set "
+                f"train.batchnorm_momentum to choose): {'; '.join(changed)}"
+            )
     if cfg.get("checkpoint"):
         restored, skipped = restore_weights(model, cfg["checkpoint"], cfg.get("exclude", []))
         print(f"restored {len(restored)} layers from {cfg['checkpoint']}; kept {skipped} as built")
@@ -42,6 +54,15 @@ def main(inp, out, spec, cfg, seed, augment, threads):
         arch=spec["arch"],
         threads=threads,
     )
+    # is it worth comparing anything against? (warned here, shown in the report)
+    result["check"] = float_model_check(
+        result["history"][_best_row(result)],
+        info["num_classes"],
+        momenta(model),
+        result["epochs_run"],
+    )
+    if result["check"]["warning"]:
+        print(f"WARNING: {result['check']['warning']}", file=sys.stderr)
     Path(out.summary).write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(
         f"best epoch {result['best_epoch']}: validation accuracy "

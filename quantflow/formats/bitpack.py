@@ -503,14 +503,10 @@ def load_packed(
     payload is decoded, and every tensor is decoded once (so a code outside its range is
     caught here): any problem is one QuantflowError naming the file and the tensor and
     saying to rerun the rule `rerun` that wrote it."""
-    from quantflow.formats.safepickle import load_plain
+    from quantflow.formats.safepickle import load_plain, rerun_advice
 
     obj = load_plain(path, what=what, rerun=rerun)
-    fix = (
-        f"delete it and rerun the rule that wrote it ({rerun})"
-        if rerun
-        else ("delete it and create it again")
-    )
+    fix = rerun_advice(rerun)
     source = f"{what} {path}"
 
     def fail(message: str):

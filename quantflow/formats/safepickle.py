@@ -224,6 +224,19 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids refused")
 
 
+def rerun_advice(rule: str | None) -> str:
+    """How to recreate a bad file the workflow rule `rule` wrote: force that rule (deleting
+    the file alone does not do it: what was made from it still exists, so snakemake has
+    nothing to do)."""
+    if not rule:
+        return "delete it and create it again"
+    return (
+        f"recreate it with: snakemake --cores all --forcerun {rule} (add your --configfile; "
+        "deleting the file alone is not enough: what was made from it still exists, so "
+        "snakemake would see nothing to do)"
+    )
+
+
 def load_plain(
     fileobj_or_path: str | os.PathLike[str] | BinaryIO,
     *,
@@ -239,11 +252,7 @@ def load_plain(
     the message says to rerun the rule), or an array record that is not consistent.
     """
     blob, source = _read(fileobj_or_path, what)
-    fix = (
-        f"delete it and rerun the rule that wrote it ({rerun})"
-        if rerun
-        else "delete it and create it again"
-    )
+    fix = rerun_advice(rerun)
     try:
         _scan(blob)
         raw = _PlainUnpickler(io.BytesIO(blob)).load()

@@ -39,11 +39,11 @@ from quantflow.formats.safepickle import (
     PLAIN_DTYPES,
     is_plain_dtype,
     load_plain,
+    rerun_advice,
     save_plain,
 )
 
 FORMAT = "quantflow-weights/1"
-RULES = "extract_weights for float/weights.pickle, weightquant for a quantized one"
 # Variables a rebuilt architecture may create beyond the stored weights (random seed
 # states of Dropout and the like): at most this many values.
 MAX_UNSTORED_VALUES = 1 << 16
@@ -204,8 +204,10 @@ def load_weights(path: str | Path) -> dict:
     plain loader: a pickle naming any global (code, or numpy objects as the old format
     pickled them) is refused without running anything, every array is checked against its
     dtype name and shape, and no array can hold more than the file."""
-    fix = f"delete it and rerun the rule that wrote it ({RULES})"
-    data = load_plain(path, what="weights file", rerun=RULES)
+    # the float model's weights, or a weight-quantized checkpoint
+    rule = "extract_weights" if Path(path).parent.name == "float" else "weightquant"
+    fix = rerun_advice(rule)
+    data = load_plain(path, what="weights file", rerun=rule)
     return check_weights(data, f"weights file {path}", fix)
 
 

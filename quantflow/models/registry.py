@@ -16,7 +16,14 @@ ARCHITECTURES = {
     "tiny_mobilenet": tiny_mobilenet,
     **{arch: functools.partial(build_zoo_model, arch) for arch in IMAGENET_ARCHITECTURES},
 }
-USER_FILE = "keras_file"  # arch: keras_file, path: the user's own .keras model
+# arch: <kind>, path: the user's own model file (quantflow.models.user.MODEL_FILES)
+USER_FILES = {
+    "keras_file": "model.keras",
+    "h5_file": "model.h5",
+    "tflite_file": "model.tflite",
+    "saved_model": "SavedModel directory",
+    "frozen_graph": "frozen graph .pb",
+}
 
 
 def build_model(arch: str, input_shape, num_classes: int, **options):
@@ -27,21 +34,23 @@ def build_model(arch: str, input_shape, num_classes: int, **options):
     except KeyError:
         raise QuantflowError(
             f"unknown model architecture {arch!r}; choose one of: "
-            f"{', '.join(sorted([*ARCHITECTURES, USER_FILE]))}"
+            f"{', '.join(sorted([*ARCHITECTURES, *USER_FILES]))}"
         ) from None
     return builder(input_shape, num_classes, **options)
 
 
 def model_from_spec(spec: dict, input_shape, num_classes: int):
     """The model a config entry describes: `arch` names a registered architecture (its
-    other keys are the builder's options) or is `keras_file` with a `path` to the user's
+    other keys are the builder's options) or is a model file kind (`keras_file`,
+    `h5_file`, `tflite_file`, `saved_model`, `frozen_graph`) with a `path` to the user's
     own model (quantflow.models.user)."""
-    options = {k: v for k, v in spec.items() if k not in ("arch", "path")}
+    options = {k: v for k, v in spec.items() if k not in ("arch", "path", "inputs", "outputs")}
     arch = spec["arch"]
-    if arch == USER_FILE:
+    if arch in USER_FILES:
         from quantflow.models.user import load_user_model
 
         if not spec.get("path"):
-            raise QuantflowError("a model with arch: keras_file needs path: <model.keras>")
-        return load_user_model(spec["path"], num_classes, input_shape=input_shape)
+            raise QuantflowError(f"a model with arch: {arch} needs path: <{USER_FILES[arch]}>")
+        io = {k: spec[k] for k in ("inputs", "outputs") if spec.get(k)}
+        return load_user_model(spec["path"], num_classes, input_shape=input_shape, kind=arch, **io)
     return build_model(arch, input_shape, num_classes, **options)

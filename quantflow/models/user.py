@@ -1,5 +1,9 @@
-"""The user's own model file (`arch: keras_file`): loaded, its head replaced when the dataset has
-another number of classes, its input fitted to the dataset's images."""
+"""The user's own model file, in the form their tools wrote (`arch:` one of `MODEL_FILES`,
+`path:` the file): a Keras `.keras` file, a Keras 2 `.h5` file, a float `.tflite` file
+(rebuilt as a Keras functional model of standard layers: quantflow.models.tflite_import),
+a SavedModel directory or a TF1 frozen graph `.pb` (both converted to a float TFLite model
+by TensorFlow's converter, then rebuilt the same way). Loaded, its head replaced when the
+dataset has another number of classes, its input fitted to the dataset's images."""
 
 from __future__ import annotations
 
@@ -7,28 +11,128 @@ from pathlib import Path
 
 from quantflow.errors import QuantflowError
 
+# arch -> what `path` holds
+MODEL_FILES = {
+    "keras_file": "a .keras model file",
+    "h5_file": "a Keras 2 .h5 model file",
+    "tflite_file": "a float .tflite model file",
+    "saved_model": "a SavedModel directory (saved_model.pb inside)",
+    "frozen_graph": "a TF1 frozen graph .pb file",
+}
 
-def load_user_model(path, num_classes: int | None = None, input_shape=None):
-    """A user's own Keras model from a .keras file. With `num_classes` different from its
-    output size, the last Dense layer (and anything after it, e.g. a softmax) is replaced by
-    a new Dense(num_classes) named "logits" on the same features. With the dataset's
-    `input_shape` (H, W, C): a 3-channel model on a grayscale dataset gets the image tiled
-    to 3 channels in front (Concatenate "gray_to_rgb", as the zoo models do); any other
-    mismatch stops with the two shapes named."""
+
+def read_model_file(path, kind: str = "keras_file", inputs=None, outputs=None):
+    """The Keras model in the user's file `path` of `kind` (a MODEL_FILES key). A frozen
+    graph's input and output tensors are found (placeholders; nodes nothing reads) unless
+    `inputs` / `outputs` name them. Errors name the file and what to do."""
     import keras
 
     path = Path(path)
-    if not path.is_file():
-        raise QuantflowError(f"model file {path} not found; give the path of a saved .keras model")
+    if kind not in MODEL_FILES:
+        raise QuantflowError(f"unknown model file kind {kind!r}; one of: {', '.join(MODEL_FILES)}")
+    if kind == "saved_model":
+        if not (path / "saved_model.pb").is_file():
+            raise QuantflowError(
+                f"{path}: not a SavedModel directory (no saved_model.pb in it); give the "
+                "directory tf.saved_model.save or model.export wrote"
+            )
+    elif not path.is_file():
+        raise QuantflowError(f"model file {path} not found; give the path of {MODEL_FILES[kind]}")
+    if kind in ("keras_file", "h5_file"):
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as e:  # Keras raises many types for files that are not its models
+            raise QuantflowError(
+                f"{path}: not a loadable Keras model ({type(e).__name__}: {e}); save it with "
+                "model.save('name.keras') using standard Keras layers only"
+            ) from e
+        if not isinstance(model, keras.Model):
+            raise QuantflowError(f"{path}: holds a {type(model).__name__}, not a Keras model")
+        return model
+    from quantflow.models.tflite_import import keras_from_tflite
+
+    if kind == "tflite_file":
+        return keras_from_tflite(path)
+    flatbuffer = (
+        _convert_saved_model(path)
+        if kind == "saved_model"
+        else _convert_frozen_graph(path, inputs, outputs)
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        converted = Path(tmp) / f"{path.stem or 'model'}.tflite"
+        converted.write_bytes(flatbuffer)
+        return keras_from_tflite(converted)
+
+
+def _convert_saved_model(path: Path) -> bytes:
+    import tensorflow as tf
+
     try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # Keras raises many types for files that are not its models
+        return tf.lite.TFLiteConverter.from_saved_model(str(path)).convert()
+    except Exception as e:
         raise QuantflowError(
-            f"{path}: not a loadable Keras model ({type(e).__name__}: {e}); save it with "
-            "model.save('name.keras') using standard Keras layers only"
+            f"{path}: TensorFlow's converter could not read this SavedModel "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); export it "
+            "with a serving signature that takes one image batch"
         ) from e
-    if not isinstance(model, keras.Model):
-        raise QuantflowError(f"{path}: holds a {type(model).__name__}, not a Keras model")
+
+
+def frozen_graph_io(path: Path) -> tuple[list[str], list[str]]:
+    """The input tensors (Placeholder nodes) and outputs (nodes no other node reads, not
+    constants or no-ops) of a TF1 frozen GraphDef."""
+    import tensorflow as tf
+
+    graph = tf.compat.v1.GraphDef()
+    try:
+        graph.ParseFromString(Path(path).read_bytes())
+    except Exception as e:
+        raise QuantflowError(f"{path}: not a frozen TensorFlow graph (GraphDef): {e}") from e
+    read = {name.split(":")[0].lstrip("^") for node in graph.node for name in node.input}
+    inputs = [n.name for n in graph.node if n.op == "Placeholder"]
+    outputs = [
+        n.name
+        for n in graph.node
+        if n.name not in read and n.op not in ("Const", "NoOp", "Placeholder", "Assert")
+    ]
+    return inputs, outputs
+
+
+def _convert_frozen_graph(path: Path, inputs=None, outputs=None) -> bytes:
+    import tensorflow as tf
+
+    found_in, found_out = frozen_graph_io(path)
+    inputs, outputs = list(inputs or found_in), list(outputs or found_out)
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise QuantflowError(
+            f"{path}: found inputs {inputs} and outputs {outputs}; one image input and one "
+            "output are expected: name them with the model's inputs: [...] and outputs: "
+            "[...] in config"
+        )
+    try:
+        converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(str(path), inputs, outputs)
+        return converter.convert()
+    except Exception as e:
+        raise QuantflowError(
+            f"{path}: TensorFlow's converter could not convert this frozen graph from "
+            f"{inputs} to {outputs} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
+
+
+def load_user_model(
+    path, num_classes: int | None = None, input_shape=None, kind="keras_file", **io
+):
+    """A user's own model from `path` (`kind`: a MODEL_FILES key; `io`: a frozen graph's
+    `inputs` / `outputs`). With `num_classes` different from its output size, the last
+    Dense layer (and anything after it, e.g. a softmax) is replaced by a new
+    Dense(num_classes) named "logits" on the same features. With the dataset's
+    `input_shape` (H, W, C): a 3-channel model on a grayscale dataset gets the image tiled
+    to 3 channels in front (Concatenate "gray_to_rgb", as the zoo models do); any other
+    mismatch stops with the two shapes named."""
+    path = Path(path)
+    model = read_model_file(path, kind, **io)
     if num_classes is not None and model.output_shape[-1] != num_classes:
         model = replace_head(model, num_classes, source=str(path))
     if input_shape is not None:

@@ -2,6 +2,10 @@
 
 import json
 import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,6 +253,49 @@ def test_rerun_has_nothing_to_do_and_report_regenerates_alone(tiny_run):
     assert {p: p.stat().st_mtime_ns for p in metrics} == before
 
 
+def _make_report_args(work) -> list[str]:
+    """The snakemake arguments `make report` uses in `work` (make -n prints its recipe)."""
+    out = subprocess.run(
+        ["make", "-n", "-s", "-f", str(REPO / "Makefile"), "-o", "install", "report", "BIN=bin"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next(line for line in out.splitlines() if "snakemake" in line)
+    return shlex.split(line)[1:]
+
+
+def test_make_report_renders_the_last_runs_report_alone(tiny_run):
+    """`make report` without CONFIG= after a --configfile run: the summary alone, with the
+    configuration that run used (results/run_config.yaml); with no such file it refuses to
+    plan any other rule rather than the default model's 90 jobs."""
+    work, _ = tiny_run
+    saved = yaml.safe_load((work / "results/run_config.yaml").read_text())
+    assert saved["dataset"]["max_train"] == 2000 and list(saved["models"]) == ["tiny"]
+    args = _make_report_args(work)
+    assert args[args.index("--configfile") + 1] == "results/run_config.yaml"
+    assert "--allowed-rules" in args and args[args.index("--allowed-rules") + 1] == "summary"
+    exe = Path(sys.executable).with_name("snakemake")
+    base = [str(exe), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work)]
+    metrics = sorted((work / "results").glob("**/metrics.json"))
+    before = {p: p.stat().st_mtime_ns for p in metrics}
+    summary = (work / "results/summary.md").stat().st_mtime_ns
+    proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "results/summary.md").stat().st_mtime_ns > summary
+    assert {p: p.stat().st_mtime_ns for p in metrics} == before
+    # no record of the last run's config: the default model's jobs are refused, none runs
+    (work / "results/run_config.yaml").rename(work / "run_config.keep")
+    try:
+        args = _make_report_args(work)
+        assert "--configfile" not in args
+        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=600)
+        assert proc.returncode != 0 and not (work / "results/fashion_mnist/tiny_mobilenet").exists()
+    finally:
+        (work / "run_config.keep").rename(work / "results/run_config.yaml")
+
+
 def test_unknown_config_key_stops_before_any_job(tmp_path, fashion_mnist_dir):
     config = json.loads(json.dumps(TINY))
     config["dataset"]["mirrors"] = [f"file://{fashion_mnist_dir}"]
@@ -273,6 +320,34 @@ def test_wrong_type_names_the_key(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "batch_size" in out and "large" in out
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "change, line",
+    [
+        (
+            {"fat": {"schemes": ["w8a8-sym-pc", "w1a8-sym-pc"]}},
+            "quantflow: config: fat.schemes[1]: 'w1a8-sym-pc' has weight bits 1; weight bits "
+            "are 2..16",
+        ),
+        (
+            {"adjustable": {"targets": {"t1": {"min_bits": 6, "max_bits": 4}}}},
+            "quantflow: config: adjustable (target t1): min_bits 6 is above max_bits 4; need "
+            "min_bits <= max_bits",
+        ),
+    ],
+)
+def test_keys_that_depend_on_each_other_are_checked_before_any_job(tmp_path, change, line):
+    config = json.loads(json.dumps(TINY))
+    config["dataset"]["mirrors"] = ["file:///nowhere"]
+    for section, value in change.items():
+        config[section].update(value)
+    proc = run_snakemake(
+        tmp_path, write_config(tmp_path / "bad.yaml", config), "--cores", "1", check=False
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and line in out, out[-2000:]
+    assert len(out.splitlines()) < 10 and not (tmp_path / "data").exists()
 
 
 def test_no_working_mirror_lists_each_and_says_how_to_get_the_data(tmp_path):

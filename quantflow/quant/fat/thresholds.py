@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from quantflow.errors import QuantflowError
-from quantflow.formats.safepickle import load_plain, save_plain
+from quantflow.formats.safepickle import load_plain, rerun_advice, save_plain
 from quantflow.quant.schemes import parse_scheme, tflite_exportable  # noqa: F401 (re-exported)
 
 THRESHOLDS_FORMAT = 1
@@ -28,7 +28,7 @@ def load_thresholds(path: str | Path) -> dict:
     if not isinstance(data, dict) or data.get("format") != THRESHOLDS_FORMAT:
         raise QuantflowError(
             f"{path}: not a quantflow thresholds file (format {THRESHOLDS_FORMAT}); "
-            "delete it and rerun the rule that wrote it (fat)"
+            + rerun_advice("fat")
         )
     return data
 

@@ -578,7 +578,7 @@ def test_load_refuses_inconsistent_files(tmp_path, mutate, needles):
     save_plain(raw, path)
     with pytest.raises(QuantflowError) as e:
         load_packed(path)
-    one_line_error(e, str(path), "rerun the rule that wrote it (adjustable)", *needles)
+    one_line_error(e, str(path), "snakemake --cores all --forcerun adjustable", *needles)
 
 
 def test_load_refuses_codes_the_writer_never_makes(tmp_path):
@@ -601,7 +601,7 @@ def test_load_refuses_codes_the_writer_never_makes(tmp_path):
     save_plain(raw, tmp_path / "narrow.qpack")
     with pytest.raises(QuantflowError) as e:
         load_packed(tmp_path / "narrow.qpack", rerun="adjustable_pack")
-    one_line_error(e, "'k'", "channel 0 holds code -2", "(adjustable_pack)")
+    one_line_error(e, "'k'", "channel 0 holds code -2", "--forcerun adjustable_pack")
 
 
 def test_load_refuses_truncated_foreign_and_missing_files(tmp_path):

@@ -1,0 +1,97 @@
+"""The user's own models through the real workflow: a float .tflite file and a TF1 frozen
+graph, written by TensorFlow's own exporters, imported, fine-tuned, taken through FAT w8a8
+and an adjustable target and reported (the micro config's job sizes)."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake
+
+pytestmark = pytest.mark.workflow
+
+MICRO = yaml.safe_load((REPO / "tests/configs/micro.yaml").read_text())
+
+
+def user_keras_model():
+    import keras
+
+    layers = keras.layers
+    keras.utils.set_random_seed(5)
+    x = keras.Input((28, 28, 1))
+    y = layers.Rescaling(1 / 255.0)(x)
+    y = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(y)
+    y = layers.BatchNormalization(momentum=0.999)(y)  # capped at 0.99 for training
+    y = layers.ReLU(6.0)(y)
+    y = layers.DepthwiseConv2D(3, padding="same")(y)
+    y = layers.ReLU()(y)
+    y = layers.Conv2D(16, 1, activation="relu")(y)
+    y = layers.GlobalAveragePooling2D()(y)
+    return keras.Model(x, layers.Dense(10)(y))
+
+
+def frozen_graph(path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 28, 28, 1), name="images")
+        w = tf.compat.v1.Variable(rng.normal(0, 0.3, (3, 3, 1, 8)).astype(np.float32))
+        y = tf.nn.relu(tf.nn.conv2d(x / 255.0, w, strides=2, padding="SAME"))
+        y = tf.reduce_mean(y, axis=[1, 2])
+        fc = tf.compat.v1.Variable(rng.normal(0, 0.3, (8, 10)).astype(np.float32))
+        tf.identity(tf.matmul(y, fc), name="scores")
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), ["scores"]
+            )
+    path.write_bytes(frozen.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory, fashion_mnist_dir):
+    from quantflow.deploy.convert import convert
+
+    work = tmp_path_factory.mktemp("own")
+    (work / "mine.tflite").write_bytes(convert(user_keras_model(), "fp32"))
+    frozen_graph(work / "graph.pb")
+    config = json.loads(json.dumps(MICRO))
+    config["dataset"]["mirrors"] = [f"file://{fashion_mnist_dir}"]
+    config["models"] = {
+        "lite": {"arch": "tflite_file", "path": str(work / "mine.tflite")},
+        "graph": {"arch": "frozen_graph", "path": str(work / "graph.pb")},
+    }
+    config["weightquant"]["algorithms"] = ["fixed"]
+    cfg = work / "own.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    run_snakemake(work, cfg, "--cores", "2")
+    return work
+
+
+@pytest.mark.parametrize("model", ["lite", "graph"])
+def test_an_imported_model_goes_through_fat_and_adjustable(own_run, model):
+    work = own_run
+    records = {
+        r["variant"]: r
+        for r in json.loads((work / "results/summary.json").read_text())
+        if r["model"] == model
+    }
+    for variant in ("tflite-fp32", "fat-w8a8-sym-pc", "adjq-m0", "adjq-m0-int8", "fixed-8"):
+        assert variant in records, (model, variant)
+    train = json.loads((work / f"results/fashion_mnist/{model}/float/train.json").read_text())
+    assert train["arch"] in ("tflite_file", "frozen_graph") and "check" in train
+    check = json.loads(
+        (work / f"results/fashion_mnist/{model}/fat/w8a8-sym-pc/tflite.json").read_text()
+    )
+    assert check["top1_agreement"] >= 0.98 and check["activation_grid_mismatches"] == []
+    md = (work / "results/summary.md").read_text()
+    assert f"### fashion_mnist / {model}" in md
+
+
+def test_the_momentum_cap_is_logged(own_run):
+    log = (own_run / "logs/train/fashion_mnist/lite.log").read_text()
+    assert "BatchNorm momentum capped at 0.99" in log and "0.999 -> 0.99" in log
