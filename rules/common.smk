@@ -48,7 +48,8 @@ def config_error(error):
 
 
 def validate_config():
-    from quantflow.workflow.configcheck import adjustable_problems, scheme_problems
+    from quantflow.quant.adjustable.targets import adjustable_problems
+    from quantflow.quant.schemes import scheme_problems
 
     # scheme names first: the schema would only print their pattern
     for problem in scheme_problems(config):

@@ -281,7 +281,8 @@ def test_make_report_renders_the_last_runs_report_alone(tiny_run):
     metrics = sorted((work / "results").glob("**/metrics.json"))
     before = {p: p.stat().st_mtime_ns for p in metrics}
     summary = (work / "results/summary.md").stat().st_mtime_ns
-    proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=600)
+    # run where `make report` runs: in the project directory (the config path is relative)
+    proc = subprocess.run([*base, *args], cwd=work, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (work / "results/summary.md").stat().st_mtime_ns > summary
     assert {p: p.stat().st_mtime_ns for p in metrics} == before
@@ -290,7 +291,7 @@ def test_make_report_renders_the_last_runs_report_alone(tiny_run):
     try:
         args = _make_report_args(work)
         assert "--configfile" not in args
-        proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([*base, *args], cwd=work, capture_output=True, text=True, timeout=600)
         assert proc.returncode != 0 and not (work / "results/fashion_mnist/tiny_mobilenet").exists()
     finally:
         (work / "run_config.keep").rename(work / "results/run_config.yaml")

@@ -1,6 +1,8 @@
-"""quantflow.workflow.configcheck: what the schema cannot say, in words."""
+"""What the config schema cannot say, in words: quantflow.quant.schemes.scheme_problems and
+quantflow.quant.adjustable.targets.adjustable_problems (run when the workflow is planned)."""
 
-from quantflow.workflow.configcheck import adjustable_problems, scheme_problems
+from quantflow.quant.adjustable.targets import adjustable_problems
+from quantflow.quant.schemes import scheme_problems
 
 
 def test_scheme_bits_in_words():
