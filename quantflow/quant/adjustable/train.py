@@ -240,7 +240,7 @@ def train(
     search_seconds = time.perf_counter() - start
     for v, value in zip(weights + betas, best_values):
         v.assign(value)
-    clip_alphas(model)  # a checkpoint from before a layer joined the int4 class: its bits
+    clip_alphas(model)  # a checkpoint from before a layer joined the int4 class: bits to 4
 
     # fine-tuning with SWA, bit widths fixed
     swa = {"epochs": settings.swa_epochs, "used": False, "before": best["val_accuracy"]}
