@@ -383,3 +383,48 @@ def test_a_new_variant_family_is_one_entry_planned_evaluated_and_reported(micro)
         registry.write_text(original)
         snakemake(repo, work, cfg)  # the summary again without it
     assert planned(repo, work, cfg) == set()
+
+
+def test_the_advice_for_a_corrupt_pickle_recovers_it(micro):
+    """A corrupt float/weights.pickle: the job that reads it stops with one line giving
+    the command that recovers (deleting the file would not: snakemake sees its consumers'
+    outputs and has nothing to do); following that command recovers the run."""
+    repo, work, cfg, _ = micro
+    pickle_path = work / "results/fashion_mnist/micro/float/weights.pickle"
+    good = pickle_path.read_bytes()
+    pickle_path.write_bytes(good[: len(good) // 2])  # truncated
+    base = [SNAKEMAKE, "--snakefile", str(repo / "Snakefile"), "--directory", str(work)]
+    base += ["--configfile", str(cfg), "--cores", "2"]
+    proc = subprocess.run(
+        [*base, "--forcerun", "weightquant"], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode != 0
+    logs = "".join(p.read_text() for p in work.glob("logs/weightquant/**/*.log"))
+    advice = re.search(r"recreate it with: (snakemake --cores all --forcerun (\w+))", logs)
+    assert advice and advice.group(2) == "extract_weights", logs[-2000:]
+    # deleting it is not enough: snakemake has nothing to do
+    pickle_path.unlink()
+    assert "extract_weights" not in {rule for rule, _ in planned(repo, work, cfg)}
+    # the advice, with this run's configfile as it says
+    args = advice.group(1).split()[1:]  # after "snakemake"
+    args[args.index("all")] = "2"
+    proc = subprocess.run(
+        [
+            SNAKEMAKE,
+            "--snakefile",
+            str(repo / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(cfg),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from quantflow.formats.weights import load_weights
+
+    assert load_weights(pickle_path)["layers"]
+    assert planned(repo, work, cfg) == set()
