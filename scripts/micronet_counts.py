@@ -15,26 +15,21 @@ def main(inp, out):
     configure_threads(1)
     import keras
 
-    from quantflow.quant.micronet.count import count_model
-    from quantflow.quant.micronet.score import reference_counts
+    from quantflow.quant.micronet.count import counts_record
 
     model = keras.saving.load_model(inp.model, compile=False)
-    counts = count_model(model)
-    totals = reference_counts(counts)
-    Path(out.counts).write_text(
-        json.dumps(
-            {
-                "model": model.name,
-                **totals,
-                "layers": [c.to_dict() for c in counts],
-            },
-            indent=2,
+    record = counts_record(model)
+    Path(out.counts).write_text(json.dumps(record, indent=2) + "\n")
+    if record["layers"] is None:
+        print(
+            f"WARNING: {record['unsupported']}; this model's variants get no MicroNet score "
+            "(n/a in the report); everything else is compared",
+            file=sys.stderr,
         )
-        + "\n"
-    )
+        return
     print(
-        f"{model.name}: {int(totals['p_ref'])} parameters, {int(totals['f_ref'])} operations "
-        f"(multiply-accumulates count two) in {len(counts)} counted operations"
+        f"{model.name}: {int(record['p_ref'])} parameters, {int(record['f_ref'])} operations "
+        f"(multiply-accumulates count two) in {len(record['layers'])} counted operations"
     )
 
 

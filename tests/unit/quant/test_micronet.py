@@ -407,3 +407,18 @@ def test_mobilenet_v2():
     assert score(counts, 8, 8, bias_bits=8)["score"] == 0.5
     s = score(counts, 8, 8, **MICRONET_IMAGENET)
     assert 0 < s["score"] < 0.02
+
+
+def test_a_model_that_cannot_be_counted_gets_no_score_and_says_why():
+    """micronet.json of a model with an uncountable layer: no layers, the reason; the
+    summary then leaves its variants' scores out (n/a) instead of failing."""
+    from quantflow.quant.micronet.count import counts_record
+    from quantflow.report.records import add_scores
+
+    x = keras.Input((8, 3), name="x")
+    record = counts_record(keras.Model(x, layers.Conv1D(2, 3, name="conv1d")(x)))
+    assert record["layers"] is None and "layer 'conv1d' (Conv1D)" in record["unsupported"]
+    rows = [{"dataset": "d", "model": "m", "variant": "tflite-int8"}]
+    assert "score" not in add_scores(rows, {("d", "m"): record["layers"]})[0]
+    good = counts_record(keras.Model(x, layers.Dense(2)(layers.Flatten()(x))))
+    assert good["layers"] and good["p_ref"] > 0
