@@ -15,7 +15,7 @@ def main(inp, out):
     configure_threads(1)
     import keras
 
-    from quantflow.quant.micronet.count import counts_record
+    from quantflow.quant.micronet.score import counts_record
 
     model = keras.saving.load_model(inp.model, compile=False)
     record = counts_record(model)

@@ -520,21 +520,3 @@ def _known_shape(shape, what: str) -> tuple:
             "to count it"
         )
     return shape
-
-
-def counts_record(model) -> dict:
-    """What micronet.json holds for a float model: its name, reference totals and per-layer
-    counts; or, when a layer cannot be counted, "layers": None and the reason in
-    "unsupported" (that model's variants then have no MicroNet score, "n/a" in the report,
-    and everything else is still compared)."""
-    from quantflow.quant.micronet.score import reference_counts
-
-    try:
-        counts = count_model(model)
-    except QuantflowError as e:
-        return {"model": model.name, "layers": None, "unsupported": str(e)}
-    return {
-        "model": model.name,
-        **reference_counts(counts),
-        "layers": [c.to_dict() for c in counts],
-    }

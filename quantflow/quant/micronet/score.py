@@ -310,3 +310,22 @@ def uniform_score(
         for name in tensors
     }
     return score(counts, weight_bits, act, bias_bits=bias_bits, p_ref=p_ref, f_ref=f_ref)
+
+
+def counts_record(model) -> dict:
+    """What micronet.json holds for a float model: its name, reference totals and per-layer
+    counts; or, when a layer cannot be counted, "layers": None and the reason in
+    "unsupported" (that model's variants then have no MicroNet score, "n/a" in the report,
+    and everything else is still compared)."""
+    from quantflow.errors import QuantflowError
+    from quantflow.quant.micronet.count import count_model
+
+    try:
+        counts = count_model(model)
+    except QuantflowError as e:
+        return {"model": model.name, "layers": None, "unsupported": str(e)}
+    return {
+        "model": model.name,
+        **reference_counts(counts),
+        "layers": [c.to_dict() for c in counts],
+    }

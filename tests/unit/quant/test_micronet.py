@@ -412,7 +412,7 @@ def test_mobilenet_v2():
 def test_a_model_that_cannot_be_counted_gets_no_score_and_says_why():
     """micronet.json of a model with an uncountable layer: no layers, the reason; the
     summary then leaves its variants' scores out (n/a) instead of failing."""
-    from quantflow.quant.micronet.count import counts_record
+    from quantflow.quant.micronet.score import counts_record
     from quantflow.report.records import add_scores
 
     x = keras.Input((8, 3), name="x")
