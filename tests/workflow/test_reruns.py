@@ -394,9 +394,12 @@ def test_the_advice_for_a_corrupt_pickle_recovers_it(micro):
     good = pickle_path.read_bytes()
     pickle_path.write_bytes(good[: len(good) // 2])  # truncated
     base = [SNAKEMAKE, "--snakefile", str(repo / "Snakefile"), "--directory", str(work)]
-    base += ["--configfile", str(cfg), "--cores", "2"]
+    base += ["--configfile", str(cfg)]
     proc = subprocess.run(
-        [*base, "--forcerun", "weightquant"], capture_output=True, text=True, timeout=900
+        [*base, "--cores", "2", "--forcerun", "weightquant"],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode != 0
     logs = "".join(p.read_text() for p in work.glob("logs/weightquant/**/*.log"))
@@ -408,21 +411,7 @@ def test_the_advice_for_a_corrupt_pickle_recovers_it(micro):
     # the advice, with this run's configfile as it says
     args = advice.group(1).split()[1:]  # after "snakemake"
     args[args.index("all")] = "2"
-    proc = subprocess.run(
-        [
-            SNAKEMAKE,
-            "--snakefile",
-            str(repo / "Snakefile"),
-            "--directory",
-            str(work),
-            "--configfile",
-            str(cfg),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = subprocess.run([*base, *args], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from quantflow.formats.weights import load_weights
 
