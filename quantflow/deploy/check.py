@@ -241,15 +241,19 @@ def convert_checked(
     fake-quant model on `check_images` seeded images of the `val` Split: `agreement` of the
     logits, the activation tensors whose scale is not the fake-quant range
     (`check_activation_grids`: the converter calibrated them instead; should be none) and
-    how the kernels are stored (`weight_storage`). Returns the check record (its
+    how the kernels are stored (`weight_storage`). The model's float islands (layers with
+    no int8 form, `quantflow.quant.lowering.island_layers`) stay float in the file:
+    `float_islands` lists them with the ops they became. Returns the check record (its
     "activation_grid_mismatches" for the caller to judge)."""
     from quantflow.deploy.int4 import int4_kernels, store_int4, weight_storage
     from quantflow.deploy.litert import TFLiteRunner
     from quantflow.quant.calibrate import image_batches
+    from quantflow.quant.lowering import island_layers
 
     calibration = train.take(calibration_indices(len(train), 32, seed))
     images = val.sample(check_images, seed)
-    flatbuffer = convert(qmodel, "int8", calibration)
+    islands = island_layers(qmodel)
+    flatbuffer = convert(qmodel, "int8", calibration, float_islands=[i["layer"] for i in islands])
     kernels = int4_kernels(qmodel)
     if kernels:  # the <= 4-bit kernels as INT4, on the simulation's grid
         flatbuffer = store_int4(flatbuffer, kernels)
@@ -276,8 +280,26 @@ def convert_checked(
         "max_abs_logit_difference": float(np.abs(tflite_scores - fake_scores).max()),
         "output_scale": output_scale,
         "weight_storage": weight_storage(flatbuffer),
+        "float_islands": [{**i, "float_ops": island_ops(flatbuffer, i["layer"])} for i in islands],
         "activation_grid_mismatches": check_activation_grids(qmodel, str(path)),
     }
+
+
+def island_ops(tflite_model: bytes | str, layer: str) -> list[str]:
+    """The float ops of a fake-quant model's float island `layer` in its TFLite file (the
+    island's own ops; its CAST fences left out)."""
+    from quantflow.quant.lowering import island_scope
+
+    scope = island_scope(layer)
+    interp = interpreter(tflite_model)
+    tensors = {d["index"]: d for d in interp.get_tensor_details()}
+    return [
+        op["op_name"]
+        for op in interp._get_ops_details()
+        if op["op_name"] not in ("CAST", "QUANTIZE", "DEQUANTIZE")
+        and scope.search(tensors[op["outputs"][0]]["name"])
+        and np.dtype(tensors[op["outputs"][0]]["dtype"]).kind == "f"
+    ]
 
 
 def describe_check(check: dict) -> str:
@@ -292,6 +314,11 @@ def describe_check(check: dict) -> str:
         f"{check['mean_abs_logit_difference_steps']:.3f}, largest "
         f"{check['max_abs_logit_difference_steps']:.0f} output steps (step "
         f"{check['output_scale']:.4g}); {describe_storage(check['weight_storage'])}"
+        + "".join(
+            f"; float island {i['layer']} ({i['class']}): "
+            f"{', '.join(i['float_ops']) or 'no float op'}"
+            for i in check.get("float_islands", [])
+        )
     )
 
 

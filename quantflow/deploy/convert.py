@@ -43,7 +43,13 @@ def select_calibration(labels, fmt: str, count: int, seed: int) -> np.ndarray:
     return calibration_indices(labels.size, count, seed)
 
 
-def convert(model, fmt: str, calibration: np.ndarray | None = None, io: str = "int8") -> bytes:
+def convert(
+    model,
+    fmt: str,
+    calibration: np.ndarray | None = None,
+    io: str = "int8",
+    float_islands: list[str] | None = None,
+) -> bytes:
     """Convert a Keras model to TFLite with the TFLite converter (`parse_format`).
 
     fp32: a plain float model. fp16: float16 weights (dequantized at load), float
@@ -59,22 +65,61 @@ def convert(model, fmt: str, calibration: np.ndarray | None = None, io: str = "i
 
     if io not in IO_TYPES:
         raise QuantflowError(f"tflite.io must be one of {', '.join(IO_TYPES)}, got {io!r}")
+    base = parse_format(fmt)["base"]
     with export_mode():  # a fake-quant model traces as the converter expects it
-        return _convert(tf, model, parse_format(fmt)["base"], calibration, io)
+        if float_islands and base == "int8":
+            return _convert_with_islands(tf, model, calibration, io, float_islands)
+        return _convert(tf, model, base, calibration, io)
+
+
+def _representative(calibration):
+    if calibration is None or len(calibration) == 0:
+        raise QuantflowError("full-integer conversion needs calibration images")
+    samples = np.asarray(calibration, dtype=np.float32)
+
+    def representative_dataset():
+        for i in range(len(samples)):
+            yield [samples[i : i + 1]]
+
+    return representative_dataset
+
+
+def _convert_with_islands(tf, model, calibration, io: str, islands: list[str]) -> bytes:
+    """Full-integer conversion that leaves the ops of the float-island layers float: the
+    converter calibrates, then TFLite's selective quantizer (what its QuantizationDebugger
+    runs) quantizes every op but those, with QUANTIZE / DEQUANTIZE around them."""
+    from tensorflow.lite.python import convert as tflite_convert
+
+    from quantflow.quant.lowering import island_scope
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(calibration)
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    names = [d["name"] for d in interpreter(calibrated).get_tensor_details()]
+    denied = []
+    for layer in islands:
+        found = [n for n in names if island_scope(layer).search(n)]
+        if not found:
+            raise QuantflowError(
+                f"float island {layer!r}: no op of it found in the converted model"
+            )
+        denied += found
+    dtype = tf.uint8 if io == "uint8" else tf.int8
+    return tflite_convert.mlir_quantize(
+        calibrated,
+        fully_quantize=True,
+        input_data_type=dtype,
+        output_data_type=dtype,
+        denylisted_nodes=denied,
+    )
 
 
 def _convert(tf, model, base: str, calibration: np.ndarray | None, io: str) -> bytes:
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if base in ("int8", "int16x8"):
-        if calibration is None or len(calibration) == 0:
-            raise QuantflowError(f"{base} conversion needs calibration images")
-        samples = calibration.astype(np.float32)
-
-        def representative_dataset():
-            for i in range(len(samples)):
-                yield [samples[i : i + 1]]
-
-        converter.representative_dataset = representative_dataset
+        converter.representative_dataset = _representative(calibration)
     if base == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]

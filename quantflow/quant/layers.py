@@ -523,3 +523,21 @@ class QAdd(layers.Layer):
             "input_scales": self.input_scales if steps is None else [float(v) for v in steps[:2]],
             "output_scale": self.output_scale if steps is None else float(steps[2]),
         }
+
+
+@keras.saving.register_keras_serializable(package="quantflow")
+class IslandFence(layers.Layer):
+    """The edge of a float island (a layer with no int8 form, see
+    `quantflow.quant.transform`): the identity, and in `export_mode` a float32 -> float64 ->
+    float32 cast round trip (exact). TFLite's converter quantizes an op next to a
+    fake-quant op even when told to leave it float (TANH, LOGISTIC on the island's input,
+    the last op before its output quantizer); CAST has no int8 form, so the fence keeps
+    the island's own ops float."""
+
+    def call(self, inputs):
+        if not exporting():
+            return inputs
+        return tf.cast(tf.cast(inputs, tf.float64), tf.float32)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

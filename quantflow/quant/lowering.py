@@ -72,10 +72,31 @@ POOLS = (layers.GlobalAveragePooling2D, layers.AveragePooling2D)
 AFFINE = (layers.Rescaling, layers.Normalization, layers.BatchNormalization)
 ACTIVATION_LAYERS = (layers.ReLU, layers.Activation, layers.LeakyReLU, layers.Softmax)
 WEIGHTED = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
-SUPPORTED_LAYERS = tuple(
-    cls.__name__
-    for cls in WEIGHTED + MERGES + POOLS + AFFINE + ACTIVATION_LAYERS + SAME_GRID + DROPPED
-)
+LOWERED = WEIGHTED + MERGES + POOLS + AFFINE + ACTIVATION_LAYERS + SAME_GRID + DROPPED
+SUPPORTED_LAYERS = tuple(cls.__name__ for cls in LOWERED)
+
+# Any other layer (a custom or Lambda layer) is a float island: it computes in float
+# between DEQUANTIZE and QUANTIZE ops, its output quantized again. Its copy in a fake-quant
+# model is named <layer>ISLAND_SUFFIX, so the converter can be told to leave it float.
+ISLAND_SUFFIX = "__float_island"
+
+
+def island_scope(layer: str):
+    """The pattern of the TensorFlow names (in a converted model) of float island `layer`'s
+    ops, fences and output quantizer."""
+    import re
+
+    return re.compile(rf"(^|/){re.escape(layer + ISLAND_SUFFIX)}[^/]*/")
+
+
+def island_layers(qmodel) -> list[dict]:
+    """The float-island layers of a fake-quant model: "layer" (the float model's layer
+    name) and "class" (its Keras class)."""
+    return [
+        {"layer": layer.name[: -len(ISLAND_SUFFIX)], "class": type(layer).__name__}
+        for layer in qmodel.layers
+        if layer.name.endswith(ISLAND_SUFFIX)
+    ]
 
 
 # TFLite ops whose int8 output has its input's scale and zero point (no quantizer of their

@@ -34,7 +34,13 @@ the graph the converter expects instead.
     channel MUL / ADD steps (`QAffine`, constants quantized as TFLite stores them), each
     with its own quantizer.
   Dropout and noise layers are dropped; a functional model nested in another (transfer
-  learning wrapper) is flattened first. Any other layer raises a QuantflowError naming it.
+  learning wrapper) is flattened first.
+* Any other layer (a Lambda, a user's custom layer, an LSTM) is a float island: it
+  computes in float on its dequantized input and its output gets a quantizer; the int8
+  TFLite file keeps its ops float too, between DEQUANTIZE and QUANTIZE (fenced by exact
+  CAST round trips, `IslandFence`; `quantflow.deploy.convert`). A weighted layer whose
+  activation TFLite cannot run, or a layer with several outputs, raises a QuantflowError
+  naming it.
 * The model INPUT is quantized to a fixed range, (0, 255) by default: 8-bit scale 1 and
   zero point -128, so integer pixels are exact in the TFLite model's int8 input. The
   preprocessing steps after it get fixed ranges too, the image of the input range:
@@ -93,6 +99,7 @@ from quantflow.quant.folding import (
 from quantflow.quant.graph import Graph, Node, Ref, flatten_graph, unique_name
 from quantflow.quant.layers import (
     ActivationQuant,
+    IslandFence,
     QAdd,
     QAffine,
     QConv2D,
@@ -104,12 +111,12 @@ from quantflow.quant.lowering import (
     ACTIVATIONS,
     AFFINE,
     DROPPED,
+    ISLAND_SUFFIX,
     MERGES,
     NON_NEGATIVE_ACTIVATIONS,
     POOLS,
     SAME_GRID,
     SHARED_SCALE_MERGES,
-    SUPPORTED_LAYERS,
     WEIGHTED,
     Lowered,
     Plan,
@@ -154,6 +161,7 @@ class _Transform:
         }
         self.link_after: dict[int, tuple] = {}  # tensor key -> (QAdd, input grids) to link
         self.names: set[str] = set()
+        self.islands: list[dict] = []  # layers left float (float_island)
 
     def settings(self, owner: tuple[str, str]) -> LayerQuant:
         """Make the config's settings of layer `owner` (name, path) the current ones."""
@@ -210,8 +218,7 @@ class _Transform:
     def unsupported(self, node: Node, reason: str = "") -> QuantflowError:
         return QuantflowError(
             f"layer {node.path!r} ({type(node.layer).__name__}) cannot be fake-quantized"
-            f"{': ' + reason if reason else ''}; supported layers: {', '.join(SUPPORTED_LAYERS)}"
-            " (a nested functional model is flattened). Replace it or leave the model float."
+            f"{': ' + reason if reason else ''}"
         )
 
     # ---- main
@@ -267,7 +274,41 @@ class _Transform:
         elif kind in AFFINE:
             self.affine(node, ins[0])
         else:
-            raise self.unsupported(node)
+            self.float_island(node, key)
+
+    def float_island(self, node: Node, key: int) -> None:
+        """A layer with no int8 form (a custom or Lambda layer) computes in float on its
+        dequantized inputs, between `IslandFence`s, and its output is quantized again:
+        TFLite runs it between DEQUANTIZE and QUANTIZE ops. Its copy is named
+        <layer>ISLAND_SUFFIX (`lowering.island_layers`), and so are its fences and output
+        quantizer: the converter is told to leave the ops under that name float."""
+        layer = node.layer
+        self.islands.append({"layer": node.path, "class": type(layer).__name__})
+        name = self.name(layer.name + ISLAND_SUFFIX)
+        if type(layer) is layers.Lambda:  # its function is in memory: no deserialization
+            clone = layers.Lambda(
+                layer.function,
+                output_shape=layer._output_shape,
+                mask=layer.mask,
+                arguments=layer.arguments,
+                name=name,
+            )
+        else:
+            config = layer.get_config()
+            config["name"] = name
+            clone = type(layer).from_config(config)
+
+        def fence(x):
+            return IslandFence(name=self.name(f"{name}_fence"))(x)
+
+        args = keras.tree.map_structure(
+            lambda v: fence(v) if isinstance(v, keras.KerasTensor) else v, self.fill(node.args)
+        )
+        kwargs = {k: v for k, v in self.fill(node.kwargs).items() if k != "training"}
+        out = fence(clone(*args, **kwargs))
+        if layer.weights:
+            clone.set_weights(layer.get_weights())
+        self.finish(key, out, name, False)
 
     def merge(self, node: Node, ins: list[_Tensor], lowered: Lowered | None) -> None:
         layer, key = node.layer, node.outputs[0]

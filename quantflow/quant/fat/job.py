@@ -73,6 +73,7 @@ def run(
     from quantflow.quant.calibrate import calibrate, thresholds
     from quantflow.quant.fat.thresholds import alpha_values, save_thresholds
     from quantflow.quant.fat.train import logits_rmse, train_thresholds
+    from quantflow.quant.lowering import island_layers
     from quantflow.quant.packed import packed_size_bytes
     from quantflow.quant.schemes import parse_scheme
     from quantflow.quant.transform import fake_quant_model
@@ -91,6 +92,12 @@ def run(
     )
 
     qmodel = fake_quant_model(model, **scheme)
+    islands = island_layers(qmodel)
+    for island in islands:
+        print(
+            f"WARNING: layer {island['layer']!r} ({island['class']}) has no int8 form: it "
+            "stays float (a float island, dequantized before and quantized after)"
+        )
     calibration = cfg["calibration"]
     calibrate(
         qmodel,
@@ -184,6 +191,7 @@ def run(
         "final_val_rmse": result["final_val_rmse"],
         "best_epoch": result["best_epoch"],
         "packed_size_bytes": packed_size_bytes(qmodel),
+        "float_islands": islands,
         "alphas": {kind: _stats(v) for kind, v in alphas.items()},
     }
     Path(out.summary).write_text(json.dumps(summary, indent=2) + "\n")
