@@ -31,6 +31,7 @@ rule adjustable:
         mem_mb=6000,
         runtime=60,
     params:
+        custom=custom_code,
         settings=lambda wildcards: adjustable_settings(wildcards.target),
         seed=config["seed"],
         code=code_digest("adjustable"),
@@ -63,6 +64,7 @@ rule adjustable_tflite:
         mem_mb=4000,
         runtime=30,
     params:
+        custom=custom_code,
         seed=config["seed"],
         check_images=ADJUSTABLE["check_images"],
         code=code_digest("adjustable_tflite"),

@@ -12,6 +12,7 @@ from quantflow.workflow.codedeps import code_digest as _code_digest
 from quantflow.deploy.formats import parse_format
 from quantflow import variants
 from quantflow.quant.adjustable.targets import target_settings
+from quantflow.models.custom import custom_code as _custom_code
 
 # mappings a --configfile replaces instead of merging into (Snakemake merges key by key)
 REPLACED_SECTIONS = (("models",), ("adjustable", "targets"))
@@ -193,11 +194,19 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
+def custom_code(wildcards):
+    """The model entry's custom code (quantflow.models.custom), for every job that loads
+    one of its Keras models: the files to import and the Lambda opt-in."""
+    return {"model": wildcards.model, **_custom_code(config["models"][wildcards.model])}
+
+
 def model_files(wildcards):
-    """Files the train job reads because config names them: a keras_file model, a local
-    weights file, the checkpoint to restore. Replacing one reruns training."""
+    """Files the train job reads because config names them: a keras_file model, its custom
+    modules, a local weights file, the checkpoint to restore. Replacing one reruns
+    training (and so every job after it)."""
     spec = config["models"][wildcards.model]
     files = [spec["path"]] if spec.get("path") else []
+    files += spec.get("custom_modules") or []
     if spec.get("arch") == "saved_model" and files:  # a directory: its graph file
         files = [os.path.join(spec["path"], "saved_model.pb")]
     if spec.get("weights") not in (None, "none", "imagenet"):

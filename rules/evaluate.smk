@@ -17,6 +17,7 @@ rule latency:
         mem_mb=4000,
         runtime=30,
     params:
+        custom=custom_code,
         batch_size=config["evaluate"]["batch_size"],
         latency_images=config["evaluate"]["latency_images"],
         latency_batches=config["evaluate"]["latency_batches"],
@@ -56,6 +57,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
+        custom=custom_code,
         batch_size=config["evaluate"]["batch_size"],
         code=code_digest("evaluate"),
     script:
@@ -78,6 +80,7 @@ rule micronet_counts:
         mem_mb=2000,
         runtime=10,
     params:
+        custom=custom_code,
         code=code_digest("micronet_counts"),
     script:
         "../scripts/micronet_counts.py"

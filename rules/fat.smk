@@ -26,6 +26,7 @@ rule fat:
         mem_mb=6000,
         runtime=60,
     params:
+        custom=custom_code,
         fat=without(FAT, "schemes", "simulate", "threads", "check_images"),
         seed=config["seed"],
         code=code_digest("fat"),
@@ -53,6 +54,7 @@ rule fat_tflite:
         mem_mb=4000,
         runtime=30,
     params:
+        custom=custom_code,
         seed=config["seed"],
         check_images=FAT["check_images"],
         code=code_digest("fat_tflite"),

@@ -19,6 +19,7 @@ rule tflite:
         mem_mb=4000,
         runtime=30,
     params:
+        custom=custom_code,
         conversion=tflite_params,
         code=code_digest("tflite"),
     script:
@@ -91,6 +92,7 @@ rule tflite_float_fallback:
         mem_mb=4000,
         runtime=30,
     params:
+        custom=custom_code,
         calibration_images=TFLITE["calibration_images"],
         seed=config["seed"],
         code=code_digest("tflite_float_fallback"),

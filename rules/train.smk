@@ -20,6 +20,7 @@ rule train:
         mem_mb=6000,
         runtime=120,
     params:
+        custom=custom_code,
         spec=model_spec,
         train=without(config["train"], "threads"),
         seed=config["seed"],

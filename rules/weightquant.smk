@@ -13,6 +13,7 @@ rule extract_weights:
         mem_mb=2000,
         runtime=10,
     params:
+        custom=custom_code,
         code=code_digest("extract_weights"),
     script:
         "../scripts/extract_weights.py"
@@ -66,6 +67,7 @@ rule weightonly_tflite:
         mem_mb=3000,
         runtime=10,
     params:
+        custom=custom_code,
         check_images=WEIGHTQUANT["check_images"],
         seed=config["seed"],
         code=code_digest("weightonly_tflite"),

@@ -14,6 +14,9 @@ from quantflow.workflow.threads import configure_threads
 
 def main(inp, out, target, params, threads):
     configure_threads(threads, params.seed)
+    from quantflow.models.custom import use_custom_code
+
+    use_custom_code(params.custom)
     from quantflow.quant.adjustable.job import AdjustableFiles, AdjustableOutputs, run
 
     run(
@@ -23,6 +26,7 @@ def main(inp, out, target, params, threads):
         params.settings,
         params.seed,
         threads,
+        params.custom["model"],
     )
 
 

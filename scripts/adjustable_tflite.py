@@ -15,7 +15,9 @@ from quantflow.workflow.threads import configure_threads
 
 def main(inp, out, target, params, threads):
     configure_threads(threads, params.seed)
-    import keras
+    from quantflow.models.custom import load_keras, use_custom_code
+
+    use_custom_code(params.custom)
     from quantflow.quant.adjustable import export as adj
     from quantflow.quant.adjustable.storage import stored_bits
     from quantflow.data import splits as data
@@ -23,8 +25,8 @@ def main(inp, out, target, params, threads):
     from quantflow.deploy import check as tflite
     import quantflow.quant.layers  # noqa: F401 (registers the fake-quant layers)
 
-    float_model = keras.saving.load_model(inp.float_model, compile=False)
-    model = keras.saving.load_model(inp.model, compile=False)
+    float_model = load_keras(inp.float_model, params.custom["model"])
+    model = load_keras(inp.model, params.custom["model"])
     simulation = adj.int8_model(float_model, model)
     size = data.read_info(inp.info)["input_shape"][:2]
     train, val = data.Split(inp.train, size), data.Split(inp.val, size)

@@ -13,6 +13,9 @@ from quantflow.workflow.threads import configure_threads
 
 def main(inp, out, wildcards, params, threads):
     configure_threads(threads, tensorflow=not inp.model.endswith(".tflite"))
+    from quantflow.models.custom import use_custom_code
+
+    use_custom_code(params.custom)
     from quantflow.data import splits as data
     from quantflow.evaluate.accuracy import evaluate_model
     from quantflow.metrics import plot_confusion_matrix

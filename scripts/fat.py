@@ -12,8 +12,11 @@ from quantflow.workflow.files import as_dataclass
 from quantflow.workflow.threads import configure_threads
 
 
-def main(inp, out, scheme, cfg, seed, threads):
+def main(inp, out, scheme, cfg, seed, threads, custom):
     configure_threads(threads, seed)
+    from quantflow.models.custom import use_custom_code
+
+    use_custom_code(custom)
     from quantflow.quant.fat.job import FatFiles, FatOutputs, run
 
     run(
@@ -23,6 +26,7 @@ def main(inp, out, scheme, cfg, seed, threads):
         cfg,
         seed,
         threads,
+        custom["model"],
     )
 
 
@@ -35,4 +39,5 @@ run_logged(
     snakemake.params.fat,
     snakemake.params.seed,
     snakemake.threads,
+    snakemake.params.custom,
 )

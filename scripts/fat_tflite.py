@@ -13,7 +13,9 @@ from quantflow.workflow.threads import configure_threads
 
 def main(inp, out, scheme_name, params, threads):
     configure_threads(threads, params.seed)
-    import keras
+    from quantflow.models.custom import load_keras, use_custom_code
+
+    use_custom_code(params.custom)
     from quantflow.data import splits as data
     from quantflow.deploy import check as tflite
     from quantflow.quant.schemes import parse_scheme, tflite_exportable
@@ -22,7 +24,7 @@ def main(inp, out, scheme_name, params, threads):
     scheme = parse_scheme(scheme_name)
     if not tflite_exportable(scheme):  # the rule's variants never ask for this
         raise SystemExit(f"{scheme_name}: LiteRT's int8 kernels cannot run this scheme exactly")
-    qmodel = keras.saving.load_model(inp.model, compile=False)
+    qmodel = load_keras(inp.model, params.custom["model"])
     size = data.read_info(inp.info)["input_shape"][:2]
     train, val = data.Split(inp.train, size), data.Split(inp.val, size)
     # the int8 model must predict what the fake-quant model does

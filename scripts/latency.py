@@ -15,6 +15,9 @@ def main(inp, out, params, threads):
     # The job holds `threads` cores so that nothing else runs; the model itself runs
     # with the configured number of threads, as in the accuracy evaluation.
     configure_threads(params.threads, tensorflow=not inp.model.endswith(".tflite"))
+    from quantflow.models.custom import use_custom_code
+
+    use_custom_code(params.custom)
     from quantflow.data import splits as data
     from quantflow.evaluate.latency import measure_latency
 

@@ -11,13 +11,14 @@ from quantflow.workflow.logs import run_logged
 from quantflow.workflow.threads import configure_threads
 
 
-def main(inp, out):
+def main(inp, out, custom):
     configure_threads(1)
-    import keras
+    from quantflow.models.custom import load_keras, use_custom_code
 
+    use_custom_code(custom)
     from quantflow.quant.micronet.score import counts_record
 
-    model = keras.saving.load_model(inp.model, compile=False)
+    model = load_keras(inp.model, custom["model"])
     record = counts_record(model)
     Path(out.counts).write_text(json.dumps(record, indent=2) + "\n")
     if record["layers"] is None:
@@ -27,10 +28,16 @@ def main(inp, out):
             file=sys.stderr,
         )
         return
+    for name in record["float_layers"]:
+        print(
+            f"WARNING: layer {name!r} has no int8 form: counted as float (its weights at 32 "
+            "bits, one 32-bit operation per output value: an estimate)",
+            file=sys.stderr,
+        )
     print(
         f"{model.name}: {int(record['p_ref'])} parameters, {int(record['f_ref'])} operations "
         f"(multiply-accumulates count two) in {len(record['layers'])} counted operations"
     )
 
 
-run_logged(snakemake.log[0], main, snakemake.input, snakemake.output)
+run_logged(snakemake.log[0], main, snakemake.input, snakemake.output, snakemake.params.custom)

@@ -10,9 +10,11 @@ from quantflow.workflow.logs import run_logged
 from quantflow.workflow.threads import configure_threads
 
 
-def main(inp, out, fmt, conversion, threads):
+def main(inp, out, fmt, conversion, threads, custom):
     configure_threads(threads, conversion.get("seed"))
-    import keras
+    from quantflow.models.custom import load_keras, use_custom_code
+
+    use_custom_code(custom)
     import numpy as np
 
     from quantflow.data import splits as data
@@ -20,7 +22,7 @@ def main(inp, out, fmt, conversion, threads):
     from quantflow.deploy.convert import convert, save, select_calibration
     from quantflow.deploy.formats import needs_calibration, parse_format
 
-    model = keras.saving.load_model(inp.model, compile=False)
+    model = load_keras(inp.model, custom["model"])
     calibration = None
     if needs_calibration(fmt):
         split = data.Split(inp.train, data.read_info(inp.info)["input_shape"][:2])
@@ -52,4 +54,5 @@ run_logged(
     snakemake.wildcards.fmt,
     snakemake.params.conversion,
     snakemake.threads,
+    snakemake.params.custom,
 )

@@ -13,7 +13,9 @@ from quantflow.workflow.threads import configure_threads
 
 def main(inp, out, k, params, threads):
     configure_threads(threads, params.seed)
-    import keras
+    from quantflow.models.custom import load_keras, use_custom_code
+
+    use_custom_code(params.custom)
 
     from quantflow.data import splits as data
     from quantflow.deploy import convert as tflite
@@ -22,7 +24,7 @@ def main(inp, out, k, params, threads):
     chosen = [report["layers"][i] for i in report["worst"][:k]]
     if len(chosen) < k:
         print(f"the diagnosis ranks only {len(chosen)} layers; all of them stay float")
-    model = keras.saving.load_model(inp.model, compile=False)
+    model = load_keras(inp.model, params.custom["model"])
     split = data.Split(inp.train, data.read_info(inp.info)["input_shape"][:2])
     calibration = split.take(
         tflite.select_calibration(split.labels, "int8", params.calibration_images, params.seed)

@@ -11,8 +11,11 @@ from quantflow.workflow.logs import run_logged
 from quantflow.workflow.threads import configure_threads
 
 
-def main(inp, out, spec, cfg, seed, augment, threads):
+def main(inp, out, spec, cfg, seed, augment, threads, custom):
     configure_threads(threads, seed)
+    from quantflow.models.custom import use_custom_code
+
+    use_custom_code(custom)
     from quantflow.data import splits as data
     from quantflow.models.finetune import fine_tune, restore_weights
     from quantflow.data.stream import pipeline_errors
@@ -23,7 +26,7 @@ def main(inp, out, spec, cfg, seed, augment, threads):
 
     info = data.read_info(inp.info)
     size = info["input_shape"][:2]
-    model = model_from_spec(spec, info["input_shape"], info["num_classes"])
+    model = model_from_spec(spec, info["input_shape"], info["num_classes"], name=custom["model"])
     if cfg.get("batchnorm_momentum") is not None:
         changed = batchnorm_momentum(model, cfg["batchnorm_momentum"])
         print(f"train.batchnorm_momentum {cfg['batchnorm_momentum']}: {len(changed)} layer(s)")
@@ -90,4 +93,5 @@ run_logged(
     snakemake.params.seed,
     snakemake.params.augment,
     snakemake.threads,
+    snakemake.params.custom,
 )

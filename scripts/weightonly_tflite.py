@@ -14,6 +14,9 @@ from quantflow.workflow.threads import configure_threads
 
 def main(inp, out, params):
     configure_threads(1, params.seed)
+    from quantflow.models.custom import use_custom_code
+
+    use_custom_code(params.custom)
     from quantflow.data import splits as data
     from quantflow.deploy.weightonly import export_checked
     from quantflow.formats.weights import load_weights, rebuild_model

@@ -44,17 +44,13 @@ def load_runner(path: str | Path, threads: int = 1):
     if suffix == ".tflite":
         runner = TFLiteRunner(path, threads)
     elif suffix == ".keras":
-        import keras
-
+        from quantflow.models.custom import load_keras
         from quantflow.quant import (
             calibrate as fakequant,  # registers the fake-quant layers for loading
         )
         from quantflow.quant.packed import packed_size_bytes
 
-        try:
-            runner = KerasRunner(keras.saving.load_model(str(path), compile=False))
-        except (ValueError, OSError, TypeError) as e:
-            raise QuantflowError(f"{path}: not a loadable Keras model ({e})") from e
+        runner = KerasRunner(load_keras(str(path)))  # custom layers: use_custom_code first
         if fakequant.weight_quantizers(runner.model):  # a FAT model in simulation
             runner.size_bytes, runner.size_kind = packed_size_bytes(runner.model), "packed"
             return runner

@@ -107,10 +107,9 @@ def checkpoint_weights(path) -> dict[str, list[np.ndarray]]:
     if not path.is_file():
         raise QuantflowError(f"checkpoint {path} not found")
     if path.suffix == ".keras":
-        try:
-            source = keras.saving.load_model(path, compile=False)
-        except Exception as e:  # many types for files that are not Keras models
-            raise QuantflowError(f"checkpoint {path}: not a loadable Keras model ({e})") from e
+        from quantflow.models.custom import load_keras
+
+        source = load_keras(path)
         return {l.name: l.get_weights() for l in leaf_layers(source) if l.weights}
     if path.suffix == ".h5":
         return _h5_weights(path)

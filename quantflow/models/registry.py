@@ -39,12 +39,16 @@ def build_model(arch: str, input_shape, num_classes: int, **options):
     return builder(input_shape, num_classes, **options)
 
 
-def model_from_spec(spec: dict, input_shape, num_classes: int):
+def model_from_spec(spec: dict, input_shape, num_classes: int, name: str | None = None):
     """The model a config entry describes: `arch` names a registered architecture (its
     other keys are the builder's options) or is a model file kind (`keras_file`,
     `h5_file`, `tflite_file`, `saved_model`, `frozen_graph`) with a `path` to the user's
-    own model (quantflow.models.user)."""
-    options = {k: v for k, v in spec.items() if k not in ("arch", "path", "inputs", "outputs")}
+    own model (quantflow.models.user; `name`: its config entry, for messages). Custom
+    code (`custom_modules`, `unsafe_deserialization`) is quantflow.models.custom's."""
+    from quantflow.models.custom import KEYS
+
+    user_keys = ("arch", "path", "inputs", "outputs", *KEYS)
+    options = {k: v for k, v in spec.items() if k not in user_keys}
     arch = spec["arch"]
     if arch in USER_FILES:
         from quantflow.models.user import load_user_model
@@ -52,5 +56,7 @@ def model_from_spec(spec: dict, input_shape, num_classes: int):
         if not spec.get("path"):
             raise QuantflowError(f"a model with arch: {arch} needs path: <{USER_FILES[arch]}>")
         io = {k: spec[k] for k in ("inputs", "outputs") if spec.get(k)}
-        return load_user_model(spec["path"], num_classes, input_shape=input_shape, kind=arch, **io)
+        return load_user_model(
+            spec["path"], num_classes, input_shape=input_shape, kind=arch, model_name=name, **io
+        )
     return build_model(arch, input_shape, num_classes, **options)

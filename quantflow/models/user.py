@@ -21,7 +21,9 @@ MODEL_FILES = {
 }
 
 
-def read_model_file(path, kind: str = "keras_file", inputs=None, outputs=None):
+def read_model_file(
+    path, kind: str = "keras_file", inputs=None, outputs=None, model_name: str | None = None
+):
     """The Keras model in the user's file `path` of `kind` (a MODEL_FILES key). A frozen
     graph's input and output tensors are found (placeholders; nodes nothing reads) unless
     `inputs` / `outputs` name them. Errors name the file and what to do."""
@@ -39,13 +41,9 @@ def read_model_file(path, kind: str = "keras_file", inputs=None, outputs=None):
     elif not path.is_file():
         raise QuantflowError(f"model file {path} not found; give the path of {MODEL_FILES[kind]}")
     if kind in ("keras_file", "h5_file"):
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as e:  # Keras raises many types for files that are not its models
-            raise QuantflowError(
-                f"{path}: not a loadable Keras model ({type(e).__name__}: {e}); save it with "
-                "model.save('name.keras') using standard Keras layers only"
-            ) from e
+        from quantflow.models.custom import load_keras
+
+        model = load_keras(path, model_name)  # custom layers: quantflow.models.custom
         if not isinstance(model, keras.Model):
             raise QuantflowError(f"{path}: holds a {type(model).__name__}, not a Keras model")
         return model
@@ -122,7 +120,12 @@ def _convert_frozen_graph(path: Path, inputs=None, outputs=None) -> bytes:
 
 
 def load_user_model(
-    path, num_classes: int | None = None, input_shape=None, kind="keras_file", **io
+    path,
+    num_classes: int | None = None,
+    input_shape=None,
+    kind="keras_file",
+    model_name: str | None = None,
+    **io,
 ):
     """A user's own model from `path` (`kind`: a MODEL_FILES key; `io`: a frozen graph's
     `inputs` / `outputs`). With `num_classes` different from its output size, the last
@@ -132,7 +135,7 @@ def load_user_model(
     to 3 channels in front (Concatenate "gray_to_rgb", as the zoo models do); any other
     mismatch stops with the two shapes named."""
     path = Path(path)
-    model = read_model_file(path, kind, **io)
+    model = read_model_file(path, kind, model_name=model_name, **io)
     if num_classes is not None and model.output_shape[-1] != num_classes:
         model = replace_head(model, num_classes, source=str(path))
     if input_shape is not None:

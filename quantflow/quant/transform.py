@@ -336,10 +336,7 @@ class _Transform:
         layer, key = node.layer, node.outputs[0]
         name = activation_name(layer)
         if type(layer) is layers.Activation and name is None:
-            what = getattr(layer.activation, "__name__", layer.activation)
-            raise self.unsupported(
-                node, f"activation {what!r} (supported: {', '.join(ACTIVATIONS)})"
-            )
+            return self.float_island(node, key)  # e.g. gelu: TFLite has no int8 form here
         if name == "linear":
             self.tensors[key] = x
         elif type(layer) is layers.Activation:

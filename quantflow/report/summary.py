@@ -100,9 +100,14 @@ def summarise(
     the whole is printed in the report); `versions`, `machine` and `run` (revision, date,
     config digest: quantflow.workflow.environment) describe the environment and the run
     for the report's footer."""
-    counts = {
-        tuple(Path(p).parts[1:3]): json.loads(Path(p).read_text())["layers"] for p in inp.counts
-    }
+    micronet = {tuple(Path(p).parts[1:3]): json.loads(Path(p).read_text()) for p in inp.counts}
+    counts = {key: record["layers"] for key, record in micronet.items()}
+    # what the MicroNet count could not count as int8: float islands, or the whole model
+    micronet_notes = [
+        {"dataset": key[0], "model": key[1], **record}
+        for key, record in micronet.items()
+        if record.get("float_layers") or record["layers"] is None
+    ]
     latencies = {
         tuple(Path(p).parts[1:3]) + (Path(p).parent.name,): json.loads(Path(p).read_text())
         for p in inp.latencies
@@ -228,6 +233,7 @@ def summarise(
         machine=machine or {},
         run=run,
         recall_plot=Path(out.recall_plot).name,
+        micronet_notes=micronet_notes,
     )
     markdown = render(inp.template, compact_table=False, for_html=False, **shared, **details)
     Path(out.md).write_text(markdown)

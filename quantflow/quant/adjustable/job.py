@@ -70,12 +70,13 @@ def run(
     target_settings: dict,
     seed: int,
     threads: int | None = None,
+    model_name: str | None = None,
 ) -> dict:
     """Search one target and write `out`; returns the summary (adjustable.json)."""
-    import keras
     import numpy as np
 
     from quantflow.data.splits import Split, read_info
+    from quantflow.models.custom import load_keras
     from quantflow.formats import bitpack
     from quantflow.quant.adjustable import train as search
     from quantflow.quant.adjustable.export import packed_weights
@@ -86,7 +87,7 @@ def run(
     from quantflow.quant.micronet.score import SUMMARY_KEYS, reference_counts
 
     settings = Settings.from_dict(target_settings)
-    float_model = keras.saving.load_model(inp.model, compile=False)
+    float_model = load_keras(inp.model, model_name)  # model_name: the config entry, for messages
     size = read_info(inp.info)["input_shape"][:2]
     train, val = Split(inp.train, size), Split(inp.val, size)
     rng = np.random.default_rng(seed)

@@ -117,7 +117,10 @@ class ScoreGraph:
             if c.bias:
                 storage += c.bias * self.bias_bits / full
             views = [_tf_view(tf, act[t["tensor"]], int(t["view_channels"])) for t in c.inputs]
-            if c.kind in MAC_KINDS:
+            if c.kind == "float":  # a float island: constant, at 32 bits
+                storage += float(c.float_parameters)
+                operations += float(c.operations)
+            elif c.kind in MAC_KINDS:
                 a = views[0]
                 wg = tf.reshape(w, [c.groups, -1])
                 ag = tf.reshape(a, [c.groups, -1])

@@ -64,12 +64,13 @@ def run(
     cfg: dict,
     seed: int,
     threads: int | None = None,
+    model_name: str | None = None,
 ) -> dict:
     """Train one scheme's thresholds and write `out`; returns the summary (fat.json)."""
-    import keras
     import numpy as np
 
     from quantflow.data.splits import Split, read_info
+    from quantflow.models.custom import load_keras
     from quantflow.quant.calibrate import calibrate, thresholds
     from quantflow.quant.fat.thresholds import alpha_values, save_thresholds
     from quantflow.quant.fat.train import logits_rmse, train_thresholds
@@ -80,7 +81,7 @@ def run(
 
     scheme = parse_scheme(scheme_name)
     size = read_info(inp.info)["input_shape"][:2]
-    model = keras.saving.load_model(inp.model, compile=False)
+    model = load_keras(inp.model, model_name)  # model_name: the config entry, for messages
     train, val = Split(inp.train, size), Split(inp.val, size)
     rng = np.random.default_rng(seed)
     images = train.take(np.sort(rng.permutation(len(train))[: cfg["images"]]))

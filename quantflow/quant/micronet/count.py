@@ -33,6 +33,7 @@ KINDS = (
         "max_pool",
         "global_max_pool",
         "activation",
+        "float",  # a float island (a layer with no int8 form): everything at 32 bits
     )
 )
 
@@ -78,6 +79,7 @@ class LayerCount:
     multiplications: int = 0
     additions: int = 0
     folded: list = field(default_factory=list)  # BatchNormalization / ReLU layers folded in
+    float_parameters: int = 0  # a float island's weights, stored at 32 bits
 
     @property
     def weights(self) -> int:
@@ -85,7 +87,7 @@ class LayerCount:
 
     @property
     def parameters(self) -> int:
-        return self.weights + self.bias
+        return self.weights + self.bias + self.float_parameters
 
     @property
     def operations(self) -> int:
@@ -240,7 +242,28 @@ class _Counter:
         elif kind in _layer_types(L, _AFFINE):
             self.affine(node)
         else:
-            raise self.unsupported(node)
+            self.float_island(node)
+
+    def float_island(self, node) -> None:
+        """A layer with no int8 form stays float (quant.transform): counted as float, its
+        weights at 32 bits and one 32-bit operation per output value (its true cost is
+        unknown here; micronet.json's "float_layers" lists it so the report says so). Its
+        output is quantized again, by the quantizer the transform names after the island."""
+        from quantflow.quant.lowering import ISLAND_SUFFIX
+
+        key = node.outputs[0]
+        inputs = [self.read(k) for k in node.inputs]
+        self.define(key, node.path + ISLAND_SUFFIX)
+        params = sum(_prod(w.shape) for w in node.layer.weights)
+        self.record(
+            node,
+            "float",
+            node.path,
+            inputs,
+            key,
+            multiplications=_prod(self.shapes[key][1:]),
+            float_parameters=params,
+        )
 
     def record(self, node, kind: str, name: str, inputs: list, out_key, **counts) -> None:
         shape = self.shapes[out_key]
@@ -381,6 +404,8 @@ class _Counter:
         """A ReLU / Activation / LeakyReLU / Softmax layer not fused into the layer before."""
         layer, key = node.layer, node.outputs[0]
         name = self.activation_name(layer)
+        if name is None and type(layer) is self.layers.Activation:
+            return self.float_island(node)  # as the transform leaves it
         if name is None or name not in ("linear", *ACTIVATION_OPS):
             what = getattr(getattr(layer, "activation", None), "__name__", None)
             raise self.unsupported(node, f"activation {what!r}" if what else "")

@@ -230,7 +230,10 @@ def score(counts, weight_bits, activation_bits, *, bias_bits=FULL_BITS, p_ref=No
         if b is not None:
             layer_storage += c.bias * b / FULL_BITS
         # operations: a MAC is a multiplication and an addition at max(w_o, a_i)
-        if c.kind in MAC_KINDS:
+        if c.kind == "float":  # a float island: its parameters and operations at 32 bits
+            layer_storage += c.float_parameters
+            layer_ops = float(c.operations)
+        elif c.kind in MAC_KINDS:
             layer_ops = 2 * c.pair_macs * _pair_sum(w, views[0], c.groups) / FULL_BITS
         else:
             channels = c.output_channels
@@ -328,4 +331,5 @@ def counts_record(model) -> dict:
         "model": model.name,
         **reference_counts(counts),
         "layers": [c.to_dict() for c in counts],
+        "float_layers": [c.name for c in counts if c.kind == "float"],
     }

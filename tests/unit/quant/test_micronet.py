@@ -347,15 +347,27 @@ def test_unfolded_batch_norm_and_nested_model():
     assert score(counts, 8, 8, bias_bits=8)["score"] == 0.5
 
 
-def test_unsupported_layers_are_named():
+def test_a_layer_with_no_int8_form_is_counted_as_float():
+    """A float island (quant.transform) counts its weights and one operation per output
+    value, at 32 bits whatever the other layers' bits; its output is a tensor of its own."""
     x = keras.Input((8, 3), name="x")
     y = layers.Conv1D(2, 3, name="conv1d")(x)
-    with pytest.raises(QuantflowError, match=r"layer 'conv1d' \(Conv1D\) cannot be counted"):
-        count_model(keras.Model(x, y))
-    x = keras.Input((2, 2, 1), name="x")
-    y = layers.Activation("gelu", name="act")(x)
-    with pytest.raises(QuantflowError, match="layer 'act'.*activation 'gelu'"):
-        count_model(keras.Model(x, y))
+    y = layers.Activation("gelu", name="act")(y)
+    counts = count_model(keras.Model(x, layers.Dense(2, name="fc")(layers.Flatten()(y))))
+    assert [(c.name, c.kind, c.parameters, c.operations) for c in counts] == [
+        ("conv1d", "float", 3 * 3 * 2 + 2, 6 * 2),
+        ("act", "float", 0, 6 * 2),
+        ("fc", "dense", 12 * 2 + 2, 2 * 12 * 2),
+    ]
+    assert counts[1].inputs[0]["tensor"] == "conv1d__float_island"
+    at8 = score(counts, 8, 8, bias_bits=8)
+    floats = [row for row in at8["layers"] if row["kind"] == "float"]
+    assert [row["parameter_storage"] for row in floats] == [20, 0]
+    assert [row["operations"] for row in floats] == [12, 12]
+    assert at8["operations"] == 24 + 2 * 24 * 8 / 32
+    x = keras.Input((4,), name="x")
+    with pytest.raises(QuantflowError, match=r"layer 'fc' \(Dense\).*activation 'gelu'"):
+        count_model(keras.Model(x, layers.Dense(2, activation="gelu", name="fc")(x)))
     shared = layers.Conv2D(1, 1, name="shared")
     x = keras.Input((2, 2, 1), name="x")
     with pytest.raises(QuantflowError, match="'shared' is called 2 times"):
@@ -416,8 +428,8 @@ def test_a_model_that_cannot_be_counted_gets_no_score_and_says_why():
     from quantflow.report.records import add_scores
 
     x = keras.Input((8, 3), name="x")
-    record = counts_record(keras.Model(x, layers.Conv1D(2, 3, name="conv1d")(x)))
-    assert record["layers"] is None and "layer 'conv1d' (Conv1D)" in record["unsupported"]
+    record = counts_record(keras.Model(x, layers.Dense(2, activation="gelu", name="fc")(x)))
+    assert record["layers"] is None and "layer 'fc' (Dense)" in record["unsupported"]
     rows = [{"dataset": "d", "model": "m", "variant": "tflite-int8"}]
     assert "score" not in add_scores(rows, {("d", "m"): record["layers"]})[0]
     good = counts_record(keras.Model(x, layers.Dense(2)(layers.Flatten()(x))))
