@@ -109,6 +109,8 @@ def check_activation_grids(qmodel, tflite_model: bytes | str, rtol: float = 1e-5
         for node in aq._inbound_nodes:
             for tensor in node.input_tensors:
                 by_layer.setdefault(tensor._keras_history.operation.name, aq)
+    for aq in quantizers:  # a tensor named after its fake-quant op (a float island's)
+        by_layer.setdefault(aq.name, aq)
     input_quant = next(
         (aq for aq in quantizers if aq._inbound_nodes[0].input_tensors[0] is qmodel.inputs[0]), None
     )

@@ -7,6 +7,7 @@ dataset has another number of classes, its input fitted to the dataset's images.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from quantflow.errors import QuantflowError
@@ -43,7 +44,11 @@ def read_model_file(
     if kind in ("keras_file", "h5_file"):
         from quantflow.models.custom import load_keras
 
-        model = load_keras(path, model_name)  # custom layers: quantflow.models.custom
+        if kind == "h5_file":
+            with _keras3_h5(path) as readable:
+                model = load_keras(readable, model_name)
+        else:
+            model = load_keras(path, model_name)  # custom layers: quantflow.models.custom
         if not isinstance(model, keras.Model):
             raise QuantflowError(f"{path}: holds a {type(model).__name__}, not a Keras model")
         return model
@@ -62,6 +67,63 @@ def read_model_file(
         converted = Path(tmp) / f"{path.stem or 'model'}.tflite"
         converted.write_bytes(flatbuffer)
         return keras_from_tflite(converted)
+
+
+# Keras 2 (tf_keras) layer config keys Keras 3 does not take, with the value at which
+# leaving them out changes nothing: (class, key) -> neutral value
+KERAS2_NEUTRAL_KEYS = {("DepthwiseConv2D", "groups"): 1}
+
+
+@contextmanager
+def _keras3_h5(path: Path):
+    """`path`, or a copy of it whose model config lacks the Keras 2 keys Keras 3 refuses
+    (KERAS2_NEUTRAL_KEYS, at their neutral values only: tf_keras writes DepthwiseConv2D
+    with groups 1, which Keras 3's loader rejects)."""
+    import json
+    import shutil
+    import tempfile
+
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+    except OSError as e:
+        raise QuantflowError(f"{path}: not an HDF5 file ({e})") from e
+    if raw is None:
+        raise QuantflowError(
+            f"{path}: an HDF5 file without a model config (a weights-only file?); give a "
+            "whole model saved with model.save('name.h5')"
+        )
+    config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    dropped = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            layer = node.get("config")
+            if isinstance(layer, dict):
+                for (cls, key), neutral in KERAS2_NEUTRAL_KEYS.items():
+                    if node.get("class_name") == cls and layer.get(key, neutral) == neutral:
+                        if key in layer:
+                            dropped.append(f"{layer.get('name')}.{key}")
+                            del layer[key]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    if not dropped:
+        yield path
+        return
+    print(f"{path}: Keras 2 config keys left out for Keras 3 (neutral values): {len(dropped)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "r+") as f:
+            f.attrs["model_config"] = json.dumps(config)
+        yield copy
 
 
 def _convert_saved_model(path: Path) -> bytes:

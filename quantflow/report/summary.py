@@ -104,7 +104,7 @@ def summarise(
     counts = {key: record["layers"] for key, record in micronet.items()}
     # what the MicroNet count could not count as int8: float islands, or the whole model
     micronet_notes = [
-        {"dataset": key[0], "model": key[1], **record}
+        {**record, "dataset": key[0], "model": key[1]}
         for key, record in micronet.items()
         if record.get("float_layers") or record["layers"] is None
     ]

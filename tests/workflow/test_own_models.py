@@ -1,6 +1,8 @@
 """The user's own models through the real workflow: a float .tflite file and a TF1 frozen
 graph, written by TensorFlow's own exporters, imported, fine-tuned, taken through FAT w8a8
-and an adjustable target and reported (the micro config's job sizes)."""
+and an adjustable target and reported (the micro config's job sizes); and a .keras model
+with custom layers (a layer registered in the user's module, a Lambda, a gelu activation),
+whose layers with no int8 form stay float islands."""
 
 import json
 
@@ -32,6 +34,47 @@ def user_keras_model():
     return keras.Model(x, layers.Dense(10)(y))
 
 
+CUSTOM_MODULE = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="owntest")
+class ChannelScale(keras.layers.Layer):
+    def build(self, shape):
+        self.s = self.add_weight(shape=(shape[-1],), initializer="ones", name="s")
+
+    def call(self, x):
+        return x * self.s
+"""
+
+
+def custom_keras_model(work):
+    """Saved from a fresh process (as the user's own session would), with the module."""
+    import subprocess
+    import sys
+
+    (work / "mylayers.py").write_text(CUSTOM_MODULE)
+    code = f"""
+import sys, keras
+sys.path.insert(0, {str(work)!r})
+from mylayers import ChannelScale
+layers = keras.layers
+keras.utils.set_random_seed(5)
+x = keras.Input((28, 28, 1))
+y = layers.Rescaling(1 / 255.0)(x)
+y = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(y)
+y = ChannelScale(name="scale")(y)
+y = layers.Lambda(lambda t: t * t - 0.25 * t, name="poly")(y)
+y = layers.DepthwiseConv2D(3, padding="same")(y)
+y = layers.Activation("gelu", name="gelu")(y)
+y = layers.Conv2D(16, 1, activation="relu")(y)
+y = layers.GlobalAveragePooling2D()(y)
+keras.Model(x, layers.Dense(10)(y)).save({str(work / "custom.keras")!r})
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def frozen_graph(path):
     import tensorflow as tf
 
@@ -59,11 +102,18 @@ def own_run(tmp_path_factory, fashion_mnist_dir):
     work = tmp_path_factory.mktemp("own")
     (work / "mine.tflite").write_bytes(convert(user_keras_model(), "fp32"))
     frozen_graph(work / "graph.pb")
+    custom_keras_model(work)
     config = json.loads(json.dumps(MICRO))
     config["dataset"]["mirrors"] = [f"file://{fashion_mnist_dir}"]
     config["models"] = {
         "lite": {"arch": "tflite_file", "path": str(work / "mine.tflite")},
         "graph": {"arch": "frozen_graph", "path": str(work / "graph.pb")},
+        "custom": {
+            "arch": "keras_file",
+            "path": str(work / "custom.keras"),
+            "custom_modules": [str(work / "mylayers.py")],
+            "unsafe_deserialization": True,
+        },
     }
     config["weightquant"]["algorithms"] = ["fixed"]
     cfg = work / "own.yaml"
@@ -72,7 +122,7 @@ def own_run(tmp_path_factory, fashion_mnist_dir):
     return work
 
 
-@pytest.mark.parametrize("model", ["lite", "graph"])
+@pytest.mark.parametrize("model", ["lite", "graph", "custom"])
 def test_an_imported_model_goes_through_fat_and_adjustable(own_run, model):
     work = own_run
     records = {
@@ -83,7 +133,7 @@ def test_an_imported_model_goes_through_fat_and_adjustable(own_run, model):
     for variant in ("tflite-fp32", "fat-w8a8-sym-pc", "adjq-m0", "adjq-m0-int8", "fixed-8"):
         assert variant in records, (model, variant)
     train = json.loads((work / f"results/fashion_mnist/{model}/float/train.json").read_text())
-    assert train["arch"] in ("tflite_file", "frozen_graph") and "check" in train
+    assert train["arch"] in ("tflite_file", "frozen_graph", "keras_file") and "check" in train
     check = json.loads(
         (work / f"results/fashion_mnist/{model}/fat/w8a8-sym-pc/tflite.json").read_text()
     )
@@ -107,3 +157,29 @@ def test_the_float_check_decides_whether_a_verdict_is_given(own_run, model):
         assert "**Smallest within" not in section
     else:
         assert "**Smallest within" in section and "No verdict" not in section
+
+
+def test_custom_layers_load_in_every_job_and_stay_float_islands(own_run):
+    """The user's module is imported and the Lambda opted in by every job that loads the
+    model; the registered layer, the Lambda and the gelu are float islands in FAT's
+    simulation and its int8 file (float ops there, file and simulation agreeing), counted as
+    float by the MicroNet count, and the report says so."""
+    work = own_run
+    base = work / "results/fashion_mnist/custom"
+    assert "WARNING: unsafe_deserialization is on" in (
+        work / "logs/train/fashion_mnist/custom.log"
+    ).read_text()
+    fat = json.loads((base / "fat/w8a8-sym-pc/fat.json").read_text())
+    islands = [(i["layer"], i["class"]) for i in fat["float_islands"]]
+    assert islands == [("scale", "ChannelScale"), ("poly", "Lambda"), ("gelu", "Activation")]
+    check = json.loads((base / "fat/w8a8-sym-pc/tflite.json").read_text())
+    ops = {i["layer"]: i["float_ops"] for i in check["float_islands"]}
+    assert ops["scale"] == ["MUL"] and ops["gelu"] == ["GELU"] and "MUL" in ops["poly"]
+    assert check["top1_agreement"] >= 0.98 and check["activation_grid_mismatches"] == []
+    counts = json.loads((base / "micronet.json").read_text())
+    assert counts["float_layers"] == ["scale", "poly", "gelu"]
+    adjustable = json.loads((base / "adjustable/m0/tflite.json").read_text())
+    assert [i["layer"] for i in adjustable["float_islands"]] == ["scale", "poly", "gelu"]
+    md = (work / "results/summary.md").read_text()
+    assert "`custom` `w8a8-sym-pc`: float islands" in md
+    assert "MicroNet score of `fashion_mnist / custom`: 3 layer(s) with no int8 form" in md
