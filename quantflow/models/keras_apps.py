@@ -38,6 +38,11 @@ Dense(num_classes) named "logits", after the backbone's global average pooling.
                 application's own input convention, so the same first-convolution fixes
                 apply as for "imagenet". A full .keras model is not a weights file: build
                 with "none" and use `quantflow.models.finetune.restore_weights` (by layer name).
+    a .pb path  mnasnet_a1 only: a TF1 frozen MNasNet graph, the FAT reference's starting
+                point; its convolution, depthwise and BatchNorm constants are read in graph
+                order and checked by shape against MNasNet-A1 at `depth_multiplier`
+                (`quantflow.models.frozen_mnasnet`; its classifier is left out, the head is
+                new). The graph's input convention is taken to be the zoo's ([-1, 1]).
 """
 
 from __future__ import annotations
@@ -158,7 +163,12 @@ def build_zoo_model(
         x = layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
     x = _preprocess(arch, x)
     backbone = _backbone(arch, x, alpha, depth_multiplier)
-    if weights_file is not None:
+    if weights_file is not None and weights_file.suffix == ".pb":  # the FAT reference's route
+        from quantflow.models.frozen_mnasnet import graph_weights, set_graph_weights
+
+        found = [w for w in graph_weights(weights_file) if w.kind != "dense"]
+        set_graph_weights(backbone, found, str(weights_file), depth_multiplier)
+    elif weights_file is not None:
         _load_backbone_weights(backbone, arch, weights_file)
         if arch in ("resnet50", "resnet101"):
             reverse_input_channels(backbone, FIRST_CONV[arch])
@@ -271,10 +281,16 @@ def _weights_file(arch: str, weights: str, alpha: float, shape) -> Path | None:
             "weights: none and restore it by layer name with "
             "quantflow.models.finetune.restore_weights(model, path, exclude=['logits'])"
         )
-    if path.suffix != ".h5":
+    if path.suffix == ".pb" and arch != "mnasnet_a1":
+        raise QuantflowError(
+            f"weights {path}: a frozen graph's weights are read for mnasnet_a1 only; for "
+            f"another network give the graph itself as the model (arch: frozen_graph)"
+        )
+    if path.suffix not in (".h5", ".pb"):
         raise QuantflowError(
             f"weights {weights!r} for {arch}: use 'none', 'imagenet' or the path of a backbone "
             "weights file ending in .h5 (Keras' include_top=False file, or .weights.h5)"
+            + (" or a frozen MNasNet graph (.pb)" if arch == "mnasnet_a1" else "")
         )
     if not path.is_file():
         raise QuantflowError(f"weights file {path} for {arch} not found")
