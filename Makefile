@@ -30,8 +30,11 @@ $(VENV)/.runtime: requirements.txt constraints.txt
 	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-nodeps.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt -c constraints.txt
+	# Keras 2 (tf_keras), only to write true Keras 2 .h5 files in tests; --no-deps: it
+	# names the `tensorflow` package, which tensorflow-cpu already provides
+	$(BIN)/pip install --quiet --no-deps $$(grep -v '^#' requirements-nodeps.txt)
 	touch $@
 
 # Fashion-MNIST ships in Debian (dataset-fashion-mnist). Without apt, the download rule

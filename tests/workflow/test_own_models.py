@@ -2,7 +2,9 @@
 graph, written by TensorFlow's own exporters, imported, fine-tuned, taken through FAT w8a8
 and an adjustable target and reported (the micro config's job sizes); and a .keras model
 with custom layers (a layer registered in the user's module, a Lambda, a gelu activation),
-whose layers with no int8 form stay float islands."""
+whose layers with no int8 form stay float islands; and a zoo model (MobileNetV2, alpha
+0.35) exported by Keras' SavedModel exporter. The images are resized to 32x32, the zoo's
+smallest input."""
 
 import json
 
@@ -22,7 +24,7 @@ def user_keras_model():
 
     layers = keras.layers
     keras.utils.set_random_seed(5)
-    x = keras.Input((28, 28, 1))
+    x = keras.Input((32, 32, 1))
     y = layers.Rescaling(1 / 255.0)(x)
     y = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(y)
     y = layers.BatchNormalization(momentum=0.999)(y)  # folded into the conv by the converter
@@ -60,7 +62,7 @@ sys.path.insert(0, {str(work)!r})
 from mylayers import ChannelScale
 layers = keras.layers
 keras.utils.set_random_seed(5)
-x = keras.Input((28, 28, 1))
+x = keras.Input((32, 32, 1))
 y = layers.Rescaling(1 / 255.0)(x)
 y = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(y)
 y = ChannelScale(name="scale")(y)
@@ -75,13 +77,23 @@ keras.Model(x, layers.Dense(10)(y)).save({str(work / "custom.keras")!r})
     assert done.returncode == 0, done.stderr
 
 
+def keras_apps_mobilenet_v2():
+    """A zoo model as users export it: Keras' MobileNetV2 (alpha 0.35) for 32x32 RGB."""
+    import keras
+
+    keras.utils.set_random_seed(6)
+    return keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
+    )
+
+
 def frozen_graph(path):
     import tensorflow as tf
 
     rng = np.random.default_rng(7)
     graph = tf.Graph()
     with graph.as_default():
-        x = tf.compat.v1.placeholder(tf.float32, (None, 28, 28, 1), name="images")
+        x = tf.compat.v1.placeholder(tf.float32, (None, 32, 32, 1), name="images")
         w = tf.compat.v1.Variable(rng.normal(0, 0.3, (3, 3, 1, 8)).astype(np.float32))
         y = tf.nn.relu(tf.nn.conv2d(x / 255.0, w, strides=2, padding="SAME"))
         y = tf.reduce_mean(y, axis=[1, 2])
@@ -103,8 +115,11 @@ def own_run(tmp_path_factory, fashion_mnist_dir):
     (work / "mine.tflite").write_bytes(convert(user_keras_model(), "fp32"))
     frozen_graph(work / "graph.pb")
     custom_keras_model(work)
+    zoo = keras_apps_mobilenet_v2()
+    zoo.export(work / "zoo_saved_model", verbose=False)  # Keras' own SavedModel exporter
     config = json.loads(json.dumps(MICRO))
     config["dataset"]["mirrors"] = [f"file://{fashion_mnist_dir}"]
+    config["dataset"]["image_size"] = [32, 32]  # the zoo's smallest input
     config["models"] = {
         "lite": {"arch": "tflite_file", "path": str(work / "mine.tflite")},
         "graph": {"arch": "frozen_graph", "path": str(work / "graph.pb")},
@@ -114,6 +129,7 @@ def own_run(tmp_path_factory, fashion_mnist_dir):
             "custom_modules": [str(work / "mylayers.py")],
             "unsafe_deserialization": True,
         },
+        "zoo": {"arch": "saved_model", "path": str(work / "zoo_saved_model")},
     }
     config["weightquant"]["algorithms"] = ["fixed"]
     cfg = work / "own.yaml"
@@ -122,7 +138,7 @@ def own_run(tmp_path_factory, fashion_mnist_dir):
     return work
 
 
-@pytest.mark.parametrize("model", ["lite", "graph", "custom"])
+@pytest.mark.parametrize("model", ["lite", "graph", "custom", "zoo"])
 def test_an_imported_model_goes_through_fat_and_adjustable(own_run, model):
     work = own_run
     records = {
@@ -133,7 +149,8 @@ def test_an_imported_model_goes_through_fat_and_adjustable(own_run, model):
     for variant in ("tflite-fp32", "fat-w8a8-sym-pc", "adjq-m0", "adjq-m0-int8", "fixed-8"):
         assert variant in records, (model, variant)
     train = json.loads((work / f"results/fashion_mnist/{model}/float/train.json").read_text())
-    assert train["arch"] in ("tflite_file", "frozen_graph", "keras_file") and "check" in train
+    assert train["arch"] in ("tflite_file", "frozen_graph", "keras_file", "saved_model")
+    assert "check" in train
     check = json.loads(
         (work / f"results/fashion_mnist/{model}/fat/w8a8-sym-pc/tflite.json").read_text()
     )
@@ -166,9 +183,10 @@ def test_custom_layers_load_in_every_job_and_stay_float_islands(own_run):
     float by the MicroNet count, and the report says so."""
     work = own_run
     base = work / "results/fashion_mnist/custom"
-    assert "WARNING: unsafe_deserialization is on" in (
-        work / "logs/train/fashion_mnist/custom.log"
-    ).read_text()
+    assert (
+        "WARNING: unsafe_deserialization is on"
+        in (work / "logs/train/fashion_mnist/custom.log").read_text()
+    )
     fat = json.loads((base / "fat/w8a8-sym-pc/fat.json").read_text())
     islands = [(i["layer"], i["class"]) for i in fat["float_islands"]]
     assert islands == [("scale", "ChannelScale"), ("poly", "Lambda"), ("gelu", "Activation")]

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 
-MODULE = '''
+MODULE = """
 import keras
 
 
@@ -23,7 +23,7 @@ class ChannelScale(keras.layers.Layer):
 
     def call(self, x):
         return x * self.s
-'''
+"""
 
 
 def python(code: str) -> subprocess.CompletedProcess:
@@ -41,8 +41,7 @@ def saved(tmp_path_factory):
     """A .keras file with the user's registered layer, and one with a Lambda."""
     work = tmp_path_factory.mktemp("custom")
     (work / "mylayers.py").write_text(MODULE)
-    done = python(
-        f"""
+    done = python(f"""
         import sys, keras
         sys.path.insert(0, {str(work)!r})
         from mylayers import ChannelScale
@@ -54,16 +53,14 @@ def saved(tmp_path_factory):
         # a lambda that uses a module's names cannot be rebuilt (Keras runs its code alone)
         y = keras.layers.Lambda(lambda t: t * keras.ops.sigmoid(t), name="uses_keras")(x)
         keras.Model(x, keras.layers.Dense(2)(y)).save({str(work / "global.keras")!r})
-        """
-    )
+        """)
     assert done.returncode == 0, done.stderr
     return work
 
 
 def load(path, spec: dict) -> dict:
     """use_custom_code(spec) then load_keras(path) in a fresh process: the outcome."""
-    done = python(
-        f"""
+    done = python(f"""
         import json
         from quantflow.errors import QuantflowError
         from quantflow.models.custom import load_keras, use_custom_code
@@ -73,8 +70,7 @@ def load(path, spec: dict) -> dict:
             print(json.dumps({{"layers": [type(l).__name__ for l in model.layers]}}))
         except QuantflowError as e:
             print(json.dumps({{"error": str(e)}}))
-        """
-    )
+        """)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
