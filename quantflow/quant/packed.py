@@ -12,8 +12,15 @@ from quantflow.quant.schemes import parse_scheme, tflite_exportable  # noqa: F40
 def packed_size_bytes(qmodel) -> int:
     """Bytes of the quantized layers' parameters packed at their bit width: kernels at
     `bits` per value (an adjustable quantizer's channels each at their own bits), biases
-    and per-channel scales at 32 bits."""
-    bits = 0
+    and per-channel scales at 32 bits; a float island's weights at 32 bits."""
+    from quantflow.quant.lowering import ISLAND_SUFFIX
+
+    bits = 32 * sum(
+        int(np.prod(w.shape))
+        for layer in qmodel.layers
+        if layer.name.endswith(ISLAND_SUFFIX)
+        for w in layer.weights
+    )
     for layer in weight_quantizers(qmodel):
         kernel = int(np.prod(layer.kernel.shape))
         channels = int(np.prod(layer.bias.shape))

@@ -132,6 +132,10 @@ def own_run(tmp_path_factory, fashion_mnist_dir):
         "zoo": {"arch": "saved_model", "path": str(work / "zoo_saved_model")},
     }
     config["weightquant"]["algorithms"] = ["fixed"]
+    # four models: the smallest FAT and adjustable jobs that still train (the micro
+    # config's halves)
+    config["fat"].update(images=50, validation_images=25, batch_size=25, check_images=25)
+    config["adjustable"].update(images=50, validation_images=25, batch_size=25, check_images=25)
     cfg = work / "own.yaml"
     cfg.write_text(yaml.safe_dump(config))
     run_snakemake(work, cfg, "--cores", "2")

@@ -63,8 +63,9 @@ def images():
     return np.random.default_rng(0).uniform(0, 255, (48, *SHAPE)).astype(np.float32)
 
 
-# MobileNetV2's TFLite import and fake quantization: test_tflite_import
-@pytest.fixture(scope="module", params=["efficientnet_b0", "mnasnet_a1"])
+# MobileNetV2's TFLite import and fake quantization: test_tflite_import; the zoo MNasNet's
+# fake quantization: tests/unit/quant/test_fakequant_zoo.py (its import: below)
+@pytest.fixture(scope="module", params=["efficientnet_b0"])
 def zoo(request):
     return request.param, randomise(ZOO[request.param](), 1)
 
@@ -98,6 +99,18 @@ def test_tflite_export_imports_with_equal_logits_and_fake_quantizes(zoo, images,
     step = q.output["quantization"][0]
     assert np.mean(np.abs(tflite - sim) / step) < 0.5
     assert np.mean(tflite.argmax(1) == sim.argmax(1)) >= 0.9
+
+
+def test_mnasnet_tflite_export(images, tmp_path):
+    from quantflow.deploy.convert import convert
+    from quantflow.deploy.litert import TFLiteRunner
+
+    model = randomise(ZOO["mnasnet_a1"](), 5)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(convert(model, "fp32"))
+    runner = TFLiteRunner(path)
+    x = images[:8]
+    close(read_model_file(path, "tflite_file")(x), runner.scores(runner.run(runner.prepare(x))))
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2"])

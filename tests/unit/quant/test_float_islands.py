@@ -91,3 +91,16 @@ def test_a_fake_quant_model_with_islands_saves_and_reloads(island_model, tmp_pat
     loaded = keras.saving.load_model(tmp_path / "q.keras", compile=False)
     assert island_layers(loaded) == [{"layer": "scale", "class": "ChannelScale"}]
     np.testing.assert_allclose(np.asarray(loaded(images[:8])), np.asarray(qmodel(images[:8])))
+
+
+def test_packed_size_counts_an_islands_weights_as_float(island_model):
+    from quantflow.quant.packed import packed_size_bytes
+
+    model, _ = island_model
+    qmodel = fake_quant_model(model)
+    without = fake_quant_model(
+        keras.Model(model.inputs, model.get_layer("conv2").output)
+    )  # the same layers up to conv2: no ChannelScale
+    logits = qmodel.get_layer("logits")
+    tail = (int(np.prod(logits.kernel.shape)) * 8 + 32 * (5 + 5)) // 8
+    assert packed_size_bytes(qmodel) == packed_size_bytes(without) + 8 * 4 + tail
