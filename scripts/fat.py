@@ -12,8 +12,13 @@ from quantflow.workflow.files import as_dataclass
 from quantflow.workflow.threads import configure_threads
 
 
-def main(inp, out, scheme, cfg, seed, threads, custom):
+def main(inp, out, scheme, cfg, seed, threads, custom, distribute):
     configure_threads(threads, seed)
+    from quantflow.distribute import strategy as dist
+
+    dist.configure_devices(distribute)
+    strategy = dist.make_strategy(distribute)
+    print(f"training on {dist.describe(strategy)}")
     from quantflow.models.custom import use_custom_code
 
     use_custom_code(custom)
@@ -27,6 +32,7 @@ def main(inp, out, scheme, cfg, seed, threads, custom):
         seed,
         threads,
         custom["model"],
+        strategy,
     )
 
 
@@ -40,4 +46,5 @@ run_logged(
     snakemake.params.seed,
     snakemake.threads,
     snakemake.params.custom,
+    snakemake.config.get("distribute"),  # how it runs, not what it computes: not a param
 )

@@ -11,8 +11,13 @@ from quantflow.workflow.logs import run_logged
 from quantflow.workflow.threads import configure_threads
 
 
-def main(inp, out, spec, cfg, seed, augment, threads, custom):
+def main(inp, out, spec, cfg, seed, augment, threads, custom, distribute):
     configure_threads(threads, seed)
+    from quantflow.distribute import strategy as dist
+
+    dist.configure_devices(distribute)
+    strategy = dist.make_strategy(distribute)
+    print(f"training on {dist.describe(strategy)}")
     from quantflow.models.custom import use_custom_code
 
     use_custom_code(custom)
@@ -26,7 +31,10 @@ def main(inp, out, spec, cfg, seed, augment, threads, custom):
 
     info = data.read_info(inp.info)
     size = info["input_shape"][:2]
-    model = model_from_spec(spec, info["input_shape"], info["num_classes"], name=custom["model"])
+    with strategy.scope():  # the model's variables, mirrored when there are replicas
+        model = model_from_spec(
+            spec, info["input_shape"], info["num_classes"], name=custom["model"]
+        )
     if cfg.get("batchnorm_momentum") is not None:
         changed = batchnorm_momentum(model, cfg["batchnorm_momentum"])
         print(f"train.batchnorm_momentum {cfg['batchnorm_momentum']}: {len(changed)} layer(s)")
@@ -46,7 +54,12 @@ def main(inp, out, spec, cfg, seed, augment, threads, custom):
     )
     val = data.Split(inp.val, size).batches(max(cfg["batch_size"], 256))
     with pipeline_errors():
-        result = fine_tune(model, train, val, stages=cfg["stages"], log_stream=sys.stderr)
+        result = fine_tune(
+            model, train, val, stages=cfg["stages"], log_stream=sys.stderr, strategy=strategy
+        )
+    result["replicas"] = dist.replicas(strategy)
+    if not dist.is_chief(strategy):  # a multi-worker job's other workers write nothing
+        return
     inference_copy(model).save(out.model)
     write_history_csv(out.history, result["history"])
     result.update(
@@ -94,4 +107,5 @@ run_logged(
     snakemake.params.augment,
     snakemake.threads,
     snakemake.params.custom,
+    snakemake.config.get("distribute"),  # how it runs, not what it computes: not a param
 )

@@ -14,6 +14,7 @@ or "conv5_" selects a whole block); shell-style wildcards (`*`, `?`) work too.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from quantflow.distribute.strategy import replicas
 from quantflow.errors import QuantflowError
 
 SCHEDULES = ("cosine", "constant", "exponential")
@@ -252,7 +254,9 @@ def check_stage(stage: dict, index: int) -> dict:
     return out
 
 
-def fine_tune(model, train_ds, val_ds, *, stages: list[dict], log_stream=None) -> dict:
+def fine_tune(
+    model, train_ds, val_ds, *, stages: list[dict], log_stream=None, strategy=None
+) -> dict:
     """Train `model` (logits output) stage by stage on tf.data datasets of (images, int
     labels) batches: each stage sets its trainable scopes and compiles a fresh Adam with its
     schedule and sparse categorical cross-entropy from logits. The epoch with the best
@@ -261,6 +265,11 @@ def fine_tune(model, train_ds, val_ds, *, stages: list[dict], log_stream=None) -
     Returns {"history": rows of stage, epoch (within the stage), loss, accuracy, val_loss,
     val_accuracy; "best": {"stage", "epoch", "val_accuracy"}; "seconds"; "stages": the
     stages with defaults and their trainable layer names}.
+
+    `strategy`: the tf.distribute strategy `model` was built under (quantflow.distribute;
+    None: the default). With several replicas each global batch of `train_ds` is split
+    among them (Keras' fit), the loss averaged over the global batch, and BatchNorm layers
+    compute their batch statistics over all replicas (synchronized) while training.
     """
     from quantflow.models.callbacks import KeepBest, TqdmProgress
 
@@ -271,6 +280,8 @@ def fine_tune(model, train_ds, val_ds, *, stages: list[dict], log_stream=None) -
     monitor = "val_accuracy" if val_ds is not None else "accuracy"
     best = {"stage": 0, "epoch": 0, monitor: -np.inf}
     best_weights, rows, summary = None, [], []
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    synced = _synchronize_batchnorm(model) if replicas(strategy) > 1 else []
     start = time.perf_counter()
     for number, stage in enumerate(stages, start=1):
         trainable = set_trainable(model, stage["trainable"])
@@ -283,11 +294,12 @@ def fine_tune(model, train_ds, val_ds, *, stages: list[dict], log_stream=None) -
             stage["decay_rate"],
             min(int(stage["warmup_steps"]), total // 2),
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(schedule),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
+        with scope:  # the optimizer's variables mirrored as the model's
+            model.compile(
+                optimizer=keras.optimizers.Adam(schedule),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            )
         if log_stream is not None:
             print(
                 f"stage {number}: {len(trainable)} trainable layers, {stage['epochs']} epochs, "
@@ -317,12 +329,27 @@ def fine_tune(model, train_ds, val_ds, *, stages: list[dict], log_stream=None) -
         summary.append({**stage, "trainable_layers": trainable})
     if best_weights is not None:
         model.set_weights(best_weights)
+    for layer in synced:  # the saved model is the single-device one
+        layer.synchronized = False
     return {
         "history": rows,
         "best": best,
         "seconds": time.perf_counter() - start,
         "stages": summary,
     }
+
+
+def _synchronize_batchnorm(model) -> list:
+    """BatchNormalization layers made to take batch statistics over all replicas (Keras'
+    `synchronized`, TensorFlow backend); returns those changed."""
+    changed = [
+        layer
+        for layer in leaf_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+    ]
+    for layer in changed:
+        layer.synchronized = True
+    return changed
 
 
 def _steps_per_epoch(dataset) -> int:

@@ -1,7 +1,7 @@
 """The library's layout holds: imports go one way between the stage packages, the workflow
 package is for scripts only, and no module imports another in a cycle.
 
-    errors, metrics -> formats -> data -> models -> quant -> deploy -> variants -> evaluate -> report
+    errors, metrics -> formats -> data -> distribute -> models -> quant -> deploy -> variants -> evaluate -> report
 
 A module may import its own package and the packages before it, never one after it: a
 job's code digest (quantflow.workflow.codedeps) then covers only the stages it runs. The
@@ -20,6 +20,7 @@ LAYERS = (
     "metrics",
     "formats",
     "data",
+    "distribute",
     "models",
     "quant",
     "deploy",

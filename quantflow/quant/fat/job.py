@@ -65,8 +65,14 @@ def run(
     seed: int,
     threads: int | None = None,
     model_name: str | None = None,
+    strategy=None,
 ) -> dict:
-    """Train one scheme's thresholds and write `out`; returns the summary (fat.json)."""
+    """Train one scheme's thresholds and write `out`; returns the summary (fat.json).
+    `strategy`: the job's tf.distribute strategy (quantflow.distribute; None: the default):
+    the models are built under it, and only its chief writes files."""
+    import contextlib
+
+    from quantflow.distribute.strategy import is_chief, replicas
     import numpy as np
 
     from quantflow.data.splits import Split, read_info
@@ -81,7 +87,10 @@ def run(
 
     scheme = parse_scheme(scheme_name)
     size = read_info(inp.info)["input_shape"][:2]
-    model = load_keras(inp.model, model_name)  # model_name: the config entry, for messages
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    chief = is_chief(strategy)
+    with scope:
+        model = load_keras(inp.model, model_name)  # model_name: the config entry, for messages
     train, val = Split(inp.train, size), Split(inp.val, size)
     rng = np.random.default_rng(seed)
     images = train.take(np.sort(rng.permutation(len(train))[: cfg["images"]]))
@@ -92,7 +101,8 @@ def run(
         f"{len(held_out)} held-out validation images, batch {batch}"
     )
 
-    qmodel = fake_quant_model(model, **scheme)
+    with scope:
+        qmodel = fake_quant_model(model, **scheme)
     islands = island_layers(qmodel)
     for island in islands:
         print(
@@ -124,13 +134,16 @@ def run(
         Path(path).mkdir(parents=True, exist_ok=True)
 
     def checkpoint(row, improved):
+        if not chief:
+            return
         dirs = [out.ckpt] + ([out.best_ckpt] if improved else [])
         for path in dirs:
             qmodel.save_weights(str(Path(path) / "model.weights.h5"))
             (Path(path) / "state.json").write_text(json.dumps(row, indent=2) + "\n")
 
-    qmodel.save_weights(str(Path(out.best_ckpt) / "model.weights.h5"))  # epoch 0: calibrated
-    (Path(out.best_ckpt) / "state.json").write_text(json.dumps({"epoch": 0}) + "\n")
+    if chief:  # epoch 0: the calibrated thresholds
+        qmodel.save_weights(str(Path(out.best_ckpt) / "model.weights.h5"))
+        (Path(out.best_ckpt) / "state.json").write_text(json.dumps({"epoch": 0}) + "\n")
     start = time.perf_counter()
     result = train_thresholds(
         model,
@@ -146,8 +159,11 @@ def run(
         log_stream=sys.stderr,
         loss=cfg["loss"],
         reset=cfg["reset"],
+        strategy=strategy,
     )
     seconds = time.perf_counter() - start
+    if not chief:  # a multi-worker job's other workers: trained along, write nothing
+        return result
     qmodel.load_weights(str(Path(out.best_ckpt) / "model.weights.h5"))
     final = logits_rmse(model, qmodel, held_out, batch_size=batch)
     if abs(final - result["final_val_rmse"]) > 1e-5 * max(final, 1e-9):
@@ -193,6 +209,7 @@ def run(
         "best_epoch": result["best_epoch"],
         "packed_size_bytes": packed_size_bytes(qmodel),
         "float_islands": islands,
+        "replicas": replicas(strategy),
         "alphas": {kind: _stats(v) for kind, v in alphas.items()},
     }
     Path(out.summary).write_text(json.dumps(summary, indent=2) + "\n")

@@ -12,6 +12,15 @@ Loss (`loss`): "rmse", the RMSE between the float and the fake-quant logits per 
 step the alphas are clipped into their bounds (the forward pass clips them anyway; this
 keeps the stored values meaningful). Whatever the loss, the alphas with the lowest held-out
 RMSE (the initial ones included) are kept.
+
+Under a tf.distribute strategy with several replicas (`strategy`, quantflow.distribute),
+each global batch is split among the replicas and the step computes the loss of the
+global batch: each replica's sum of squares (or smooth-L1 terms) is all-reduced, and
+its gradient is taken of a surrogate whose sum over replicas has the global loss's
+gradient (RMSE: local sum of squares / (2 n RMSE), n and RMSE global), which Keras'
+optimizer sums across replicas. Learning-rate changes, Adam resets and the clipping run
+once, in the cross-replica context, on the mirrored variables. With one replica the step
+is the single-device one, unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from quantflow.distribute.strategy import replicas
 from quantflow.errors import QuantflowError
 from quantflow.quant.calibrate import alpha_bounds, image_batches
 
@@ -160,6 +170,7 @@ def train_thresholds(
     log_stream=None,
     loss: str = "rmse",
     reset: str = "lr",
+    strategy=None,
 ) -> dict:
     """Train the alphas of `qmodel` to match `float_model`'s logits on `images_ds` (an array,
     a tf.data.Dataset or an iterable of batches; (images, labels) batches are fine, the
@@ -170,7 +181,9 @@ def train_thresholds(
     `reset` "lr": only the cosine-annealed learning rate restarts every `reset_every`
     steps, Adam's moments are kept; "adam": Adam's moments and step count are
     re-initialised every `reset_every` steps, under the reference's learning rate.
-    Arrays are cut into `batch_size` batches (shuffled every pass when `seed` is given).
+    Arrays are cut into `batch_size` batches (shuffled every pass when `seed` is given);
+    with a `strategy` of several replicas, `batch_size` is the global batch, split among
+    them (see the module doc; the models must have been built under it).
     `on_epoch(row, improved)` is called after every epoch, alphas as trained so far (e.g.
     to write checkpoints); `improved`: the held-out RMSE is the best yet.
 
@@ -196,8 +209,9 @@ def train_thresholds(
             "quantflow.quant.transform.fake_quant_model"
         )
     alphas = [variable for variable, _, _ in bounds]
-    optimizer = _adam(learning_rate)
-    optimizer.build(alphas)
+    with strategy.scope() if strategy is not None else _no_scope():
+        optimizer = _adam(learning_rate)
+        optimizer.build(alphas)
     loss_fn = _LOSS_FUNCTIONS[loss]
 
     @tf.function(reduce_retracing=True)
@@ -211,6 +225,9 @@ def train_thresholds(
         for variable, low, high in bounds:
             variable.assign(tf.clip_by_value(variable, low, high))
         return _rmse(output, target)
+
+    if replicas(strategy) > 1:
+        step = _distributed_step(strategy, float_model, qmodel, optimizer, bounds, loss)
 
     def rate(n: int):
         return tf.constant(_learning_rate_at(reset, learning_rate, reset_every, n), tf.float32)
@@ -266,6 +283,67 @@ def train_thresholds(
         "best_epoch": best_epoch,
         "steps": steps,
     }
+
+
+def _no_scope():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def replica_loss(float_model, qmodel, x, loss: str = "rmse"):
+    """(surrogate, global RMSE) of one replica's part `x` of a global batch, in a replica
+    context: the surrogates' gradients summed over the replicas are the gradient of the
+    global batch's loss (RMSE: d RMSE = d(sum of squares) / (2 n RMSE); smooth L1: the
+    per-image sums over the global batch's image count)."""
+    context = tf.distribute.get_replica_context()
+    target = tf.cast(float_model(x, training=False), tf.float32)
+    d = tf.cast(qmodel(x, training=False), tf.float32) - target
+    squares = tf.reduce_sum(tf.square(d))
+    values = tf.cast(tf.size(d), tf.float32)
+    images = tf.cast(tf.shape(d)[0], tf.float32)
+    all_squares, all_values, all_images = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, [tf.stop_gradient(squares), values, images]
+    )
+    rmse = tf.sqrt(all_squares / all_values)
+    if loss == "rmse":
+        return squares / (2.0 * all_values * rmse), rmse
+    terms = tf.reduce_sum(tf.sqrt(tf.square(d) + SMOOTH_L1_EPSILON))
+    return terms / all_images, rmse
+
+
+def _distributed_step(strategy, float_model, qmodel, optimizer, bounds, loss: str):
+    """step(x, rate) -> the global batch's RMSE, each replica on its part of `x` (see the
+    module doc)."""
+    alphas = [variable for variable, _, _ in bounds]
+    n = strategy.num_replicas_in_sync
+
+    def replica_step(x):
+        with tf.GradientTape() as tape:
+            surrogate, rmse = replica_loss(float_model, qmodel, x, loss)
+        optimizer.apply_gradients(zip(tape.gradient(surrogate, alphas), alphas))
+        return rmse
+
+    @tf.function(reduce_retracing=True)
+    def run(parts):
+        return strategy.run(replica_step, args=(parts,))
+
+    @tf.function
+    def clip():  # once, on the mirrored variables (cross-replica context)
+        for variable, low, high in bounds:
+            variable.assign(tf.clip_by_value(variable, low, high))
+
+    def step(x, rate):
+        optimizer.learning_rate.assign(rate)
+        parts = np.array_split(np.asarray(x), n)
+        shards = strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(parts[context.replica_id_in_sync_group])
+        )
+        rmse = strategy.experimental_local_results(run(shards))[0]
+        clip()
+        return rmse
+
+    return step
 
 
 def _log(stream, line: str) -> None:

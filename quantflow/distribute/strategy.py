@@ -1,0 +1,155 @@
+"""The `tf.distribute` strategy of a training job, from config (`distribute:`) and what the
+job was given.
+
+    strategy: auto          one device: TensorFlow's default strategy (the computation is
+                            exactly the single-device one); several GPUs (or
+                            `logical_cpus` >= 2): MirroredStrategy over them; a SLURM
+                            allocation with several tasks, or a TF_CONFIG naming several
+                            workers: MultiWorkerMirroredStrategy across them
+    strategy: default | mirrored | multi_worker     that one, whatever is found
+    logical_cpus: N         split the CPU into N logical devices (tests, and comparing
+                            replica counts on a machine without GPUs)
+
+Multi-worker clusters come from TensorFlow's own resolvers: `SlurmClusterResolver` inside a
+SLURM job step with several tasks (one worker per task), `TFConfigClusterResolver` from
+TF_CONFIG otherwise. Call `configure_devices` before TensorFlow runs anything (logical
+devices cannot be made afterwards), then `make_strategy`.
+
+The training code (quantflow.models.finetune, quantflow.quant.fat.train,
+quantflow.quant.adjustable.train) asks `replicas` whether to take its distributed path:
+with one replica it runs exactly as without a strategy, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from quantflow.errors import QuantflowError
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+DEFAULTS = {"strategy": "auto", "logical_cpus": None}
+
+
+def settings(config: dict | None) -> dict:
+    """The `distribute:` section with defaults, checked."""
+    merged = {**DEFAULTS, **(config or {})}
+    unknown = sorted(set(merged) - set(DEFAULTS))
+    if unknown:
+        raise QuantflowError(f"distribute: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    if merged["strategy"] not in STRATEGIES:
+        raise QuantflowError(
+            f"distribute.strategy must be one of {', '.join(STRATEGIES)}, got "
+            f"{merged['strategy']!r}"
+        )
+    cpus = merged["logical_cpus"]
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+        raise QuantflowError(f"distribute.logical_cpus must be a whole number >= 1, got {cpus!r}")
+    return merged
+
+
+def configure_devices(config: dict | None) -> None:
+    """Make the logical CPU devices `logical_cpus` asks for (before TensorFlow runs)."""
+    cpus = settings(config)["logical_cpus"]
+    if not cpus or cpus < 2:
+        return
+    import tensorflow as tf
+
+    physical = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            physical, [tf.config.LogicalDeviceConfiguration()] * cpus
+        )
+    except RuntimeError as e:  # TensorFlow already initialised its devices
+        raise QuantflowError(
+            f"distribute.logical_cpus: the CPU can no longer be split ({e}); "
+            "configure_devices must run before anything uses TensorFlow"
+        ) from e
+
+
+def slurm_tasks(environ=None) -> int:
+    """The tasks of the SLURM job step this process belongs to (1 outside SLURM)."""
+    environ = os.environ if environ is None else environ
+    if "SLURM_STEP_ID" not in environ and "SLURM_JOB_ID" not in environ:
+        return 1
+    for key in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
+        if environ.get(key, "").isdigit():
+            return int(environ[key])
+    return 1
+
+
+def tf_config_workers(environ=None) -> int:
+    """The workers (and chief) TF_CONFIG names (0 without TF_CONFIG)."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("TF_CONFIG"):
+        return 0
+    try:
+        cluster = json.loads(environ["TF_CONFIG"]).get("cluster", {})
+    except (ValueError, AttributeError) as e:
+        raise QuantflowError(f"TF_CONFIG is not valid JSON: {e}") from e
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def choose(config: dict | None, gpus: int, cpus: int, environ=None) -> str:
+    """The strategy `auto` resolves to (or the one config names), given the GPUs and
+    logical CPUs this process sees and its environment."""
+    wanted = settings(config)["strategy"]
+    if wanted != "auto":
+        return wanted
+    if slurm_tasks(environ) > 1 or tf_config_workers(environ) > 1:
+        return "multi_worker"
+    if gpus > 1 or (gpus == 0 and cpus > 1):
+        return "mirrored"
+    return "default"
+
+
+def make_strategy(config: dict | None, environ=None):
+    """The job's tf.distribute strategy (see the module doc)."""
+    import tensorflow as tf
+
+    environ = os.environ if environ is None else environ
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    kind = choose(config, len(gpus), len(cpus), environ)
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(gpus or cpus)
+    if slurm_tasks(environ) > 1:
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            port_base=int(environ.get("QUANTFLOW_WORKER_PORT", "8888"))
+        )
+    elif tf_config_workers(environ) > 1:
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    else:
+        raise QuantflowError(
+            "distribute.strategy multi_worker needs a cluster: a SLURM job step with several "
+            "tasks (srun --ntasks N) or a TF_CONFIG naming several workers"
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+
+
+def replicas(strategy) -> int:
+    """Replicas in sync (1: the single-device computation)."""
+    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the job's outputs: always, except a multi-worker job's
+    non-chief workers (the chief is the "chief" task, else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and int(resolver.task_id) == 0
+
+
+def describe(strategy) -> str:
+    """One line for the job's log."""
+    name = type(strategy).__name__
+    n = replicas(strategy)
+    if n == 1 and name.startswith("_Default"):
+        return "one device (TensorFlow's default strategy)"
+    devices = getattr(getattr(strategy, "extended", None), "worker_devices", ())
+    return f"{name}: {n} replicas ({', '.join(devices)})"

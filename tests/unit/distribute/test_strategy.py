@@ -1,0 +1,94 @@
+"""Which tf.distribute strategy a training job gets (quantflow.distribute.strategy), and
+one device against two replicas (MirroredStrategy over two logical CPUs, in fresh
+processes: logical devices exist only if made before TensorFlow starts).
+
+Stated tolerances: the FAT gradient summed over two replicas equals one device's within
+0.5% of its largest entry (float32 sums in another order, with cancellation); fine-tuning
+losses within 1e-3 relative and weights within 1e-3 of their scale or 1e-4 (a fortieth of
+a learning-rate step, for small ones such as BatchNorm offsets); FAT's held-out RMSE
+within 2% after its first epoch and its alphas within one Adam step (the learning rate):
+FAT's gradients are below Adam's epsilon, so Adam moves each alpha by up to a whole step
+in the direction of a gradient whose sign float rounding may flip."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantflow.distribute.strategy import choose, is_chief, settings, slurm_tasks
+from quantflow.errors import QuantflowError
+
+JOB = Path(__file__).with_name("replicas_job.py")
+
+
+def test_auto_picks_by_devices_and_cluster():
+    assert choose(None, gpus=0, cpus=1, environ={}) == "default"
+    assert choose(None, gpus=1, cpus=1, environ={}) == "default"
+    assert choose(None, gpus=2, cpus=1, environ={}) == "mirrored"
+    assert choose({"logical_cpus": 2}, gpus=0, cpus=2, environ={}) == "mirrored"
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2"}
+    assert slurm_tasks(slurm) == 2 and choose(None, 0, 1, slurm) == "multi_worker"
+    # a one-task SLURM job (what the SLURM executor gives by default) stays on one device
+    assert choose(None, 0, 1, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) == "default"
+    tf_config = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}})}
+    assert choose(None, 0, 1, tf_config) == "multi_worker"
+    assert choose({"strategy": "default"}, gpus=4, cpus=1, environ=slurm) == "default"
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(QuantflowError, match="distribute.strategy must be one of"):
+        settings({"strategy": "horovod"})
+    with pytest.raises(QuantflowError, match="logical_cpus"):
+        settings({"logical_cpus": 0})
+    with pytest.raises(QuantflowError, match="unknown keys"):
+        settings({"gpus": 2})
+    assert is_chief(None)
+
+
+def run_job(distribute: dict, parts: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(JOB), json.dumps(distribute), parts],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def one_and_two():
+    one = run_job({"strategy": "auto"}, "train,fat")
+    two = run_job({"strategy": "auto", "logical_cpus": 2}, "train,fat,gradient")
+    assert one["replicas"] == 1 and "default strategy" in one["strategy"]
+    assert two["replicas"] == 2 and "MirroredStrategy" in two["strategy"]
+    return one, two
+
+
+def test_the_fat_gradient_of_two_replicas_is_the_global_batchs(one_and_two):
+    _, two = one_and_two
+    assert two["gradient"]["rmse"] < 5e-3 and two["gradient"]["smooth_l1"] < 5e-3
+
+
+def test_fine_tuning_agrees_across_replica_counts(one_and_two):
+    one, two = one_and_two
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-3)
+    np.testing.assert_allclose(two["val_loss"], one["val_loss"], rtol=1e-3)
+    for a, b in zip(one["weights"], two["weights"]):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= max(1e-3 * np.abs(a).max(), 1e-4)
+
+
+def test_fat_agrees_across_replica_counts(one_and_two):
+    one, two = one_and_two
+    assert one["fat"][0] == two["fat"][0]  # the same float model and calibration
+    assert abs(two["fat"][1] - one["fat"][1]) <= 0.02 * one["fat"][1]
+    first = [np.asarray(v) for v in one["alpha_epochs"][0]]
+    second = [np.asarray(v) for v in two["alpha_epochs"][0]]
+    moved = max(np.abs(a - 1).max() for a in first)
+    assert moved > 0.005  # the alphas did train
+    assert max(np.abs(a - b).max() for a, b in zip(first, second)) <= 1e-2  # the lr
+    assert np.mean(np.concatenate([np.abs(a - b) for a, b in zip(first, second)])) < 1e-3
