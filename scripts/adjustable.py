@@ -12,8 +12,13 @@ from quantflow.workflow.files import as_dataclass
 from quantflow.workflow.threads import configure_threads
 
 
-def main(inp, out, target, params, threads):
+def main(inp, out, target, params, threads, distribute):
     configure_threads(threads, params.seed)
+    from quantflow.distribute import strategy as dist
+
+    dist.configure_devices(distribute)
+    strategy = dist.make_strategy(distribute)
+    print(f"training on {dist.describe(strategy)}")
     from quantflow.models.custom import use_custom_code
 
     use_custom_code(params.custom)
@@ -27,6 +32,7 @@ def main(inp, out, target, params, threads):
         params.seed,
         threads,
         params.custom["model"],
+        strategy,
     )
 
 
@@ -38,4 +44,5 @@ run_logged(
     snakemake.wildcards.target,
     snakemake.params,
     snakemake.threads,
+    snakemake.config.get("distribute"),  # how it runs, not what it computes: not a param
 )

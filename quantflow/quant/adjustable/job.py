@@ -71,8 +71,14 @@ def run(
     seed: int,
     threads: int | None = None,
     model_name: str | None = None,
+    strategy=None,
 ) -> dict:
-    """Search one target and write `out`; returns the summary (adjustable.json)."""
+    """Search one target and write `out`; returns the summary (adjustable.json).
+    `strategy`: the job's tf.distribute strategy (quantflow.distribute; None: the default):
+    the models are built under it, and only its chief writes files."""
+    import contextlib
+
+    from quantflow.distribute.strategy import is_chief, replicas
     import numpy as np
 
     from quantflow.data.splits import Split, read_info
@@ -87,7 +93,10 @@ def run(
     from quantflow.quant.micronet.score import SUMMARY_KEYS, reference_counts
 
     settings = Settings.from_dict(target_settings)
-    float_model = load_keras(inp.model, model_name)  # model_name: the config entry, for messages
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    chief = is_chief(strategy)
+    with scope:
+        float_model = load_keras(inp.model, model_name)  # the config entry, for messages
     size = read_info(inp.info)["input_shape"][:2]
     train, val = Split(inp.train, size), Split(inp.val, size)
     rng = np.random.default_rng(seed)
@@ -104,7 +113,8 @@ def run(
         f"validation images; settings {json.dumps(settings.to_dict())}"
     )
 
-    model = build_model(float_model, settings)
+    with scope:
+        model = build_model(float_model, settings)
     calibrate(model, split["images"], settings, batch_size=settings.batch_size)
     init = {"from": "calibration"}
     if inp.fat_thresholds:
@@ -113,29 +123,33 @@ def run(
         fat = load_thresholds(inp.fat_thresholds)
         init = {"from": f"fat {fat['scheme']}", **init_from_fat(model, fat["trained"])}
     print(f"initial ranges: {init}")
-    _write_json(out.initial_thresholds, {"init": init, "quantizers": thresholds(model)})
+    if chief:
+        _write_json(out.initial_thresholds, {"init": init, "quantizers": thresholds(model)})
     counts = count_model(float_model)
     graph = ScoreGraph(model, counts, reference=settings.reference)
     if graph.unmatched:
         print(f"kept at a constant width (no adjustable quantizer found): {graph.unmatched}")
     own = reference_counts(counts)  # the float model's 32-bit totals
-    _write_json(
-        out.model_info,
-        {
-            "model": float_model.name,
-            "reference": settings.reference,
-            "p_ref": graph.p_ref,
-            "f_ref": graph.f_ref,
-            "parameter_count": int(own["p_ref"]),
-            "operation_count": int(own["f_ref"]),
-            "layers": [c.to_dict() for c in counts],
-        },
-    )
+    if chief:
+        _write_json(
+            out.model_info,
+            {
+                "model": float_model.name,
+                "reference": settings.reference,
+                "p_ref": graph.p_ref,
+                "f_ref": graph.f_ref,
+                "parameter_count": int(own["p_ref"]),
+                "operation_count": int(own["f_ref"]),
+                "layers": [c.to_dict() for c in counts],
+            },
+        )
 
     for path in (out.ckpt, out.best_ckpt):
         Path(path).mkdir(parents=True, exist_ok=True)
 
     def checkpoint(row, best):
+        if not chief:
+            return
         for path in [out.ckpt] + ([out.best_ckpt] if best else []):
             model.save_weights(str(Path(path) / "model.weights.h5"))
             _write_json(Path(path) / "state.json", row)
@@ -150,8 +164,11 @@ def run(
         seed=seed,
         on_checkpoint=checkpoint,
         log=lambda line: print(line, flush=True),
+        strategy=strategy,
     )
     seconds = time.perf_counter() - start
+    if not chief:  # a multi-worker job's other workers: trained along, write nothing
+        return result
     best_state = json.loads((Path(out.best_ckpt) / "state.json").read_text())
     if best_state["mini_epoch"] != result["best"]["mini_epoch"]:
         raise RuntimeError(
@@ -205,6 +222,7 @@ def run(
         "steps": result["steps"],
         "seconds": seconds,
         "threads": threads,
+        "replicas": replicas(strategy),
     }
     _write_json(out.summary, summary)
     print(

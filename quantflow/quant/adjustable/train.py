@@ -1,12 +1,22 @@
 """The adjustable search: training ranges and bit widths under the MicroNet score, in
-mini-epochs, then SWA fine-tuning (see quantflow.quant.adjustable)."""
+mini-epochs, then SWA fine-tuning (see quantflow.quant.adjustable).
+
+Under a tf.distribute strategy with several replicas (quantflow.distribute), each global
+batch is split among the replicas and each step's gradient is the global batch's: a
+replica's cross-entropy and distillation sums are divided by the global image and value
+counts (all-reduced), the score term (one per model, not per image) by the replica count,
+and Keras' optimizers sum the replicas' gradients. Clipping, the int4 snapping, SWA's
+averages and the checkpoint choice run once, in the cross-replica context, on the
+mirrored variables. With one replica the step is the single-device one, unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 
+from quantflow.distribute.strategy import replicas
 from quantflow.errors import QuantflowError
 from quantflow.quant.adjustable.score import ScoreGraph, bit_summary
 from quantflow.quant.adjustable.settings import Settings, _activations, _ops
@@ -43,6 +53,77 @@ def predict(model, images, batch_size: int = 250) -> np.ndarray:
     )
 
 
+def _distributed_maker(strategy, model, graph, settings, weights, betas, opt_b):
+    """make_step(train_bits, optimizer_w) for several replicas (see the module doc): the
+    returned step(x, y, t) takes the global batch and returns its (total, cross-entropy,
+    distillation MSE, score)."""
+    import keras
+    import tensorflow as tf
+
+    n = strategy.num_replicas_in_sync
+    gamma, target = float(settings.gamma), settings.target_score
+    total_op = tf.distribute.ReduceOp.SUM
+
+    def make_step(train_bits: bool, optimizer_w):
+        variables = weights + (betas if train_bits else [])
+
+        def replica(x, y, t):
+            context = tf.distribute.get_replica_context()
+            sources = [v.value for v in variables]
+            with tf.GradientTape() as tape:
+                tape.watch(sources)
+                logits = model(x, training=True)
+                ce = tf.reduce_sum(
+                    keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+                )
+                squares = tf.reduce_sum(tf.square(logits - t))
+                counts = [
+                    tf.cast(tf.shape(logits)[0], tf.float32),
+                    tf.cast(tf.size(logits), tf.float32),
+                ]
+                images, values = context.all_reduce(total_op, counts)
+                p, f = graph.terms(gamma)
+                metric = p + f
+                if target is not None:
+                    metric = tf.where(metric > target, metric, -metric)
+                surrogate = (
+                    settings.cls_weight * ce / images
+                    + settings.kd_weight * squares / values
+                    + settings.metric_weight * metric / n
+                )
+            grads = tape.gradient(surrogate, sources)
+            grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+            optimizer_w.apply_gradients(zip(grads[: len(weights)], weights))
+            if train_bits:
+                opt_b.apply_gradients(zip(grads[len(weights) :], betas))
+            ce, squares = context.all_reduce(total_op, [ce, squares])
+            cls, kd = ce / images, squares / values
+            total = (
+                settings.cls_weight * cls
+                + settings.kd_weight * kd
+                + settings.metric_weight * metric
+            )
+            return total, cls, kd, p + f
+
+        @tf.function(reduce_retracing=True)
+        def run(x, y, t):
+            return strategy.run(replica, args=(x, y, t))
+
+        def step(x, y, t):
+            parts = [np.array_split(np.asarray(v), n) for v in (x, y, t)]
+            shards = [
+                strategy.experimental_distribute_values_from_function(
+                    lambda context, p=p: tf.constant(p[context.replica_id_in_sync_group])
+                )
+                for p in parts
+            ]
+            return [strategy.experimental_local_results(v)[0] for v in run(*shards)]
+
+        return step
+
+    return make_step
+
+
 class _Averager:
     """Stochastic weight averaging of a list of variables."""
 
@@ -71,6 +152,7 @@ def train(
     seed: int = 0,
     on_checkpoint=None,
     log=print,
+    strategy=None,
 ) -> dict:
     """Train `model` (built and calibrated) on data["images"], data["labels"] (training
     images, float32 pixels), selecting on data["val_images"], data["val_labels"]; see the
@@ -90,10 +172,12 @@ def train(
     weights, betas = _variables(model)
     if not betas:
         raise QuantflowError("the model has no adjustable quantizers: build it with build_model")
-    opt_w = keras.optimizers.Adam(settings.learning_rate)
-    opt_b = keras.optimizers.Adam(settings.bits_learning_rate)
-    opt_w.build(weights)
-    opt_b.build(betas)
+    scope = strategy.scope if strategy is not None else contextlib.nullcontext
+    with scope():
+        opt_w = keras.optimizers.Adam(settings.learning_rate)
+        opt_b = keras.optimizers.Adam(settings.bits_learning_rate)
+        opt_w.build(weights)
+        opt_b.build(betas)
     gamma = float(settings.gamma)
     target = settings.target_score
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -130,6 +214,10 @@ def train(
 
         return step
 
+    if replicas(strategy) > 1:
+        make_step = _distributed_maker(  # noqa: F811 (the same steps, over the replicas)
+            strategy, model, graph, settings, weights, betas, opt_b
+        )
     steps_fn = {True: make_step(True, opt_w), False: make_step(False, opt_w)}
 
     def run_steps(step, order, first: int, stop: int):
@@ -246,8 +334,9 @@ def train(
     swa = {"epochs": settings.swa_epochs, "used": False, "before": best["val_accuracy"]}
     start = time.perf_counter()
     if settings.swa_epochs > 0:
-        opt_s = keras.optimizers.Adam(settings.swa_learning_rate)
-        opt_s.build(weights)
+        with scope():
+            opt_s = keras.optimizers.Adam(settings.swa_learning_rate)
+            opt_s.build(weights)
         fine = make_step(False, opt_s)
         averager = _Averager(weights)
         every = max(1, int(round(settings.swa_freq * steps_per_epoch)))

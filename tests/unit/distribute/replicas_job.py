@@ -85,6 +85,65 @@ if "fat" in parts:  # from the same float model whatever the strategy: trained o
     out["alpha_epochs"] = epochs
     out["fat"] = [fat["initial_val_rmse"]] + [r["val_rmse"] for r in fat["history"]]
     out["alphas"] = {v.path: np.asarray(v).ravel().tolist() for v, _, _ in alpha_bounds(qmodel)}
+if "adjustable" in parts:  # one mini-epoch of ranges, one of bit widths, SWA
+    from quantflow.quant.adjustable.score import ScoreGraph
+    from quantflow.quant.adjustable.settings import Settings, build_model
+    from quantflow.quant.adjustable.settings import calibrate as calibrate_adjustable
+    from quantflow.quant.adjustable.train import _variables as _adjustable_variables
+    from quantflow.quant.adjustable.train import train as search
+    from quantflow.quant.micronet.count import count_model
+
+    keras.utils.set_random_seed(2)
+    trained = tiny_mobilenet((28, 28, 1), 4, width=0.25, dropout=0.0, head=16)
+    fine_tune(
+        trained, train, val, stages=[{"trainable": "all", "epochs": 2, "learning_rate": 0.004}]
+    )
+    settings = Settings(
+        images=256, batch_size=64, calibration_batches=2, mini_epochs=2, swa_epochs=1
+    )
+    with strategy.scope():
+        model = keras.models.clone_model(trained)
+        model.set_weights(trained.get_weights())
+        qmodel = build_model(model, settings)
+    calibrate_adjustable(qmodel, images[:256], settings)
+    graph = ScoreGraph(qmodel, count_model(model), reference=settings.reference)
+    split = {
+        "images": images[:256],
+        "labels": labels[:256].astype(np.int32),
+        "val_images": images[384:],
+        "val_labels": labels[384:].astype(np.int32),
+    }
+    states = []
+
+    def record(row, best):  # the variables as trained, mini-epoch by mini-epoch
+        weights, betas = _adjustable_variables(qmodel)
+        states.append(
+            {
+                "betas": np.concatenate([np.asarray(v).ravel() for v in betas]).tolist(),
+                "weights": np.concatenate([np.asarray(v).ravel() for v in weights]).tolist(),
+            }
+        )
+
+    result = search(
+        model,
+        qmodel,
+        graph,
+        split,
+        settings,
+        seed=0,
+        log=lambda *_: None,
+        strategy=strategy,
+        on_checkpoint=record,
+    )
+    out["adjustable"] = {
+        "history": [
+            {k: r[k] for k in ("loss", "val_accuracy", "score", "mean_weight_bits")}
+            for r in result["history"]
+        ],
+        "swa_after": result["swa"].get("after"),
+        "states": states,
+        "final_score": result["final_score"],
+    }
 if "gradient" in parts:  # one global batch: the replicas' summed gradient against one device's
     from quantflow.quant.fat.train import _LOSS_FUNCTIONS, replica_loss
 

@@ -8,7 +8,9 @@ losses within 1e-3 relative and weights within 1e-3 of their scale or 1e-4 (a fo
 a learning-rate step, for small ones such as BatchNorm offsets); FAT's held-out RMSE
 within 2% after its first epoch and its alphas within one Adam step (the learning rate):
 FAT's gradients are below Adam's epsilon, so Adam moves each alpha by up to a whole step
-in the direction of a gradient whose sign float rounding may flip."""
+in the direction of a gradient whose sign float rounding may flip; the adjustable search's
+losses within 1e-4 relative, its bit-width parameters (betas, which move by 0.04 in two
+mini-epochs) within 1e-3 and its weights within 1e-5 after every mini-epoch."""
 
 import json
 import subprocess
@@ -61,8 +63,8 @@ def run_job(distribute: dict, parts: str) -> dict:
 
 @pytest.fixture(scope="module")
 def one_and_two():
-    one = run_job({"strategy": "auto"}, "train,fat")
-    two = run_job({"strategy": "auto", "logical_cpus": 2}, "train,fat,gradient")
+    one = run_job({"strategy": "auto"}, "train,fat,adjustable")
+    two = run_job({"strategy": "auto", "logical_cpus": 2}, "train,fat,adjustable,gradient")
     assert one["replicas"] == 1 and "default strategy" in one["strategy"]
     assert two["replicas"] == 2 and "MirroredStrategy" in two["strategy"]
     return one, two
@@ -92,3 +94,15 @@ def test_fat_agrees_across_replica_counts(one_and_two):
     assert moved > 0.005  # the alphas did train
     assert max(np.abs(a - b).max() for a, b in zip(first, second)) <= 1e-2  # the lr
     assert np.mean(np.concatenate([np.abs(a - b) for a, b in zip(first, second)])) < 1e-3
+
+
+def test_adjustable_agrees_across_replica_counts(one_and_two):
+    one, two = (run["adjustable"] for run in one_and_two)
+    losses = [r["loss"] for r in one["history"][1:]]
+    np.testing.assert_allclose([r["loss"] for r in two["history"][1:]], losses, rtol=1e-4)
+    first = np.asarray(one["states"][0]["betas"])
+    assert np.abs(np.asarray(one["states"][-1]["betas"]) - first).max() > 0.01  # trained
+    for a, b in zip(one["states"], two["states"]):
+        assert np.abs(np.asarray(a["betas"]) - np.asarray(b["betas"])).max() <= 1e-3
+        assert np.abs(np.asarray(a["weights"]) - np.asarray(b["weights"])).max() <= 1e-5
+    assert one["final_score"] == two["final_score"]
