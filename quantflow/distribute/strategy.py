@@ -128,6 +128,13 @@ def make_strategy(config: dict | None, environ=None):
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
 
 
+def scope(strategy):
+    """A fresh `strategy.scope()` (a scope cannot be entered twice), or a no-op for None."""
+    import contextlib
+
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
 def replicas(strategy) -> int:
     """Replicas in sync (1: the single-device computation)."""
     return 1 if strategy is None else int(strategy.num_replicas_in_sync)

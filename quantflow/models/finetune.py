@@ -14,7 +14,6 @@ or "conv5_" selects a whole block); shell-style wildcards (`*`, `?`) work too.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import math
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from quantflow.distribute.strategy import replicas
+from quantflow.distribute.strategy import replicas, scope
 from quantflow.errors import QuantflowError
 
 SCHEDULES = ("cosine", "constant", "exponential")
@@ -280,7 +279,6 @@ def fine_tune(
     monitor = "val_accuracy" if val_ds is not None else "accuracy"
     best = {"stage": 0, "epoch": 0, monitor: -np.inf}
     best_weights, rows, summary = None, [], []
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     synced = _synchronize_batchnorm(model) if replicas(strategy) > 1 else []
     start = time.perf_counter()
     for number, stage in enumerate(stages, start=1):
@@ -294,7 +292,7 @@ def fine_tune(
             stage["decay_rate"],
             min(int(stage["warmup_steps"]), total // 2),
         )
-        with scope:  # the optimizer's variables mirrored as the model's
+        with scope(strategy):  # the optimizer's variables mirrored as the model's
             model.compile(
                 optimizer=keras.optimizers.Adam(schedule),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

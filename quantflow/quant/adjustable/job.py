@@ -76,9 +76,7 @@ def run(
     """Search one target and write `out`; returns the summary (adjustable.json).
     `strategy`: the job's tf.distribute strategy (quantflow.distribute; None: the default):
     the models are built under it, and only its chief writes files."""
-    import contextlib
-
-    from quantflow.distribute.strategy import is_chief, replicas
+    from quantflow.distribute.strategy import is_chief, replicas, scope
     import numpy as np
 
     from quantflow.data.splits import Split, read_info
@@ -93,9 +91,8 @@ def run(
     from quantflow.quant.micronet.score import SUMMARY_KEYS, reference_counts
 
     settings = Settings.from_dict(target_settings)
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     chief = is_chief(strategy)
-    with scope:
+    with scope(strategy):
         float_model = load_keras(inp.model, model_name)  # the config entry, for messages
     size = read_info(inp.info)["input_shape"][:2]
     train, val = Split(inp.train, size), Split(inp.val, size)
@@ -113,7 +110,7 @@ def run(
         f"validation images; settings {json.dumps(settings.to_dict())}"
     )
 
-    with scope:
+    with scope(strategy):
         model = build_model(float_model, settings)
     calibrate(model, split["images"], settings, batch_size=settings.batch_size)
     init = {"from": "calibration"}

@@ -11,12 +11,11 @@ mirrored variables. With one replica the step is the single-device one, unchange
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
 
-from quantflow.distribute.strategy import replicas
+from quantflow.distribute.strategy import replicas, scope
 from quantflow.errors import QuantflowError
 from quantflow.quant.adjustable.score import ScoreGraph, bit_summary
 from quantflow.quant.adjustable.settings import Settings, _activations, _ops
@@ -172,8 +171,7 @@ def train(
     weights, betas = _variables(model)
     if not betas:
         raise QuantflowError("the model has no adjustable quantizers: build it with build_model")
-    scope = strategy.scope if strategy is not None else contextlib.nullcontext
-    with scope():
+    with scope(strategy):
         opt_w = keras.optimizers.Adam(settings.learning_rate)
         opt_b = keras.optimizers.Adam(settings.bits_learning_rate)
         opt_w.build(weights)
@@ -334,7 +332,7 @@ def train(
     swa = {"epochs": settings.swa_epochs, "used": False, "before": best["val_accuracy"]}
     start = time.perf_counter()
     if settings.swa_epochs > 0:
-        with scope():
+        with scope(strategy):
             opt_s = keras.optimizers.Adam(settings.swa_learning_rate)
             opt_s.build(weights)
         fine = make_step(False, opt_s)

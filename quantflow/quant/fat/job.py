@@ -70,9 +70,7 @@ def run(
     """Train one scheme's thresholds and write `out`; returns the summary (fat.json).
     `strategy`: the job's tf.distribute strategy (quantflow.distribute; None: the default):
     the models are built under it, and only its chief writes files."""
-    import contextlib
-
-    from quantflow.distribute.strategy import is_chief, replicas
+    from quantflow.distribute.strategy import is_chief, replicas, scope
     import numpy as np
 
     from quantflow.data.splits import Split, read_info
@@ -87,9 +85,8 @@ def run(
 
     scheme = parse_scheme(scheme_name)
     size = read_info(inp.info)["input_shape"][:2]
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     chief = is_chief(strategy)
-    with scope:
+    with scope(strategy):
         model = load_keras(inp.model, model_name)  # model_name: the config entry, for messages
     train, val = Split(inp.train, size), Split(inp.val, size)
     rng = np.random.default_rng(seed)
@@ -101,7 +98,7 @@ def run(
         f"{len(held_out)} held-out validation images, batch {batch}"
     )
 
-    with scope:
+    with scope(strategy):
         qmodel = fake_quant_model(model, **scheme)
     islands = island_layers(qmodel)
     for island in islands:

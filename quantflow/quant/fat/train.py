@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from quantflow.distribute.strategy import replicas
+from quantflow.distribute.strategy import replicas, scope
 from quantflow.errors import QuantflowError
 from quantflow.quant.calibrate import alpha_bounds, image_batches
 
@@ -209,7 +209,7 @@ def train_thresholds(
             "quantflow.quant.transform.fake_quant_model"
         )
     alphas = [variable for variable, _, _ in bounds]
-    with strategy.scope() if strategy is not None else _no_scope():
+    with scope(strategy):
         optimizer = _adam(learning_rate)
         optimizer.build(alphas)
     loss_fn = _LOSS_FUNCTIONS[loss]
@@ -283,12 +283,6 @@ def train_thresholds(
         "best_epoch": best_epoch,
         "steps": steps,
     }
-
-
-def _no_scope():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def replica_loss(float_model, qmodel, x, loss: str = "rmse"):

@@ -47,7 +47,10 @@ if "train" in parts:
         model,
         train,
         val,
-        stages=[{"trainable": "all", "epochs": 2, "learning_rate": 0.004}],
+        stages=[  # two stages: a compile (under the strategy's scope) each
+            {"trainable": "head", "epochs": 1, "learning_rate": 0.004},
+            {"trainable": "all", "epochs": 1, "learning_rate": 0.004},
+        ],
         strategy=strategy,
     )
     out["loss"] = [r["loss"] for r in result["history"]]
