@@ -14,6 +14,7 @@ either gets one line naming the layer, its class and the config key to set."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -48,7 +49,8 @@ def use_custom_code(spec: dict | None) -> list[str]:
             continue
         if not path.is_file():
             raise QuantflowError(f"custom_modules: {name} not found; give the path of a .py file")
-        module_name = f"quantflow_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]  # two files, one stem
+        module_name = f"quantflow_user_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
         spec_ = importlib.util.spec_from_file_location(module_name, path)
         if spec_ is None or spec_.loader is None:
             raise QuantflowError(f"custom_modules: {name} is not an importable Python file")
