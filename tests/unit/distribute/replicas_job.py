@@ -56,12 +56,23 @@ if "train" in parts:
     out["loss"] = [r["loss"] for r in result["history"]]
     out["val_loss"] = [r["val_loss"] for r in result["history"]]
     out["weights"] = [np.asarray(w).ravel().tolist() for w in model.get_weights()]
+_trained = []
+
+
+def float_model():
+    """The float model FAT and adjustable start from, the same whatever the strategy:
+    fine-tuned once, on one device (no strategy scope)."""
+    if not _trained:
+        keras.utils.set_random_seed(2)
+        model = tiny_mobilenet((28, 28, 1), 4, width=0.25, dropout=0.0, head=16)
+        stages = [{"trainable": "all", "epochs": 2, "learning_rate": 0.004}]
+        fine_tune(model, train, val, stages=stages)
+        _trained.append(model)
+    return _trained[0]
+
+
 if "fat" in parts:  # from the same float model whatever the strategy: trained on one device
-    keras.utils.set_random_seed(2)
-    trained = tiny_mobilenet((28, 28, 1), 4, width=0.25, dropout=0.0, head=16)
-    fine_tune(
-        trained, train, val, stages=[{"trainable": "all", "epochs": 2, "learning_rate": 0.004}]
-    )
+    trained = float_model()
     with strategy.scope():
         model = keras.models.clone_model(trained)
         model.set_weights(trained.get_weights())
@@ -96,11 +107,7 @@ if "adjustable" in parts:  # one mini-epoch of ranges, one of bit widths, SWA
     from quantflow.quant.adjustable.train import train as search
     from quantflow.quant.micronet.count import count_model
 
-    keras.utils.set_random_seed(2)
-    trained = tiny_mobilenet((28, 28, 1), 4, width=0.25, dropout=0.0, head=16)
-    fine_tune(
-        trained, train, val, stages=[{"trainable": "all", "epochs": 2, "learning_rate": 0.004}]
-    )
+    trained = float_model()
     settings = Settings(
         images=256, batch_size=64, calibration_batches=2, mini_epochs=2, swa_epochs=1
     )
