@@ -50,21 +50,29 @@ def test_bad_settings_are_named():
     assert is_chief(None)
 
 
-def run_job(distribute: dict, parts: str) -> dict:
-    done = subprocess.run(
+def start_job(distribute: dict, parts: str) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, str(JOB), json.dumps(distribute), parts],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def result(job: subprocess.Popen) -> dict:
+    out, err = job.communicate(timeout=900)
+    assert job.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def one_and_two():
-    one = run_job({"strategy": "auto"}, "train,fat,adjustable")
-    two = run_job({"strategy": "auto", "logical_cpus": 2}, "train,fat,adjustable,gradient")
+    """Both runs side by side (each is mostly single-threaded start-up and small steps)."""
+    jobs = (
+        start_job({"strategy": "auto"}, "train,fat,adjustable"),
+        start_job({"strategy": "auto", "logical_cpus": 2}, "train,fat,adjustable,gradient"),
+    )
+    one, two = (result(job) for job in jobs)
     assert one["replicas"] == 1 and "default strategy" in one["strategy"]
     assert two["replicas"] == 2 and "MirroredStrategy" in two["strategy"]
     return one, two
