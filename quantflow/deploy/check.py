@@ -290,17 +290,12 @@ def convert_checked(
 def island_ops(tflite_model: bytes | str, layer: str) -> list[str]:
     """The float ops of a fake-quant model's float island `layer` in its TFLite file (the
     island's own ops; its CAST fences left out)."""
+    from quantflow.deploy.convert import float_op_outputs
     from quantflow.quant.lowering import island_scope
 
     scope = island_scope(layer)
-    interp = interpreter(tflite_model)
-    tensors = {d["index"]: d for d in interp.get_tensor_details()}
     return [
-        op["op_name"]
-        for op in interp._get_ops_details()
-        if op["op_name"] not in ("CAST", "QUANTIZE", "DEQUANTIZE")
-        and scope.search(tensors[op["outputs"][0]]["name"])
-        and np.dtype(tensors[op["outputs"][0]]["dtype"]).kind == "f"
+        op for op, name in float_op_outputs(tflite_model) if op != "CAST" and scope.search(name)
     ]
 
 

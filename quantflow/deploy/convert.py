@@ -148,14 +148,7 @@ def convert_with_float_layers(model, calibration: np.ndarray, float_tensors: lis
     denylisted nodes). Its input and output are float32."""
     import tensorflow as tf
 
-    samples = np.asarray(calibration, dtype=np.float32)
-    if len(samples) == 0:
-        raise QuantflowError("selective int8 conversion needs calibration images")
-
-    def representative_dataset():
-        for i in range(len(samples)):
-            yield [samples[i : i + 1]]
-
+    representative_dataset = _representative(calibration)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset
@@ -168,10 +161,16 @@ def convert_with_float_layers(model, calibration: np.ndarray, float_tensors: lis
 
 def float_ops(tflite_model: bytes | str) -> list[str]:
     """The ops of a TFLite model that compute in float (not the I/O conversions)."""
+    return [op for op, _ in float_op_outputs(tflite_model)]
+
+
+def float_op_outputs(tflite_model: bytes | str) -> list[tuple[str, str]]:
+    """(op name, output tensor name) of the ops of a TFLite model that compute in float,
+    the I/O conversions (QUANTIZE, DEQUANTIZE) left out."""
     interp = interpreter(tflite_model)
     details = {d["index"]: d for d in interp.get_tensor_details()}
     return [
-        op["op_name"]
+        (op["op_name"], details[op["outputs"][0]]["name"])
         for op in interp._get_ops_details()
         if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "DELEGATE")
         and np.dtype(details[op["outputs"][0]]["dtype"]).kind == "f"

@@ -150,21 +150,23 @@ def _layers_of_class(path: Path, cls: str) -> list[str]:
                 config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except Exception:  # noqa: BLE001 - only for the message
         return []
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            name = node.get("class_name")
-            registered = str(node.get("registered_name") or "")
-            if (name == cls or registered.split(">")[-1] == cls) and isinstance(
-                node.get("config"), dict
-            ):
-                found.append(node["config"].get("name", "?"))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
+    found = [
+        node["config"].get("name", "?")
+        for node in layer_configs(config)
+        if cls in (node["class_name"], str(node.get("registered_name") or "").split(">")[-1])
+    ]
     return list(dict.fromkeys(found))
+
+
+def layer_configs(config):
+    """Every serialized object of a saved model's config (the model, its layers, nested
+    models' layers): the dicts with a "class_name" and a "config" dict, outermost first.
+    The caller may edit a yielded node's "config" before the walk goes into it."""
+    if isinstance(config, dict):
+        if "class_name" in config and isinstance(config.get("config"), dict):
+            yield config
+        for value in config.values():
+            yield from layer_configs(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from layer_configs(value)

@@ -85,6 +85,8 @@ def _keras3_h5(path: Path):
 
     import h5py
 
+    from quantflow.models.custom import layer_configs
+
     try:
         with h5py.File(path, "r") as f:
             raw = f.attrs.get("model_config")
@@ -97,23 +99,12 @@ def _keras3_h5(path: Path):
         )
     config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     dropped = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            layer = node.get("config")
-            if isinstance(layer, dict):
-                for (cls, key), neutral in KERAS2_NEUTRAL_KEYS.items():
-                    if node.get("class_name") == cls and layer.get(key, neutral) == neutral:
-                        if key in layer:
-                            dropped.append(f"{layer.get('name')}.{key}")
-                            del layer[key]
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
+    for node in layer_configs(config):
+        layer = node["config"]
+        for (cls, key), neutral in KERAS2_NEUTRAL_KEYS.items():
+            if node["class_name"] == cls and key in layer and layer[key] == neutral:
+                dropped.append(f"{layer.get('name')}.{key}")
+                del layer[key]
     if not dropped:
         yield path
         return
