@@ -21,6 +21,7 @@ with one replica it runs exactly as without a strategy, byte for byte."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -77,6 +78,17 @@ def slurm_tasks(environ=None) -> int:
     return 1
 
 
+def worker_port(environ=None) -> int:
+    """The first port of a SLURM job's workers (task i of a node listens on port + i):
+    QUANTFLOW_WORKER_PORT, else one drawn from the job id, so that two multi-task jobs on
+    one node do not collide (unless their ids agree modulo 1000)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("QUANTFLOW_WORKER_PORT"):
+        return int(environ["QUANTFLOW_WORKER_PORT"])
+    job = environ.get("SLURM_JOB_ID", "0")
+    return 20000 + (int(job) % 1000 if job.isdigit() else 0) * 32
+
+
 def tf_config_workers(environ=None) -> int:
     """The workers (and chief) TF_CONFIG names (0 without TF_CONFIG)."""
     environ = os.environ if environ is None else environ
@@ -107,16 +119,27 @@ def make_strategy(config: dict | None, environ=None):
     import tensorflow as tf
 
     environ = os.environ if environ is None else environ
-    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    kind = choose(config, len(gpus), len(cpus), environ)
-    if kind == "default":
-        return tf.distribute.get_strategy()
-    if kind == "mirrored":
+    wanted = settings(config)["strategy"]
+    cluster = slurm_tasks(environ) > 1 or tf_config_workers(environ) > 1
+    # A cluster's strategy must come before anything asks TensorFlow for its devices
+    # (collective ops are configured at start-up); the others choose by the devices.
+    if not (wanted == "multi_worker" or (wanted == "auto" and cluster)):
+        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        kind = choose(config, len(gpus), len(cpus), environ)
+        if kind == "default":
+            return tf.distribute.get_strategy()
         return tf.distribute.MirroredStrategy(gpus or cpus)
     if slurm_tasks(environ) > 1:
+        # GPUs: SLURM binds them to tasks (--gpus-per-task); each worker uses those it
+        # sees. The resolver's own GPU split (nvidia-smi, CUDA_VISIBLE_DEVICES) is off:
+        # it fails on CPU nodes and would come after TensorFlow has found its devices.
+        tasks = slurm_tasks(environ)
         resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-            port_base=int(environ.get("QUANTFLOW_WORKER_PORT", "8888"))
+            port_base=worker_port(environ),
+            gpus_per_node=tasks,
+            gpus_per_task=1,
+            auto_set_gpu=False,
         )
     elif tf_config_workers(environ) > 1:
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
@@ -128,10 +151,40 @@ def make_strategy(config: dict | None, environ=None):
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
 
 
+def is_multi_worker(strategy) -> bool:
+    """Whether the strategy spans several processes (a cluster of workers)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return bool(resolver is not None and getattr(resolver, "task_type", None))
+
+
+@contextlib.contextmanager
+def worker_failures(strategy, resume_note: str):
+    """Turn the error a multi-worker job's surviving workers get when a peer dies (its
+    collectives aborted, within about ten seconds, by TensorFlow's coordination service)
+    into one line that says what to do: rerun the whole job, which resumes."""
+    if not is_multi_worker(strategy):
+        yield
+        return
+    import tensorflow as tf
+
+    try:
+        yield
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.CancelledError,
+        tf.errors.FailedPreconditionError,
+        tf.errors.AbortedError,
+    ) as e:
+        first = (e.message or str(e)).strip().splitlines()[0][:300]
+        raise QuantflowError(
+            f"a worker of this job's cluster failed or left ({type(e).__name__}: {first}); "
+            f"rerun the job on all its workers: {resume_note}"
+        ) from e
+
+
 def scope(strategy):
     """A fresh `strategy.scope()` (a scope cannot be entered twice), or a no-op for None."""
-    import contextlib
-
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
@@ -143,9 +196,9 @@ def replicas(strategy) -> int:
 def is_chief(strategy) -> bool:
     """Whether this process writes the job's outputs: always, except a multi-worker job's
     non-chief workers (the chief is the "chief" task, else worker 0)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
+    if not is_multi_worker(strategy):
         return True
+    resolver = strategy.cluster_resolver
     cluster = resolver.cluster_spec().as_dict()
     if "chief" in cluster:
         return resolver.task_type == "chief"

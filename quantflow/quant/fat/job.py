@@ -70,7 +70,8 @@ def run(
     """Train one scheme's thresholds and write `out`; returns the summary (fat.json).
     `strategy`: the job's tf.distribute strategy (quantflow.distribute; None: the default):
     the models are built under it, and only its chief writes files."""
-    from quantflow.distribute.strategy import is_chief, replicas, scope
+    from quantflow.distribute.resume import ResumeState, fingerprint_files
+    from quantflow.distribute.strategy import is_chief, replicas, scope, worker_failures
     import numpy as np
 
     from quantflow.data.splits import Split, read_info
@@ -130,37 +131,51 @@ def run(
     for path in (out.ckpt, out.best_ckpt):
         Path(path).mkdir(parents=True, exist_ok=True)
 
-    def checkpoint(row, improved):
-        if not chief:
-            return
-        dirs = [out.ckpt] + ([out.best_ckpt] if improved else [])
-        for path in dirs:
-            qmodel.save_weights(str(Path(path) / "model.weights.h5"))
-            (Path(path) / "state.json").write_text(json.dumps(row, indent=2) + "\n")
+    def save_checkpoint(path, row):
+        qmodel.save_weights(str(Path(path) / "model.weights.h5"))
+        (Path(path) / "state.json").write_text(json.dumps(row, indent=2) + "\n")
 
-    if chief:  # epoch 0: the calibrated thresholds
-        qmodel.save_weights(str(Path(out.best_ckpt) / "model.weights.h5"))
-        (Path(out.best_ckpt) / "state.json").write_text(json.dumps({"epoch": 0}) + "\n")
-    start = time.perf_counter()
-    result = train_thresholds(
-        model,
-        qmodel,
-        images,
-        epochs=cfg["epochs"],
-        learning_rate=cfg["learning_rate"],
-        reset_every=cfg["reset_every"],
-        val_ds=held_out,
-        batch_size=batch,
-        seed=seed,
-        on_epoch=checkpoint,
-        log_stream=sys.stderr,
-        loss=cfg["loss"],
-        reset=cfg["reset"],
-        strategy=strategy,
+    def checkpoint(row, improved):
+        if chief:
+            for path in [out.ckpt] + ([out.best_ckpt] if improved else []):
+                save_checkpoint(path, row)
+
+    resume = ResumeState(
+        resume_dir(out),
+        {
+            "job": "fat",
+            "scheme": scheme_name,
+            "cfg": cfg,
+            "seed": seed,
+            "inputs": fingerprint_files(inp.model, inp.train, inp.val, inp.info),
+        },
+        write=chief,
     )
+    start = time.perf_counter()
+    with worker_failures(strategy, f"it resumes from the last epoch saved in {resume.path}"):
+        result = train_thresholds(
+            model,
+            qmodel,
+            images,
+            epochs=cfg["epochs"],
+            learning_rate=cfg["learning_rate"],
+            reset_every=cfg["reset_every"],
+            val_ds=held_out,
+            batch_size=batch,
+            seed=seed,
+            on_epoch=checkpoint,
+            log_stream=sys.stderr,
+            loss=cfg["loss"],
+            reset=cfg["reset"],
+            strategy=strategy,
+            resume=resume,
+        )
     seconds = time.perf_counter() - start
     if not chief:  # a multi-worker job's other workers: trained along, write nothing
         return result
+    # the kept thresholds (train_thresholds restored them), saved and read back
+    best_row = ([{"epoch": 0}] + result["history"])[result["best_epoch"]]
+    save_checkpoint(out.best_ckpt, best_row)
     qmodel.load_weights(str(Path(out.best_ckpt) / "model.weights.h5"))
     final = logits_rmse(model, qmodel, held_out, batch_size=batch)
     if abs(final - result["final_val_rmse"]) > 1e-5 * max(final, 1e-9):
@@ -210,11 +225,18 @@ def run(
         "alphas": {kind: _stats(v) for kind, v in alphas.items()},
     }
     Path(out.summary).write_text(json.dumps(summary, indent=2) + "\n")
+    resume.clear()
     print(
         f"threshold training {seconds:.1f} s: held-out RMSE {result['initial_val_rmse']:.5f} "
         f"-> {result['final_val_rmse']:.5f} (epoch {result['best_epoch']} kept)"
     )
     return summary
+
+
+def resume_dir(out: FatOutputs) -> Path:
+    """Where a FAT job keeps its resume state (quantflow.distribute.resume): beside its
+    outputs, not one of them (a failed job's outputs are deleted before it reruns)."""
+    return Path(out.summary).parent / ".resume"
 
 
 def _stats(values):

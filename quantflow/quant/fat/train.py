@@ -171,6 +171,7 @@ def train_thresholds(
     loss: str = "rmse",
     reset: str = "lr",
     strategy=None,
+    resume=None,
 ) -> dict:
     """Train the alphas of `qmodel` to match `float_model`'s logits on `images_ds` (an array,
     a tf.data.Dataset or an iterable of batches; (images, labels) batches are fine, the
@@ -184,6 +185,9 @@ def train_thresholds(
     Arrays are cut into `batch_size` batches (shuffled every pass when `seed` is given);
     with a `strategy` of several replicas, `batch_size` is the global batch, split among
     them (see the module doc; the models must have been built under it).
+    `resume` (a quantflow.distribute.resume.ResumeState, or None): after every epoch the
+    training state (alphas, the kept alphas, Adam's state, history) is saved there, and a
+    run that finds a state goes on after its epoch, as the killed run would have.
     `on_epoch(row, improved)` is called after every epoch, alphas as trained so far (e.g.
     to write checkpoints); `improved`: the held-out RMSE is the best yet.
 
@@ -242,10 +246,21 @@ def train_thresholds(
         f"threshold training: {len(alphas)} alpha tensors, {loss} loss, Adam with {reset} "
         f"reset every {reset_every} batches; initial val RMSE {initial:.6f}",
     )
-    history, steps = [], 0
-    for epoch, batches in zip(
-        range(1, epochs + 1), _epoch_batches(images_ds, steps_per_epoch, batch_size, seed)
-    ):
+    history, steps, done = [], 0, 0
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        meta, arrays = saved
+        done, steps, history = meta["epoch"], meta["steps"], meta["history"]
+        initial, best, best_epoch = meta["initial"], meta["best"], meta["best_epoch"]
+        _restore(alphas, arrays, "alpha")
+        _restore(_adam_state(optimizer), arrays, "adam")
+        best_values = [arrays[f"best/{i}"] for i in range(len(alphas))]
+        _log(log_stream, f"resumed after epoch {done} (step {steps}) from {resume.path}")
+    epoch_batches = _epoch_batches(images_ds, steps_per_epoch, batch_size, seed)
+    for _ in range(done):  # the epochs already trained: their batches drawn, not run
+        for _ in next(epoch_batches):
+            pass
+    for epoch, batches in zip(range(done + 1, epochs + 1), epoch_batches):
         losses = []
         for x in batches:
             losses.append(float(step(tf.convert_to_tensor(x), rate(steps))))
@@ -273,6 +288,22 @@ def train_thresholds(
             best_values = [np.array(v.numpy()) for v in alphas]
         if on_epoch is not None:
             on_epoch(row, improved)
+        if resume is not None:
+            resume.save(
+                {
+                    "epoch": epoch,
+                    "steps": steps,
+                    "history": history,
+                    "initial": initial,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                },
+                {
+                    **_arrays(alphas, "alpha"),
+                    **{f"best/{i}": v for i, v in enumerate(best_values)},
+                    **_arrays(_adam_state(optimizer), "adam"),
+                },
+            )
     for variable, value in zip(alphas, best_values):
         variable.assign(value)
     _log(log_stream, f"kept the alphas of epoch {best_epoch}: val RMSE {best:.6f}")
@@ -283,6 +314,22 @@ def train_thresholds(
         "best_epoch": best_epoch,
         "steps": steps,
     }
+
+
+def _arrays(variables, prefix: str) -> dict:
+    return {f"{prefix}/{i}": np.array(v.numpy()) for i, v in enumerate(variables)}
+
+
+def _restore(variables, arrays: dict, prefix: str) -> None:
+    for i, variable in enumerate(variables):
+        value = arrays.get(f"{prefix}/{i}")
+        if value is None or value.shape != tuple(variable.shape):
+            raise QuantflowError(
+                f"the resume state does not fit this model ({prefix} {i}: "
+                f"{None if value is None else value.shape} vs {tuple(variable.shape)}); "
+                "delete it to start over"
+            )
+        variable.assign(value)
 
 
 def replica_loss(float_model, qmodel, x, loss: str = "rmse"):
