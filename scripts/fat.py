@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.workflow.logs import run_logged
+from quantflow.workflow.logs import run_logged_workers
 from quantflow.workflow.files import as_dataclass
 from quantflow.workflow.threads import configure_threads
 
@@ -36,8 +36,10 @@ def main(inp, out, scheme, cfg, seed, threads, custom, distribute):
     )
 
 
-run_logged(
+run_logged_workers(
     snakemake.log[0],
+    dict(snakemake.resources.items()),  # mpi and tasks: one worker per SLURM task
+    snakemake.threads,
     main,
     snakemake.input,
     snakemake.output,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.workflow.logs import run_logged
+from quantflow.workflow.logs import run_logged_workers
 from quantflow.workflow.threads import configure_threads
 
 
@@ -96,8 +96,10 @@ def _best_row(result) -> int:
     )
 
 
-run_logged(
+run_logged_workers(
     snakemake.log[0],
+    dict(snakemake.resources.items()),  # mpi and tasks: one worker per SLURM task
+    snakemake.threads,
     main,
     snakemake.input,
     snakemake.output,

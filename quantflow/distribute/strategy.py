@@ -68,14 +68,53 @@ def configure_devices(config: dict | None) -> None:
 
 
 def slurm_tasks(environ=None) -> int:
-    """The tasks of the SLURM job step this process belongs to (1 outside SLURM)."""
+    """The tasks of the SLURM job step this process is one of (1 outside a step: outside
+    SLURM, and in a job's batch script, which is one process whatever the allocation)."""
     environ = os.environ if environ is None else environ
-    if "SLURM_STEP_ID" not in environ and "SLURM_JOB_ID" not in environ:
+    if "SLURM_STEP_ID" not in environ:
         return 1
-    for key in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
-        if environ.get(key, "").isdigit():
-            return int(environ[key])
-    return 1
+    value = environ.get("SLURM_STEP_NUM_TASKS", "")
+    return int(value) if value.isdigit() else 1
+
+
+def tasks_to_start(resources: dict, environ=None) -> int:
+    """The workers a training job starts itself, one per SLURM task: given the job's
+    resources (`mpi`: the launcher, e.g. "srun"; `tasks`, or `nodes` x `tasks_per_node`),
+    in a SLURM job's batch process (not already a step's task), when they ask for several
+    tasks; 0 otherwise (then the job is one process)."""
+    environ = os.environ if environ is None else environ
+    if not resources.get("mpi") or "SLURM_JOB_ID" not in environ or "SLURM_STEP_ID" in environ:
+        return 0
+    tasks = resources.get("tasks") or (resources.get("nodes") or 1) * (
+        resources.get("tasks_per_node") or 1
+    )
+    return int(tasks) if int(tasks) > 1 else 0
+
+
+def srun_workers(launcher: str, tasks: int, cpus: int, argv: list[str]) -> None:
+    """Run `argv` as `tasks` tasks of a job step (`launcher`: srun and its options, such
+    as "srun --gpus-per-task=1"), `cpus` CPUs each, and wait for them: one TensorFlow
+    worker per task, finding the others through SlurmClusterResolver. A task failing stops
+    the others (--kill-on-bad-exit). Their output, each line labelled with its task
+    number, goes where this process's goes."""
+    import shlex
+    import subprocess
+
+    cmd = [
+        *shlex.split(launcher),
+        f"--ntasks={tasks}",
+        f"--cpus-per-task={cpus}",
+        "--kill-on-bad-exit=1",
+        "--label",
+        *argv,
+    ]
+    print(f"starting {tasks} workers, one per SLURM task: {shlex.join(cmd)}", flush=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise QuantflowError(
+            f"the job's workers failed (exit status {code}; their lines above, labelled by "
+            "task); rerun the job"
+        )
 
 
 def worker_port(environ=None) -> int:
@@ -131,15 +170,23 @@ def make_strategy(config: dict | None, environ=None):
             return tf.distribute.get_strategy()
         return tf.distribute.MirroredStrategy(gpus or cpus)
     if slurm_tasks(environ) > 1:
-        # GPUs: SLURM binds them to tasks (--gpus-per-task); each worker uses those it
-        # sees. The resolver's own GPU split (nvidia-smi, CUDA_VISIBLE_DEVICES) is off:
-        # it fails on CPU nodes and would come after TensorFlow has found its devices.
+        # TensorFlow's SLURM resolver gives the cluster (hosts, ports, this task's
+        # place). Its own GPU split (nvidia-smi, CUDA_VISIBLE_DEVICES) is left out: it
+        # fails on CPU nodes and would come after TensorFlow has found its devices.
+        # SLURM binds GPUs to tasks (--gpus-per-task); each worker uses those it sees.
         tasks = slurm_tasks(environ)
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+        slurm = tf.distribute.cluster_resolver.SlurmClusterResolver(
             port_base=worker_port(environ),
             gpus_per_node=tasks,
             gpus_per_task=1,
             auto_set_gpu=False,
+        )
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            slurm.cluster_spec(),
+            task_type=slurm.task_type,
+            task_id=slurm.task_id,
+            rpc_layer="grpc",
+            num_accelerators={"GPU": len(tf.config.list_physical_devices("GPU"))},
         )
     elif tf_config_workers(environ) > 1:
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()

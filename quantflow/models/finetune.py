@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from quantflow.distribute.strategy import replicas, scope
+from quantflow.distribute.strategy import is_multi_worker, replicas, scope
 from quantflow.errors import QuantflowError
 
 SCHEDULES = ("cosine", "constant", "exponential")
@@ -269,9 +269,18 @@ def fine_tune(
     None: the default). With several replicas each global batch of `train_ds` is split
     among them (Keras' fit), the loss averaged over the global batch, and BatchNorm layers
     compute their batch statistics over all replicas (synchronized) while training.
+    Several workers (MultiWorkerMirroredStrategy) are refused: Keras 3's fit does not run
+    under it (keras-team/keras#20585).
     """
     from quantflow.models.callbacks import KeepBest, TqdmProgress
 
+    if is_multi_worker(strategy):
+        raise QuantflowError(
+            "fine-tuning runs on one machine's devices only (MirroredStrategy over its GPUs): "
+            "Keras 3's fit does not run under MultiWorkerMirroredStrategy "
+            "(keras-team/keras#20585). Give the train job one SLURM task (no mpi/tasks "
+            "resources) and several GPUs instead; FAT and adjustable can span nodes"
+        )
     if not stages:
         raise QuantflowError("fine-tuning needs at least one stage")
     stages = [check_stage(s, i + 1) for i, s in enumerate(stages)]

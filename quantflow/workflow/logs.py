@@ -16,7 +16,10 @@ def run_logged(log_path: str, main, *args, **kwargs):
     stderr as `quantflow: <message>`, and the process exits with status 1.
 
     Whatever happens, sys.stdout, sys.stderr and descriptors 1 and 2 are what they were
-    before once it returns (or raises), and the log is closed."""
+    before once it returns (or raises), and the log is closed. `log_path` None: the output
+    stays where it goes, errors are handled the same way."""
+    if log_path is None:
+        return _run_reporting(main, args, kwargs, sys.stdout, 2, "stdout")
     saved_streams = sys.stdout, sys.stderr
     for stream in saved_streams:
         _flush(stream)
@@ -28,18 +31,7 @@ def run_logged(log_path: str, main, *args, **kwargs):
                 os.dup2(log.fileno(), 1)
                 os.dup2(log.fileno(), 2)
                 sys.stdout = sys.stderr = log
-                try:
-                    return main(*args, **kwargs)
-                except QuantflowError as e:
-                    print(f"ERROR: {e}", file=log)
-                    os.write(original_stderr, f"quantflow: {e}\n(log: {log_path})\n".encode())
-                    sys.exit(1)
-                except Exception:
-                    traceback.print_exc(file=log)
-                    os.write(
-                        original_stderr, f"quantflow: unexpected error, see {log_path}\n".encode()
-                    )
-                    raise
+                return _run_reporting(main, args, kwargs, log, original_stderr, log_path)
             finally:
                 _flush(log)
                 sys.stdout, sys.stderr = saved_streams
@@ -48,6 +40,39 @@ def run_logged(log_path: str, main, *args, **kwargs):
     finally:
         os.close(saved_fds[0])
         os.close(saved_fds[1])
+
+
+def _run_reporting(main, args, kwargs, log, original_stderr: int, log_name: str):
+    """main(*args, **kwargs); a QuantflowError as one line in `log` and on the original
+    stderr (then exit status 1), any other error's traceback in `log`."""
+    try:
+        return main(*args, **kwargs)
+    except QuantflowError as e:
+        print(f"ERROR: {e}", file=log, flush=True)
+        os.write(original_stderr, f"quantflow: {e}\n(log: {log_name})\n".encode())
+        sys.exit(1)
+    except Exception:
+        traceback.print_exc(file=log)
+        os.write(original_stderr, f"quantflow: unexpected error, see {log_name}\n".encode())
+        raise
+
+
+def run_logged_workers(log_path: str, resources: dict, threads: int, main, *args, **kwargs):
+    """`run_logged` for a training job that may span several SLURM tasks. When its
+    `resources` ask for them (`mpi` and `tasks`, see
+    quantflow.distribute.strategy.tasks_to_start) and it runs as a SLURM job, it starts
+    this same script once per task (`threads` CPUs each) and waits for them; each of those
+    workers runs `main`, its output labelled by task and gathered into the log by srun.
+    Anywhere else, `run_logged`."""
+    from quantflow.distribute.strategy import slurm_tasks, srun_workers, tasks_to_start
+
+    tasks = tasks_to_start(resources)
+    if tasks:
+        argv = [sys.executable, sys.argv[0]]
+        return run_logged(log_path, srun_workers, resources["mpi"], tasks, threads, argv)
+    if slurm_tasks() > 1:  # a worker: its output goes through srun to the log
+        return run_logged(None, main, *args, **kwargs)
+    return run_logged(log_path, main, *args, **kwargs)
 
 
 def _flush(stream) -> None:

@@ -194,3 +194,56 @@ def test_same_metrics_as_a_local_run(slurm_run, local_run):
     assert train[0]["threads"] == train[1]["threads"] == 2
     assert train[0]["history"] == train[1]["history"]
     assert cluster["keras-float"]["accuracy"] > 0.5
+
+
+FAT_SCHEME = "w8a8-sym-pc"
+
+
+def test_a_two_task_fat_job_forms_its_cluster_through_slurm(slurm_run, slurm_cluster):
+    """The FAT job asked for two SLURM tasks (the profile's multi-node recipe: mpi and
+    tasks): its batch script starts one TensorFlow worker per task with srun, they form
+    a cluster through SlurmClusterResolver, train together and the chief writes."""
+    work, _, _ = slurm_run
+    config = yaml.safe_load((work / "tiny.yaml").read_text())
+    config["fat"] = {
+        **yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())["fat"],
+        "schemes": [FAT_SCHEME],
+        "images": 200,
+        "validation_images": 100,
+        "threads": 1,
+    }
+    cfg = work / "fat.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    target = f"results/fashion_mnist/tiny/fat/{FAT_SCHEME}/fat.json"
+    cmd = snakemake_cmd(
+        work,
+        cfg,
+        "--profile",
+        str(PROFILE),
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "3",
+        "--set-resources",
+        "fat:tasks=2",
+        "fat:mpi='srun'",
+        "--",
+        target,
+    )
+    proc, seconds = _run(cmd, work, slurm_cluster.env(_clean_env()), 900, slurm_cluster)
+    print(f"two-task FAT job through SLURM: {seconds:.0f} s")
+    out = proc.stdout + proc.stderr
+    (slurm_id,) = [s for _, s, log in SUBMITTED.findall(out) if "/rule_fat/" in log]
+    job = slurm_cluster.run("scontrol", "show", "job", slurm_id).stdout
+    assert re.search(r"\bNumTasks=2\b", job), job
+    summary = json.loads((work / target).read_text())
+    assert summary["replicas"] == 2 and summary["final_val_rmse"] <= summary["initial_val_rmse"]
+    log = (work / f"logs/fat/fashion_mnist/tiny/{FAT_SCHEME}.log").read_text()
+    assert "starting 2 workers, one per SLURM task: srun --ntasks=2" in log, log[-3000:]
+    for task in (0, 1):  # srun labels each worker's lines with its task number
+        assert re.search(
+            rf"^{task}: training on \w+: 2 replicas \(/job:worker/replica:0/task:{task}/",
+            log,
+            re.M,
+        ), log[-3000:]
+    assert not (work / f"results/fashion_mnist/tiny/fat/{FAT_SCHEME}/.resume").exists()

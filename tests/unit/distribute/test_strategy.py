@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantflow.distribute.strategy import choose, is_chief, settings, slurm_tasks
+from quantflow.distribute.strategy import (
+    choose,
+    is_chief,
+    settings,
+    slurm_tasks,
+    tasks_to_start,
+    worker_port,
+)
 from quantflow.errors import QuantflowError
 
 JOB = Path(__file__).with_name("replicas_job.py")
@@ -33,6 +40,16 @@ def test_auto_picks_by_devices_and_cluster():
     assert choose({"logical_cpus": 2}, gpus=0, cpus=2, environ={}) == "mirrored"
     slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2"}
     assert slurm_tasks(slurm) == 2 and choose(None, 0, 1, slurm) == "multi_worker"
+    # the batch process of a two-task SLURM job (the SLURM executor leaves it only the
+    # job id) starts the two workers when the job's resources ask for them
+    batch, two = {"SLURM_JOB_ID": "7"}, {"mpi": "srun", "tasks": 2}
+    assert slurm_tasks(batch) == 1 and choose(None, 0, 1, batch) == "default"
+    assert tasks_to_start(two, batch) == 2 and tasks_to_start(two, slurm) == 0
+    assert tasks_to_start({"mpi": "srun", "nodes": 2, "tasks_per_node": 2}, batch) == 4
+    assert tasks_to_start({"tasks": 2}, batch) == 0  # no launcher: one process
+    assert tasks_to_start(two, {}) == 0  # not a SLURM job
+    assert worker_port(batch) == 20000 + 7 * 32
+    assert worker_port({**batch, "QUANTFLOW_WORKER_PORT": "9000"}) == 9000
     # a one-task SLURM job (what the SLURM executor gives by default) stays on one device
     assert choose(None, 0, 1, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) == "default"
     tf_config = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]}})}
