@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))
 
-from quantflow.workflow.logs import run_logged_workers
+from quantflow.workflow.workers import run_logged_workers
 from quantflow.workflow.files import as_dataclass
 from quantflow.workflow.threads import configure_threads
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantflow.errors import QuantflowError
 from quantflow.formats.atomic import write_atomic
 
 STATE_FILE = "state.npz"
@@ -99,3 +100,32 @@ class ResumeState:
         """Remove the state (the job finished)."""
         if self.write:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def variable_arrays(prefix: str, variables) -> dict[str, np.ndarray]:
+    """{"<prefix>/<i>": value} of variables (Keras or TensorFlow, mirrored or not)."""
+    return {f"{prefix}/{i}": np.array(v.numpy()) for i, v in enumerate(variables)}
+
+
+def restore_variables(prefix: str, variables, arrays: dict) -> None:
+    """Assign what `variable_arrays(prefix, ...)` saved; a state that does not fit (another
+    model) is refused with the advice to delete it."""
+    for i, variable in enumerate(variables):
+        value = arrays.get(f"{prefix}/{i}")
+        if value is None or value.shape != tuple(variable.shape):
+            raise QuantflowError(
+                f"the resume state does not fit this model ({prefix} {i}: "
+                f"{None if value is None else value.shape} vs {tuple(variable.shape)}); "
+                "delete it to start over"
+            )
+        variable.assign(value)
+    if f"{prefix}/{len(variables)}" in arrays:
+        raise QuantflowError(
+            f"the resume state does not fit this model (more {prefix} values than "
+            "variables); delete it to start over"
+        )
+
+
+def optimizer_state(optimizer) -> list:
+    """A Keras optimizer's state besides its learning rate: step count and moments."""
+    return [v for v in optimizer.variables if v is not optimizer.learning_rate]

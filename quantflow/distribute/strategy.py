@@ -77,46 +77,6 @@ def slurm_tasks(environ=None) -> int:
     return int(value) if value.isdigit() else 1
 
 
-def tasks_to_start(resources: dict, environ=None) -> int:
-    """The workers a training job starts itself, one per SLURM task: given the job's
-    resources (`mpi`: the launcher, e.g. "srun"; `tasks`, or `nodes` x `tasks_per_node`),
-    in a SLURM job's batch process (not already a step's task), when they ask for several
-    tasks; 0 otherwise (then the job is one process)."""
-    environ = os.environ if environ is None else environ
-    if not resources.get("mpi") or "SLURM_JOB_ID" not in environ or "SLURM_STEP_ID" in environ:
-        return 0
-    tasks = resources.get("tasks") or (resources.get("nodes") or 1) * (
-        resources.get("tasks_per_node") or 1
-    )
-    return int(tasks) if int(tasks) > 1 else 0
-
-
-def srun_workers(launcher: str, tasks: int, cpus: int, argv: list[str]) -> None:
-    """Run `argv` as `tasks` tasks of a job step (`launcher`: srun and its options, such
-    as "srun --gpus-per-task=1"), `cpus` CPUs each, and wait for them: one TensorFlow
-    worker per task, finding the others through SlurmClusterResolver. A task failing stops
-    the others (--kill-on-bad-exit). Their output, each line labelled with its task
-    number, goes where this process's goes."""
-    import shlex
-    import subprocess
-
-    cmd = [
-        *shlex.split(launcher),
-        f"--ntasks={tasks}",
-        f"--cpus-per-task={cpus}",
-        "--kill-on-bad-exit=1",
-        "--label",
-        *argv,
-    ]
-    print(f"starting {tasks} workers, one per SLURM task: {shlex.join(cmd)}", flush=True)
-    code = subprocess.run(cmd).returncode
-    if code != 0:
-        raise QuantflowError(
-            f"the job's workers failed (exit status {code}; their lines above, labelled by "
-            "task); rerun the job"
-        )
-
-
 def worker_port(environ=None) -> int:
     """The first port of a SLURM job's workers (task i of a node listens on port + i):
     QUANTFLOW_WORKER_PORT, else one drawn from the job id, so that two multi-task jobs on

@@ -57,24 +57,6 @@ def _run_reporting(main, args, kwargs, log, original_stderr: int, log_name: str)
         raise
 
 
-def run_logged_workers(log_path: str, resources: dict, threads: int, main, *args, **kwargs):
-    """`run_logged` for a training job that may span several SLURM tasks. When its
-    `resources` ask for them (`mpi` and `tasks`, see
-    quantflow.distribute.strategy.tasks_to_start) and it runs as a SLURM job, it starts
-    this same script once per task (`threads` CPUs each) and waits for them; each of those
-    workers runs `main`, its output labelled by task and gathered into the log by srun.
-    Anywhere else, `run_logged`."""
-    from quantflow.distribute.strategy import slurm_tasks, srun_workers, tasks_to_start
-
-    tasks = tasks_to_start(resources)
-    if tasks:
-        argv = [sys.executable, sys.argv[0]]
-        return run_logged(log_path, srun_workers, resources["mpi"], tasks, threads, argv)
-    if slurm_tasks() > 1:  # a worker: its output goes through srun to the log
-        return run_logged(None, main, *args, **kwargs)
-    return run_logged(log_path, main, *args, **kwargs)
-
-
 def _flush(stream) -> None:
     try:
         stream.flush()

@@ -76,7 +76,8 @@ def run(
     """Search one target and write `out`; returns the summary (adjustable.json).
     `strategy`: the job's tf.distribute strategy (quantflow.distribute; None: the default):
     the models are built under it, and only its chief writes files."""
-    from quantflow.distribute.strategy import is_chief, replicas, scope
+    from quantflow.distribute.resume import ResumeState, fingerprint_files
+    from quantflow.distribute.strategy import is_chief, replicas, scope, worker_failures
     import numpy as np
 
     from quantflow.data.splits import Split, read_info
@@ -151,18 +152,32 @@ def run(
             model.save_weights(str(Path(path) / "model.weights.h5"))
             _write_json(Path(path) / "state.json", row)
 
-    start = time.perf_counter()
-    result = search.train(
-        float_model,
-        model,
-        graph,
-        split,
-        settings,
-        seed=seed,
-        on_checkpoint=checkpoint,
-        log=lambda line: print(line, flush=True),
-        strategy=strategy,
+    inputs = [inp.model, inp.train, inp.val, inp.info, inp.fat_thresholds]
+    resume = ResumeState(
+        resume_dir(out),
+        {
+            "job": "adjustable",
+            "target": target,
+            "settings": settings.to_dict(),
+            "seed": seed,
+            "inputs": fingerprint_files(*[p for p in inputs if p]),
+        },
+        write=chief,
     )
+    start = time.perf_counter()
+    with worker_failures(strategy, f"it resumes after the mini-epoch saved in {resume.path}"):
+        result = search.train(
+            float_model,
+            model,
+            graph,
+            split,
+            settings,
+            seed=seed,
+            on_checkpoint=checkpoint,
+            log=lambda line: print(line, flush=True),
+            strategy=strategy,
+            resume=resume,
+        )
     seconds = time.perf_counter() - start
     if not chief:  # a multi-worker job's other workers: trained along, write nothing
         return result
@@ -222,6 +237,7 @@ def run(
         "replicas": replicas(strategy),
     }
     _write_json(out.summary, summary)
+    resume.clear()
     print(
         f"target {target}: score {score['score']:.4f} (parameters "
         f"{score['parameter_score']:.4f} + operations {score['operation_score']:.4f}), "
@@ -231,6 +247,12 @@ def run(
         f" packed weights {storage['file_bytes']} bytes; {seconds:.0f} s"
     )
     return summary
+
+
+def resume_dir(out: AdjustableOutputs) -> Path:
+    """Where an adjustable job keeps its resume state (quantflow.distribute.resume): beside
+    its outputs, not one of them (a failed job's outputs are deleted before it reruns)."""
+    return Path(out.summary).parent / ".resume"
 
 
 def _write_json(path, value) -> None:

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from quantflow.distribute.resume import optimizer_state, restore_variables, variable_arrays
 from quantflow.distribute.strategy import replicas, scope
 from quantflow.errors import QuantflowError
 from quantflow.quant.adjustable.score import ScoreGraph, bit_summary
@@ -152,11 +153,17 @@ def train(
     on_checkpoint=None,
     log=print,
     strategy=None,
+    resume=None,
 ) -> dict:
     """Train `model` (built and calibrated) on data["images"], data["labels"] (training
     images, float32 pixels), selecting on data["val_images"], data["val_labels"]; see the
     module doc. `on_checkpoint(state, best)` is called after every mini-epoch with the
     state row (the model holds its weights then) and whether it is the new best.
+    `resume` (a quantflow.distribute.resume.ResumeState, or None): after every mini-epoch
+    the search's state (every model variable, both optimizers, the kept values, the data
+    order and random state, the int4 class) is saved there, and a run that finds a state
+    goes on after its mini-epoch, as the killed run would have (SWA, after the search,
+    starts over).
     Returns {"history": [...], "best": state, "float_accuracy", "swa": {...}, "steps"}."""
     import keras
     import tensorflow as tf
@@ -276,23 +283,50 @@ def train(
         )
         return row
 
-    history = []
-    row = finish_row(evaluate_state(0, False, {}))
-    history.append(row)
-    best = dict(row)
-    best_values = [np.array(v.numpy()) for v in weights + betas]
-    if on_checkpoint is not None:
-        on_checkpoint(row, True)
-    log(
-        f"float held-out top-1 {100 * float_acc:.2f}%; initial: top-1 "
-        f"{100 * row['val_accuracy']:.2f}%, score {row['score']:.4f}, mean bits w "
-        f"{row['mean_weight_bits']:.2f} a {row['mean_activation_bits']:.2f}"
-    )
-    start, step_count, mini = time.perf_counter(), 0, 0
+    quantizers = [layer.quantizer for layer in _ops(model)]
+    saved = resume.load() if resume is not None else None
+    start, step_count, done, order = time.perf_counter(), 0, 0, None
+    if saved is None:
+        history = []
+        row = finish_row(evaluate_state(0, False, {}))
+        history.append(row)
+        best = dict(row)
+        best_values = [np.array(v.numpy()) for v in weights + betas]
+        if on_checkpoint is not None:
+            on_checkpoint(row, True)
+        log(
+            f"float held-out top-1 {100 * float_acc:.2f}%; initial: top-1 "
+            f"{100 * row['val_accuracy']:.2f}%, score {row['score']:.4f}, mean bits w "
+            f"{row['mean_weight_bits']:.2f} a {row['mean_activation_bits']:.2f}"
+        )
+    else:
+        meta, arrays = saved
+        done, step_count, history, best = (
+            meta[k] for k in ("mini_epoch", "steps", "history", "best")
+        )
+        rng.bit_generator.state = meta["rng"]
+        order = arrays["order"]
+        for q, (low, high) in zip(quantizers, meta["bit_range"]):
+            q.min_bits, q.max_bits = low, high
+        best_values = [arrays[f"best/{i}"] for i in range(len(weights + betas))]
+        for v, value in zip(weights + betas, best_values):  # the kept state's checkpoint,
+            v.assign(value)  # written again (a rerun starts with no outputs)
+        if on_checkpoint is not None:
+            on_checkpoint(best, True)
+        restore_variables("model", model.variables, arrays)
+        restore_variables("weights_adam", optimizer_state(opt_w), arrays)
+        restore_variables("bits_adam", optimizer_state(opt_b), arrays)
+        log(f"resumed after mini-epoch {done} (step {step_count}) from {resume.path}")
     for epoch in range(settings.epochs):
-        order = rng.permutation(len(images))
+        first = epoch * settings.mini_epochs  # mini-epochs before this epoch
+        if first + settings.mini_epochs <= done:
+            continue  # trained before the resume
+        if first >= done:  # a new epoch (resumed mid-epoch: its order as saved)
+            order = rng.permutation(len(images))
         for m in range(settings.mini_epochs):
-            mini += 1
+            mini = first + m + 1
+            if mini <= done:
+                continue
             train_bits = mini % 2 == 1
             sums = {"loss": 0.0, "cls": 0.0, "kd": 0.0, "score": 0.0}
             for values in run_steps(steps_fn[train_bits], order, bounds[m], bounds[m + 1]):
@@ -316,6 +350,24 @@ def train(
                 best_values = [np.array(v.numpy()) for v in weights + betas]
             if on_checkpoint is not None:
                 on_checkpoint(row, improved)
+            if resume is not None:
+                resume.save(
+                    {
+                        "mini_epoch": mini,
+                        "steps": step_count,
+                        "history": history,
+                        "best": best,
+                        "rng": rng.bit_generator.state,
+                        "bit_range": [[q.min_bits, q.max_bits] for q in quantizers],
+                    },
+                    {
+                        "order": order,
+                        **variable_arrays("model", model.variables),
+                        **variable_arrays("weights_adam", optimizer_state(opt_w)),
+                        **variable_arrays("bits_adam", optimizer_state(opt_b)),
+                        **{f"best/{i}": v for i, v in enumerate(best_values)},
+                    },
+                )
             log(
                 f"mini-epoch {mini} ({'bits' if train_bits else 'fixed bits'}): loss "
                 f"{means['loss']:.4f} (CE {means['cls']:.4f}, KD {means['kd']:.4f}, score "

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from quantflow.distribute.resume import optimizer_state, restore_variables, variable_arrays
 from quantflow.distribute.strategy import replicas, scope
 from quantflow.errors import QuantflowError
 from quantflow.quant.calibrate import alpha_bounds, image_batches
@@ -67,14 +68,9 @@ def _adam(learning_rate: float):
     return keras.optimizers.Adam(learning_rate=learning_rate)
 
 
-def _adam_state(optimizer) -> list:
-    """Adam's state besides its learning rate: the step count and every moment variable."""
-    return [v for v in optimizer.variables if v is not optimizer.learning_rate]
-
-
 def _reset_adam(optimizer) -> None:
     """Re-initialise Adam as a new one would start: step count and moments zero."""
-    for variable in _adam_state(optimizer):
+    for variable in optimizer_state(optimizer):
         variable.assign(tf.zeros(variable.shape, variable.dtype))
 
 
@@ -252,8 +248,8 @@ def train_thresholds(
         meta, arrays = saved
         done, steps, history = meta["epoch"], meta["steps"], meta["history"]
         initial, best, best_epoch = meta["initial"], meta["best"], meta["best_epoch"]
-        _restore(alphas, arrays, "alpha")
-        _restore(_adam_state(optimizer), arrays, "adam")
+        restore_variables("alpha", alphas, arrays)
+        restore_variables("adam", optimizer_state(optimizer), arrays)
         best_values = [arrays[f"best/{i}"] for i in range(len(alphas))]
         _log(log_stream, f"resumed after epoch {done} (step {steps}) from {resume.path}")
     epoch_batches = _epoch_batches(images_ds, steps_per_epoch, batch_size, seed)
@@ -299,9 +295,9 @@ def train_thresholds(
                     "best_epoch": best_epoch,
                 },
                 {
-                    **_arrays(alphas, "alpha"),
+                    **variable_arrays("alpha", alphas),
                     **{f"best/{i}": v for i, v in enumerate(best_values)},
-                    **_arrays(_adam_state(optimizer), "adam"),
+                    **variable_arrays("adam", optimizer_state(optimizer)),
                 },
             )
     for variable, value in zip(alphas, best_values):
@@ -314,22 +310,6 @@ def train_thresholds(
         "best_epoch": best_epoch,
         "steps": steps,
     }
-
-
-def _arrays(variables, prefix: str) -> dict:
-    return {f"{prefix}/{i}": np.array(v.numpy()) for i, v in enumerate(variables)}
-
-
-def _restore(variables, arrays: dict, prefix: str) -> None:
-    for i, variable in enumerate(variables):
-        value = arrays.get(f"{prefix}/{i}")
-        if value is None or value.shape != tuple(variable.shape):
-            raise QuantflowError(
-                f"the resume state does not fit this model ({prefix} {i}: "
-                f"{None if value is None else value.shape} vs {tuple(variable.shape)}); "
-                "delete it to start over"
-            )
-        variable.assign(value)
 
 
 def replica_loss(float_model, qmodel, x, loss: str = "rmse"):

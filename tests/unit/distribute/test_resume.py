@@ -40,14 +40,18 @@ class Stop(Exception):
     pass
 
 
-def _train(state, stop_after=None):
+def _model():
     keras.utils.set_random_seed(0)
     x = keras.Input((12, 12, 1))
     y = layers.Rescaling(1 / 16.0)(x)
     y = layers.Conv2D(8, 3, padding="same", name="conv")(y)
     y = layers.ReLU(6.0)(y)
     y = layers.GlobalAveragePooling2D()(y)
-    model = keras.Model(x, layers.Dense(4, name="logits")(y))
+    return keras.Model(x, layers.Dense(4, name="logits")(y))
+
+
+def _train(state, stop_after=None):
+    model = _model()
     qmodel = fake_quant_model(model, weight_bits=4, activation_bits=4, per_channel=False)
     images = np.random.default_rng(1).integers(0, 256, (80, 12, 12, 1)).astype(np.float32)
     calibrate(qmodel, images, 2, batch_size=16)
@@ -80,7 +84,7 @@ def test_fat_training_resumes_where_it_stopped(tmp_path):
         _train(state, stop_after=2)
     # the state is saved after the epoch's callback: epoch 1's is there
     assert state.load()[0]["epoch"] == 1
-    resumed, alphas = _train(state)
+    resumed, alphas = _train(state, stop_after=1)  # resumed: epoch 1 is not run again
     assert resumed == whole
     for a, b in zip(alphas, whole_alphas):
         np.testing.assert_array_equal(a, b)
@@ -95,3 +99,72 @@ def test_a_state_of_another_model_is_refused(tmp_path):
     )
     with pytest.raises(QuantflowError, match="resume state does not fit this model"):
         _train(state)
+
+
+def _search(state, stop_after=None):
+    from quantflow.quant.adjustable.score import ScoreGraph
+    from quantflow.quant.adjustable.settings import Settings, build_model
+    from quantflow.quant.adjustable.settings import calibrate as calibrate_adjustable
+    from quantflow.quant.adjustable.train import _variables
+    from quantflow.quant.adjustable.train import train as search
+    from quantflow.quant.micronet.count import count_model
+
+    model = _model()
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (96, 12, 12, 1)).astype(np.float32)
+    labels = rng.integers(0, 4, 96).astype(np.int32)
+    settings = Settings(
+        images=64,
+        batch_size=16,
+        calibration_batches=2,
+        epochs=2,
+        mini_epochs=3,  # the stop falls inside the first epoch
+        swa_epochs=1,
+        bits_learning_rate=0.5,  # bits fall fast: layers join the int4 class
+        learning_rate=1e-3,
+    )
+    qmodel = build_model(model, settings)
+    calibrate_adjustable(qmodel, images[:64], settings)
+    graph = ScoreGraph(qmodel, count_model(model), reference=settings.reference)
+    split = {"images": images[:64], "labels": labels[:64]}
+    split.update(val_images=images[64:], val_labels=labels[64:])
+    checkpoints = []
+
+    def on_checkpoint(row, best):
+        if row["mini_epoch"] == stop_after:
+            raise Stop()
+        checkpoints.append((row["mini_epoch"], best))
+
+    result = search(
+        model,
+        qmodel,
+        graph,
+        split,
+        settings,
+        seed=3,
+        log=lambda *_: None,
+        on_checkpoint=on_checkpoint,
+        resume=state,
+    )
+    weights, betas = _variables(qmodel)
+    return result, [np.asarray(v) for v in weights + betas], checkpoints
+
+
+def test_the_adjustable_search_resumes_where_it_stopped(tmp_path):
+    whole, whole_values, _ = _search(None)
+    assert any(r["moved_to_int4"] for r in whole["history"][1:])  # the int4 class is restored
+    state = ResumeState(tmp_path, {"job": "test"})
+    with pytest.raises(Stop):
+        _search(state, stop_after=2)
+    saved = state.load()[0]
+    assert saved["mini_epoch"] == 1
+    resumed, values, checkpoints = _search(state)
+    # the kept state's checkpoint is written again first (the rerun's outputs start empty),
+    # then mini-epochs 2 to 6: nothing before the stop is trained again
+    assert checkpoints[0] == (saved["best"]["mini_epoch"], True)
+    assert [m for m, _ in checkpoints[1:]] == [2, 3, 4, 5, 6]
+    for key in ("history", "best", "final_score", "final_accuracy", "steps"):
+        assert resumed[key] == whole[key], key
+    assert resumed["swa"]["after"] == whole["swa"]["after"]
+    for a, b in zip(values, whole_values):
+        np.testing.assert_array_equal(a, b)

@@ -25,10 +25,10 @@ from quantflow.distribute.strategy import (
     is_chief,
     settings,
     slurm_tasks,
-    tasks_to_start,
     worker_port,
 )
 from quantflow.errors import QuantflowError
+from quantflow.workflow.workers import tasks_to_start
 
 JOB = Path(__file__).with_name("replicas_job.py")
 
