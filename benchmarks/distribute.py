@@ -10,7 +10,8 @@ starts), one after another:
 - "two logical CPUs": MirroredStrategy over the CPU split in two (distribute.logical_cpus),
   the same threads;
 - "two workers": MultiWorkerMirroredStrategy, two processes on 127.0.0.1 (TF_CONFIG),
-  half the threads each (fine-tuning is left out: Keras 3's fit does not run under it);
+  half the threads each (fine-tuning through quantflow's fit_workers: Keras 3's fit does
+  not run under it);
 - with `--gpu`, on a machine with a GPU: "GPU" (the default strategy on GPU:0) against
   "one device" on the CPU.
 
@@ -203,8 +204,6 @@ def main() -> int:
     plan = [("one", "logical2", "workers")] + ([("gpu",)] if args.gpu else [])
     for job in ("train", "fat", "adjustable"):
         for setup in [s for group in plan for s in group]:
-            if setup == "workers" and job == "train":
-                continue
             runs.append(measure(setup, job, args))
             print(runs[-1], flush=True)
     rate = {(r["job"], r["setup"]): r["images_per_s"] for r in runs}

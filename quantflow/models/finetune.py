@@ -269,18 +269,11 @@ def fine_tune(
     None: the default). With several replicas each global batch of `train_ds` is split
     among them (Keras' fit), the loss averaged over the global batch, and BatchNorm layers
     compute their batch statistics over all replicas (synchronized) while training.
-    Several workers (MultiWorkerMirroredStrategy) are refused: Keras 3's fit does not run
-    under it (keras-team/keras#20585).
+    Several workers (MultiWorkerMirroredStrategy): Keras 3's fit does not run under it
+    (keras-team/keras#20585), so `fit_workers` trains them the same way (see there).
     """
     from quantflow.models.callbacks import KeepBest, TqdmProgress
 
-    if is_multi_worker(strategy):
-        raise QuantflowError(
-            "fine-tuning runs on one machine's devices only (MirroredStrategy over its GPUs): "
-            "Keras 3's fit does not run under MultiWorkerMirroredStrategy "
-            "(keras-team/keras#20585). Give the train job one SLURM task (no mpi/tasks "
-            "resources) and several GPUs instead; FAT and adjustable can span nodes"
-        )
     if not stages:
         raise QuantflowError("fine-tuning needs at least one stage")
     stages = [check_stage(s, i + 1) for i, s in enumerate(stages)]
@@ -314,21 +307,23 @@ def fine_tune(
                 file=log_stream,
             )
         keep = KeepBest(monitor)
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=int(stage["epochs"]),
-            shuffle=False,
-            verbose=0,
-            callbacks=[TqdmProgress(total, log_stream), keep],
-        )
-        for i in range(len(history.history.get("loss", []))):
+        callbacks = [TqdmProgress(total, log_stream), keep]
+        if is_multi_worker(strategy):
+            history = fit_workers(
+                model, train_ds, val_ds, int(stage["epochs"]), strategy, callbacks
+            )
+        else:
+            history = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=int(stage["epochs"]),
+                shuffle=False,
+                verbose=0,
+                callbacks=callbacks,
+            ).history
+        for i in range(len(history.get("loss", []))):
             rows.append(
-                {
-                    "stage": number,
-                    "epoch": i + 1,
-                    **{k: float(v[i]) for k, v in history.history.items()},
-                }
+                {"stage": number, "epoch": i + 1, **{k: float(v[i]) for k, v in history.items()}}
             )
         if keep.weights is not None and keep.best > best[monitor]:
             best = {"stage": number, "epoch": keep.best_epoch + 1, monitor: float(keep.best)}
@@ -344,6 +339,99 @@ def fine_tune(
         "seconds": time.perf_counter() - start,
         "stages": summary,
     }
+
+
+def fit_workers(model, train_ds, val_ds, epochs: int, strategy, callbacks) -> dict:
+    """`model.fit` for a multi-worker strategy, which Keras 3's fit does not run
+    (keras-team/keras#20585): the compiled model's optimizer, loss (sparse categorical
+    cross-entropy on logits, averaged over the global batch, plus the model's own losses)
+    and accuracy, epoch by epoch, with the callbacks' epoch and batch hooks; returns
+    fit's history dict (loss, accuracy, val_loss, val_accuracy: means over the images).
+
+    Every worker reads the same batches (the same seeded shuffle) and each replica takes
+    its part of every global batch, as FAT and adjustable do; gradients are summed over
+    the replicas by the optimizer, so each step is the global batch's."""
+    import tensorflow as tf
+
+    n = strategy.num_replicas_in_sync
+    optimizer = model.optimizer
+    with scope(strategy):
+        optimizer.build(model.trainable_variables)
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    def sums(x, y, training):
+        """Per-replica sums: loss, correct predictions, images, and the global count."""
+        logits = model(x, training=training)
+        losses = cross_entropy(y, logits)
+        count = tf.cast(tf.shape(y)[0], tf.float32)
+        total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
+        predicted = tf.argmax(logits, -1, output_type=y.dtype)
+        hits = tf.cast(tf.equal(predicted, y), tf.float32)
+        return tf.reduce_sum(losses), tf.reduce_sum(hits), count, total
+
+    def replica_train(x, y):
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            loss, hits, count, total = sums(x, y, True)
+            extra = tf.add_n(model.losses) / n if model.losses else 0.0
+            objective = loss / total + extra  # summed over the replicas: the global loss
+        optimizer.apply_gradients(zip(tape.gradient(objective, variables), variables))
+        return loss + extra * total, hits, count
+
+    def replica_eval(x, y):
+        return sums(x, y, False)[:3]
+
+    def run(fn):
+        step = tf.function(lambda x, y: strategy.run(fn, args=(x, y)), reduce_retracing=True)
+
+        def call(x, y):
+            parts = [np.array_split(np.asarray(v), n) for v in (x, y)]
+            shards = [
+                strategy.experimental_distribute_values_from_function(
+                    lambda context, p=p: tf.constant(p[context.replica_id_in_sync_group])
+                )
+                for p in parts
+            ]
+            return [
+                strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in step(*shards)
+            ]
+
+        return call
+
+    def totals(fn, dataset, hook=None):
+        loss = hits = count = 0.0
+        for i, (x, y) in enumerate(dataset):
+            values = fn(x, y)
+            loss, hits, count = (a + float(b) for a, b in zip((loss, hits, count), values))
+            if hook is not None:
+                hook(i)
+        return loss / count, hits / count
+
+    train_step, eval_step = run(replica_train), run(replica_eval)
+    for cb in callbacks:
+        cb.set_model(model)
+        cb.on_train_begin()
+    history = {}
+    for epoch in range(epochs):
+        logs = dict(
+            zip(
+                ("loss", "accuracy"),
+                totals(
+                    train_step,
+                    train_ds,
+                    lambda i: [cb.on_train_batch_end(i) for cb in callbacks],
+                ),
+            )
+        )
+        if val_ds is not None:
+            logs.update(zip(("val_loss", "val_accuracy"), totals(eval_step, val_ds)))
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, logs)
+    for cb in callbacks:
+        cb.on_train_end()
+    return history
 
 
 def _synchronize_batchnorm(model) -> list:

@@ -100,13 +100,9 @@ def _config(work, fashion_mnist_dir):
     return path
 
 
-@pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, tmp_path_factory, fashion_mnist_dir):
-    """The tiny pipeline through SLURM. snakemake starts in the working directory, as a
-    user would: the profile's slurm-logdir (logs/slurm) is relative to it."""
-    work = tmp_path_factory.mktemp("slurm_run")
-    cfg = _config(work, fashion_mnist_dir)
-    cmd = snakemake_cmd(
+def slurm_cmd(work, cfg, *args):
+    """snakemake through the profile, in `work`, with `cfg`."""
+    return snakemake_cmd(
         work,
         cfg,
         "--profile",
@@ -117,9 +113,18 @@ def slurm_run(slurm_cluster, tmp_path_factory, fashion_mnist_dir):
         # tiny jobs: poll from 3 s on, not 40 (the first poll's delay)
         "--slurm-init-seconds-before-status-checks",
         "3",
+        *args,
     )
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, tmp_path_factory, fashion_mnist_dir):
+    """The tiny pipeline through SLURM. snakemake starts in the working directory, as a
+    user would: the profile's slurm-logdir (logs/slurm) is relative to it."""
+    work = tmp_path_factory.mktemp("slurm_run")
+    cfg = _config(work, fashion_mnist_dir)
     proc, seconds = _run(
-        cmd, work, slurm_cluster.env(_clean_env()), timeout=1800, cluster=slurm_cluster
+        slurm_cmd(work, cfg), work, slurm_cluster.env(_clean_env()), 1800, slurm_cluster
     )
     print(f"SLURM run: {seconds:.0f} s")
     return work, proc.stdout + proc.stderr, seconds
@@ -215,15 +220,9 @@ def test_a_two_task_fat_job_forms_its_cluster_through_slurm(slurm_run, slurm_clu
     cfg = work / "fat.yaml"
     cfg.write_text(yaml.safe_dump(config))
     target = f"results/fashion_mnist/tiny/fat/{FAT_SCHEME}/fat.json"
-    cmd = snakemake_cmd(
+    cmd = slurm_cmd(
         work,
         cfg,
-        "--profile",
-        str(PROFILE),
-        "--slurm-status-command",
-        "squeue",
-        "--slurm-init-seconds-before-status-checks",
-        "3",
         "--set-resources",
         "fat:tasks=2",
         "fat:mpi='srun'",

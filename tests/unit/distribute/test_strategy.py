@@ -1,6 +1,7 @@
 """Which tf.distribute strategy a training job gets (quantflow.distribute.strategy), and
-one device against two replicas (MirroredStrategy over two logical CPUs, in fresh
-processes: logical devices exist only if made before TensorFlow starts).
+one device against two replicas (MirroredStrategy over two logical CPUs, and fine-tuning
+and adjustable also on two workers on 127.0.0.1, MultiWorkerMirroredStrategy), in fresh
+processes: logical devices exist only if made before TensorFlow starts.
 
 Stated tolerances: the FAT gradient summed over two replicas equals one device's within
 0.5% of its largest entry (float32 sums in another order, with cancellation); fine-tuning
@@ -13,12 +14,14 @@ losses within 1e-4 relative, its bit-width parameters (betas, which move by 0.04
 mini-epochs) within 1e-3 and its weights within 1e-5 after every mini-epoch."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_ports
 
 from quantflow.distribute.strategy import (
     choose,
@@ -67,13 +70,33 @@ def test_bad_settings_are_named():
     assert is_chief(None)
 
 
-def start_job(distribute: dict, parts: str) -> subprocess.Popen:
+def start_job(distribute: dict, parts: str, env=None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(JOB), json.dumps(distribute), parts],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
+
+
+def start_workers(parts: str) -> list[subprocess.Popen]:
+    """Two workers on 127.0.0.1 (TF_CONFIG): MultiWorkerMirroredStrategy."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return [
+        start_job(
+            {"strategy": "auto"},
+            parts,
+            {
+                **env,
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+                ),
+            },
+        )
+        for i in range(2)
+    ]
 
 
 def result(job: subprocess.Popen) -> dict:
@@ -83,16 +106,30 @@ def result(job: subprocess.Popen) -> dict:
 
 
 @pytest.fixture(scope="module")
-def one_and_two():
-    """Both runs side by side (each is mostly single-threaded start-up and small steps)."""
+def runs():
+    """One device, two logical CPUs (MirroredStrategy) and two workers on 127.0.0.1
+    (MultiWorkerMirroredStrategy), side by side (each is mostly single-threaded start-up
+    and small steps)."""
     jobs = (
         start_job({"strategy": "auto"}, "train,fat,adjustable"),
         start_job({"strategy": "auto", "logical_cpus": 2}, "train,fat,adjustable,gradient"),
+        *start_workers("train,adjustable"),
     )
-    one, two = (result(job) for job in jobs)
+    one, two, chief, _ = (result(job) for job in jobs)
     assert one["replicas"] == 1 and "default strategy" in one["strategy"]
     assert two["replicas"] == 2 and "MirroredStrategy" in two["strategy"]
-    return one, two
+    assert chief["replicas"] == 2 and "/job:worker/replica:0/task:0" in chief["strategy"]
+    return one, two, chief
+
+
+@pytest.fixture(scope="module")
+def one_and_two(runs):
+    return runs[:2]
+
+
+@pytest.fixture(scope="module")
+def one_and_workers(runs):
+    return runs[0], runs[2]
 
 
 def test_the_fat_gradient_of_two_replicas_is_the_global_batchs(one_and_two):
@@ -100,8 +137,9 @@ def test_the_fat_gradient_of_two_replicas_is_the_global_batchs(one_and_two):
     assert two["gradient"]["rmse"] < 5e-3 and two["gradient"]["smooth_l1"] < 5e-3
 
 
-def test_fine_tuning_agrees_across_replica_counts(one_and_two):
-    one, two = one_and_two
+@pytest.mark.parametrize("pair", ["one_and_two", "one_and_workers"])
+def test_fine_tuning_agrees_across_replica_counts(pair, request):
+    one, two = request.getfixturevalue(pair)
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-3)
     np.testing.assert_allclose(two["val_loss"], one["val_loss"], rtol=1e-3)
     for a, b in zip(one["weights"], two["weights"]):
@@ -121,8 +159,9 @@ def test_fat_agrees_across_replica_counts(one_and_two):
     assert np.mean(np.concatenate([np.abs(a - b) for a, b in zip(first, second)])) < 1e-3
 
 
-def test_adjustable_agrees_across_replica_counts(one_and_two):
-    one, two = (run["adjustable"] for run in one_and_two)
+@pytest.mark.parametrize("pair", ["one_and_two", "one_and_workers"])
+def test_adjustable_agrees_across_replica_counts(pair, request):
+    one, two = (run["adjustable"] for run in request.getfixturevalue(pair))
     losses = [r["loss"] for r in one["history"][1:]]
     np.testing.assert_allclose([r["loss"] for r in two["history"][1:]], losses, rtol=1e-4)
     first = np.asarray(one["states"][0]["betas"])

@@ -5,13 +5,14 @@ resumes after the last finished epoch, ending exactly where the uninterrupted jo
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import free_ports
 
 keras = pytest.importorskip("keras")
 from keras import layers  # noqa: E402
@@ -59,16 +60,6 @@ def files(tmp_path_factory):
     y = layers.GlobalAveragePooling2D()(y)
     keras.Model(x, layers.Dense(4, name="logits")(y)).save(d / "model.keras")
     return d
-
-
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_cluster(files, out, die_at=None):
