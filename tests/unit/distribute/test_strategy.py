@@ -1,7 +1,8 @@
 """Which tf.distribute strategy a training job gets (quantflow.distribute.strategy), and
 one device against two replicas (MirroredStrategy over two logical CPUs, and fine-tuning
-and adjustable also on two workers on 127.0.0.1, MultiWorkerMirroredStrategy), in fresh
-processes: logical devices exist only if made before TensorFlow starts.
+also on two workers on 127.0.0.1, MultiWorkerMirroredStrategy: FAT's workers in
+test_workers.py), in fresh processes: logical devices exist only if made before
+TensorFlow starts.
 
 Stated tolerances: the FAT gradient summed over two replicas equals one device's within
 0.5% of its largest entry (float32 sums in another order, with cancellation); fine-tuning
@@ -113,7 +114,7 @@ def runs():
     jobs = (
         start_job({"strategy": "auto"}, "train,fat,adjustable"),
         start_job({"strategy": "auto", "logical_cpus": 2}, "train,fat,adjustable,gradient"),
-        *start_workers("train,adjustable"),
+        *start_workers("train"),
     )
     one, two, chief, _ = (result(job) for job in jobs)
     assert one["replicas"] == 1 and "default strategy" in one["strategy"]
@@ -159,9 +160,8 @@ def test_fat_agrees_across_replica_counts(one_and_two):
     assert np.mean(np.concatenate([np.abs(a - b) for a, b in zip(first, second)])) < 1e-3
 
 
-@pytest.mark.parametrize("pair", ["one_and_two", "one_and_workers"])
-def test_adjustable_agrees_across_replica_counts(pair, request):
-    one, two = (run["adjustable"] for run in request.getfixturevalue(pair))
+def test_adjustable_agrees_across_replica_counts(one_and_two):
+    one, two = (run["adjustable"] for run in one_and_two)
     losses = [r["loss"] for r in one["history"][1:]]
     np.testing.assert_allclose([r["loss"] for r in two["history"][1:]], losses, rtol=1e-4)
     first = np.asarray(one["states"][0]["betas"])

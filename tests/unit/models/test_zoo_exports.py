@@ -76,21 +76,34 @@ def close(a, b, rtol=1e-4):
     assert np.abs(np.asarray(a) - b).max() <= rtol * scale, np.abs(np.asarray(a) - b).max()
 
 
-def test_tflite_export_imports_with_equal_logits_and_fake_quantizes(zoo, images, tmp_path):
+@pytest.fixture(scope="module")
+def imported(zoo, tmp_path_factory):
+    from quantflow.deploy.convert import convert
+
+    name, model = zoo
+    path = tmp_path_factory.mktemp("export") / f"{name}.tflite"
+    path.write_bytes(convert(model, "fp32"))
+    return path, read_model_file(path, "tflite_file")
+
+
+def test_tflite_export_imports_with_equal_logits(imported, images):
+    from quantflow.deploy.litert import TFLiteRunner
+
+    path, model = imported
+    runner = TFLiteRunner(path)
+    x = images[:16]
+    close(model(x), runner.scores(runner.run(runner.prepare(x))))
+
+
+@pytest.mark.slow  # about 35 s; an imported model's FAT path in make test: test_own_models
+def test_an_imported_export_fake_quantizes(imported, images, tmp_path):
+    """FAT's transform of the imported model: its int8 file agrees with the simulation."""
     from quantflow.deploy.convert import convert
     from quantflow.deploy.litert import TFLiteRunner
     from quantflow.quant.calibrate import calibrate
     from quantflow.quant.transform import fake_quant_model
 
-    name, model = zoo
-    path = tmp_path / f"{name}.tflite"
-    path.write_bytes(convert(model, "fp32"))
-    runner = TFLiteRunner(path)
-    imported = read_model_file(path, "tflite_file")
-    x = images[:16]
-    close(imported(x), runner.scores(runner.run(runner.prepare(x))))
-    # FAT's transform of the imported model: its int8 file agrees with the simulation
-    qmodel = fake_quant_model(imported)
+    qmodel = fake_quant_model(imported[1])
     calibrate(qmodel, images[16:], 1, batch_size=32)
     (tmp_path / "q.tflite").write_bytes(convert(qmodel, "int8", images[16:24]))
     q = TFLiteRunner(tmp_path / "q.tflite")
