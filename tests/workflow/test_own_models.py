@@ -1,14 +1,14 @@
-"""The user's own models through the real workflow: a float .tflite file and a TF1 frozen
-graph, written by TensorFlow's own exporters, imported, fine-tuned, taken through FAT w8a8
-and an adjustable target and reported (the micro config's job sizes); and a .keras model
-with custom layers (a layer registered in the user's module, a Lambda, a gelu activation),
-whose layers with no int8 form stay float islands; and a zoo model (MobileNetV2, alpha
-0.35) exported by Keras' SavedModel exporter. The images are resized to 32x32, the zoo's
-smallest input."""
+"""The user's own models through the real workflow: a float .tflite file written by
+TensorFlow's converter, imported, fine-tuned, taken through FAT w8a8 and an adjustable
+target and reported (the micro config's job sizes); a .keras model with custom layers (a
+layer registered in the user's module, a Lambda, a gelu activation), whose layers with no
+int8 form stay float islands; and a zoo model (MobileNetV2, alpha 0.35) exported by Keras'
+SavedModel exporter. The images are resized to 32x32, the zoo's smallest input. (A TF1
+frozen graph takes the same path once read: its import is checked against TensorFlow's
+own output in tests/unit/models/test_zoo_exports.py and test_frozen_mnasnet.py.)"""
 
 import json
 
-import numpy as np
 import pytest
 import yaml
 
@@ -87,33 +87,12 @@ def keras_apps_mobilenet_v2():
     )
 
 
-def frozen_graph(path):
-    import tensorflow as tf
-
-    rng = np.random.default_rng(7)
-    graph = tf.Graph()
-    with graph.as_default():
-        x = tf.compat.v1.placeholder(tf.float32, (None, 32, 32, 1), name="images")
-        w = tf.compat.v1.Variable(rng.normal(0, 0.3, (3, 3, 1, 8)).astype(np.float32))
-        y = tf.nn.relu(tf.nn.conv2d(x / 255.0, w, strides=2, padding="SAME"))
-        y = tf.reduce_mean(y, axis=[1, 2])
-        fc = tf.compat.v1.Variable(rng.normal(0, 0.3, (8, 10)).astype(np.float32))
-        tf.identity(tf.matmul(y, fc), name="scores")
-        with tf.compat.v1.Session() as sess:
-            sess.run(tf.compat.v1.global_variables_initializer())
-            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
-                sess, graph.as_graph_def(), ["scores"]
-            )
-    path.write_bytes(frozen.SerializeToString())
-
-
 @pytest.fixture(scope="module")
 def own_run(tmp_path_factory, fashion_mnist_dir):
     from quantflow.deploy.convert import convert
 
     work = tmp_path_factory.mktemp("own")
     (work / "mine.tflite").write_bytes(convert(user_keras_model(), "fp32"))
-    frozen_graph(work / "graph.pb")
     custom_keras_model(work)
     zoo = keras_apps_mobilenet_v2()
     zoo.export(work / "zoo_saved_model", verbose=False)  # Keras' own SavedModel exporter
@@ -122,7 +101,6 @@ def own_run(tmp_path_factory, fashion_mnist_dir):
     config["dataset"]["image_size"] = [32, 32]  # the zoo's smallest input
     config["models"] = {
         "lite": {"arch": "tflite_file", "path": str(work / "mine.tflite")},
-        "graph": {"arch": "frozen_graph", "path": str(work / "graph.pb")},
         "custom": {
             "arch": "keras_file",
             "path": str(work / "custom.keras"),
@@ -135,7 +113,7 @@ def own_run(tmp_path_factory, fashion_mnist_dir):
     # simulation variant run on the same Keras model in the tiny workflow tests)
     config["weightquant"]["algorithms"] = []
     config["fat"]["simulate"] = False
-    # four models: the smallest FAT and adjustable jobs that still train (the micro
+    # three models: the smallest FAT and adjustable jobs that still train (the micro
     # config's halves)
     config["fat"].update(images=50, validation_images=25, batch_size=25, check_images=25)
     config["adjustable"].update(images=50, validation_images=25, batch_size=25, check_images=25)
@@ -145,7 +123,7 @@ def own_run(tmp_path_factory, fashion_mnist_dir):
     return work
 
 
-@pytest.mark.parametrize("model", ["lite", "graph", "custom", "zoo"])
+@pytest.mark.parametrize("model", ["lite", "custom", "zoo"])
 def test_an_imported_model_goes_through_fat_and_adjustable(own_run, model):
     work = own_run
     records = {
@@ -156,7 +134,7 @@ def test_an_imported_model_goes_through_fat_and_adjustable(own_run, model):
     for variant in ("tflite-fp32", "fat-w8a8-sym-pc", "adjq-m0", "adjq-m0-int8"):
         assert variant in records, (model, variant)
     train = json.loads((work / f"results/fashion_mnist/{model}/float/train.json").read_text())
-    assert train["arch"] in ("tflite_file", "frozen_graph", "keras_file", "saved_model")
+    assert train["arch"] in ("tflite_file", "keras_file", "saved_model")
     assert "check" in train
     check = json.loads(
         (work / f"results/fashion_mnist/{model}/fat/w8a8-sym-pc/tflite.json").read_text()
@@ -166,7 +144,7 @@ def test_an_imported_model_goes_through_fat_and_adjustable(own_run, model):
     assert f"### fashion_mnist / {model}" in md
 
 
-@pytest.mark.parametrize("model", ["lite", "graph"])
+@pytest.mark.parametrize("model", ["lite", "custom"])
 def test_the_float_check_decides_whether_a_verdict_is_given(own_run, model):
     """One epoch on 600 images may leave a model at chance: then its train log warns and
     the report withholds its verdict with the reason; otherwise the verdict is there."""
