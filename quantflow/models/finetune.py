@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from quantflow.distribute.strategy import is_multi_worker, replicas, scope
+from quantflow.distribute.strategy import is_multi_worker, replicas, scope, worker_failures
 from quantflow.errors import QuantflowError
 
 SCHEDULES = ("cosine", "constant", "exponential")
@@ -309,9 +309,10 @@ def fine_tune(
         keep = KeepBest(monitor)
         callbacks = [TqdmProgress(total, log_stream), keep]
         if is_multi_worker(strategy):
-            history = fit_workers(
-                model, train_ds, val_ds, int(stage["epochs"]), strategy, callbacks
-            )
+            with worker_failures(strategy, "fine-tuning starts again from its first epoch"):
+                history = fit_workers(
+                    model, train_ds, val_ds, int(stage["epochs"]), strategy, callbacks
+                )
         else:
             history = model.fit(
                 train_ds,
