@@ -235,22 +235,24 @@ def train_thresholds(
     validate = _Evaluator(
         float_model, qmodel, images_ds if val_ds is None else val_ds, batch_size=batch_size
     )
-    initial = best = validate()
-    best_values, best_epoch = [np.array(v.numpy()) for v in alphas], 0
-    _log(
-        log_stream,
-        f"threshold training: {len(alphas)} alpha tensors, {loss} loss, Adam with {reset} "
-        f"reset every {reset_every} batches; initial val RMSE {initial:.6f}",
-    )
     history, steps, done = [], 0, 0
     saved = resume.load() if resume is not None else None
-    if saved is not None:
+    if saved is None:
+        initial = best = validate()
+        best_values, best_epoch = [np.array(v.numpy()) for v in alphas], 0
+    else:  # the initial RMSE and the kept alphas as saved: no validation pass again
         meta, arrays = saved
         done, steps, history = meta["epoch"], meta["steps"], meta["history"]
         initial, best, best_epoch = meta["initial"], meta["best"], meta["best_epoch"]
         restore_variables("alpha", alphas, arrays)
         restore_variables("adam", optimizer_state(optimizer), arrays)
         best_values = [arrays[f"best/{i}"] for i in range(len(alphas))]
+    _log(
+        log_stream,
+        f"threshold training: {len(alphas)} alpha tensors, {loss} loss, Adam with {reset} "
+        f"reset every {reset_every} batches; initial val RMSE {initial:.6f}",
+    )
+    if saved is not None:
         _log(log_stream, f"resumed after epoch {done} (step {steps}) from {resume.path}")
     epoch_batches = _epoch_batches(images_ds, steps_per_epoch, batch_size, seed)
     for _ in range(done):  # the epochs already trained: their batches drawn, not run
